@@ -1,0 +1,34 @@
+# monai-llava-med developer commands. Everything installs into .venv (created when missing).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LABEL_VENV ?= .venv-label
+LABEL_PY := $(LABEL_VENV)/bin/python
+CONSTRAINTS := requirements/constraints.txt
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: install test test-label demo bench clean label-venv
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[train,io,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -m "not label" tests
+
+demo: install
+	$(PY) -m monai.bundle run --config_file bundles/llava_med/configs/inference.json --bundle_root bundles/llava_med
+
+bench: install
+	$(PY) benchmarks/bench_network.py
+
+clean:
+	rm -rf $(VENV) $(LABEL_VENV) .cache build *.egg-info

@@ -1,0 +1,72 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Typed errors shared by the whole package.
+
+Every error caused by bad input (a file, a record, a checkpoint, a request) derives from
+:class:`LlavaMedInputError`, a :class:`ValueError`, so callers can catch one class and report
+the file and the cause. Messages never contain patient identifiers.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+__all__ = [
+    "LlavaMedError",
+    "LlavaMedInputError",
+    "ImageReadError",
+    "DicomDecodeError",
+    "VolumeError",
+    "SlideError",
+    "CheckpointError",
+    "RecordError",
+    "TemplateError",
+]
+
+
+class LlavaMedError(Exception):
+    """Base class of every error raised on purpose by monai-llava-med."""
+
+
+class LlavaMedInputError(LlavaMedError, ValueError):
+    """Bad input: the message names the offending file (or record) and the cause.
+
+    Args:
+        message: what is wrong, in words a user can act on.
+        path: the file, folder or record id the problem was found in, if any.
+    """
+
+    def __init__(self, message: str, path: str | PathLike | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+
+
+class ImageReadError(LlavaMedInputError):
+    """An image file cannot be read or decoded (wrong format, truncated, zero-size, absurd size)."""
+
+
+class DicomDecodeError(ImageReadError):
+    """A DICOM file or series cannot be decoded (not DICOM, no PixelData, unsupported transfer syntax...)."""
+
+
+class VolumeError(LlavaMedInputError):
+    """A volume has unusable content: NaN/inf values, unexpected dimensionality, mixed geometry."""
+
+
+class SlideError(LlavaMedInputError):
+    """A whole-slide image cannot be used: unreadable pyramid, no tissue, level out of range."""
+
+
+class CheckpointError(LlavaMedInputError):
+    """A checkpoint folder or file cannot be loaded: missing/unexpected keys, shape mismatch, unsafe pickle."""
+
+
+class RecordError(LlavaMedInputError):
+    """A dataset record is malformed (missing fields, bad conversation turns, unknown image)."""
+
+
+class TemplateError(LlavaMedInputError):
+    """A conversation cannot be rendered with the chosen template (unknown template, bad roles)."""
