@@ -1,0 +1,270 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The serialisable configuration of a LLaVA-Med network, with presets."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+
+__all__ = [
+    "LlavaMedConfig",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CONFIG_NAME",
+    "PROJECTOR_PATTERN",
+    "clip_vit_l14_336_config",
+    "mistral_7b_instruct_config",
+    "projector_depth",
+]
+
+CONFIG_NAME = "llava_med_config.json"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: ``linear`` or ``mlp{N}x_gelu`` (N linear layers with GELU between them), the reference's projector names.
+PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d+)x_gelu)$")
+_SELECT_STRATEGIES = ("patch", "cls_patch")
+_TEXT_MODEL_TYPES = ("mistral", "llama")
+
+
+def projector_depth(projector_type: str) -> int:
+    """Number of linear layers of a projector named ``linear`` or ``mlp{N}x_gelu``.
+
+    Raises:
+        ValueError: for any other name.
+    """
+    match = PROJECTOR_PATTERN.match(projector_type)
+    if match is None or (match.group(2) is not None and int(match.group(2)) < 1):
+        raise ValueError(f"projector_type must be 'linear' or 'mlp<N>x_gelu' (N >= 1), got {projector_type!r}.")
+    return 1 if match.group(2) is None else int(match.group(2))
+
+
+def clip_vit_l14_336_config() -> dict[str, Any]:
+    """The vision encoder of LLaVA-Med v1.5: ``openai/clip-vit-large-patch14-336`` (vision half)."""
+    return {
+        "model_type": "clip_vision_model",
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_channels": 3,
+        "image_size": 336,
+        "patch_size": 14,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 768,
+    }
+
+
+def mistral_7b_instruct_config() -> dict[str, Any]:
+    """The language model of LLaVA-Med v1.5: Mistral-7B-Instruct-v0.2."""
+    return {
+        "model_type": "mistral",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+
+
+@dataclass
+class LlavaMedConfig:
+    """Hyper-parameters of :class:`~monai_llava_med.networks.LlavaMedNet`.
+
+    Args:
+        vision_config: keyword arguments of ``transformers.CLIPVisionConfig`` (the vision encoder).
+        text_config: keyword arguments of the causal language model's config; ``model_type`` selects the
+            architecture (``"mistral"`` or ``"llama"``).
+        vision_feature_layer: index into the vision encoder's hidden states whose output is projected
+            (LLaVA uses the penultimate layer, ``-2``).
+        vision_feature_select_strategy: ``"patch"`` drops the CLS token (LLaVA's choice, 576 tokens at
+            336 px), ``"cls_patch"`` keeps it.
+        projector_type: ``"linear"`` or ``"mlp{N}x_gelu"`` (v1.5 uses ``"mlp2x_gelu"``).
+        image_token_id: the token id that stands for one image feature in ``input_ids``. It may lie outside
+            the language model's vocabulary (the released checkpoint has 32000 rows and ``<image>`` = 32000).
+        image_token: the text of the image placeholder.
+        image_mean: per-channel mean used to normalise pixels (and the pad colour of "pad" mode).
+        image_std: per-channel standard deviation used to normalise pixels.
+        image_aspect_ratio: ``"pad"`` (paste onto a mean-coloured square first, LLaVA-Med v1.5) or ``"resize"``.
+        model_max_length: the context length the tokenizer truncates to.
+        template: the conversation template the model was trained with.
+        name: a short human-readable model name, reported with answers.
+    """
+
+    vision_config: dict[str, Any] = field(default_factory=clip_vit_l14_336_config)
+    text_config: dict[str, Any] = field(default_factory=mistral_7b_instruct_config)
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "patch"
+    projector_type: str = "mlp2x_gelu"
+    image_token_id: int = 32000
+    image_token: str = "<image>"
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+    image_aspect_ratio: str = "pad"
+    model_max_length: int = 2048
+    template: str = "mistral_instruct"
+    name: str = "llava-med"
+
+    def __post_init__(self) -> None:
+        self.vision_config = dict(self.vision_config)
+        self.text_config = dict(self.text_config)
+        self.image_mean = tuple(float(v) for v in self.image_mean)  # type: ignore[assignment]
+        self.image_std = tuple(float(v) for v in self.image_std)  # type: ignore[assignment]
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------------- derived
+    @property
+    def image_size(self) -> int:
+        """Side length in pixels of the square images the vision encoder takes."""
+        return int(self.vision_config.get("image_size", 224))
+
+    @property
+    def patch_size(self) -> int:
+        """Side length of one vision patch."""
+        return int(self.vision_config.get("patch_size", 32))
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Number of ``image_token_id`` tokens (= projected features) each image contributes."""
+        patches = (self.image_size // self.patch_size) ** 2
+        return patches + (1 if self.vision_feature_select_strategy == "cls_patch" else 0)
+
+    @property
+    def projector_depth(self) -> int:
+        """Number of linear layers in the projector."""
+        return projector_depth(self.projector_type)
+
+    @property
+    def text_model_type(self) -> str:
+        """``model_type`` of the language model."""
+        return str(self.text_config.get("model_type", "mistral"))
+
+    # ----------------------------------------------------------------------------------------------- checks
+    def validate(self) -> None:
+        """Raise :class:`ValueError` when the hyper-parameters cannot build a network."""
+        projector_depth(self.projector_type)
+        if self.vision_feature_select_strategy not in _SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy must be one of {_SELECT_STRATEGIES}, "
+                f"got {self.vision_feature_select_strategy!r}."
+            )
+        if self.text_model_type not in _TEXT_MODEL_TYPES:
+            raise ValueError(f"text_config.model_type must be one of {_TEXT_MODEL_TYPES}, got {self.text_model_type!r}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}.")
+        layers = int(self.vision_config.get("num_hidden_layers", 12))
+        if not -layers - 1 <= self.vision_feature_layer <= layers:
+            raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the {layers}-layer encoder.")
+        if self.image_token_id < 0:
+            raise ValueError(f"image_token_id must be >= 0, got {self.image_token_id}.")
+        if self.image_aspect_ratio not in ("pad", "resize"):
+            raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {self.image_aspect_ratio!r}.")
+
+    # ------------------------------------------------------------------------------------------------ serialise
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy of the config."""
+        out = asdict(self)
+        out["image_mean"] = list(self.image_mean)
+        out["image_std"] = list(self.image_std)
+        return copy.deepcopy(out)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LlavaMedConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys are rejected with their names."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown LlavaMedConfig fields: {unknown}.")
+        return cls(**copy.deepcopy(values))
+
+    def save(self, path: str | PathLike) -> Path:
+        """Write the config as JSON; ``path`` may be a folder (then ``llava_med_config.json`` inside it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | PathLike) -> LlavaMedConfig:
+        """Read a config written by :meth:`save` (a JSON file or a folder holding ``llava_med_config.json``)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        try:
+            values = json.loads(path.read_text())
+            return cls.from_dict(values)
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+            raise CheckpointError(f"cannot read a LlavaMedConfig: {err}", path) from err
+
+    # ------------------------------------------------------------------------------------------------- presets
+    @classmethod
+    def v1_5(cls, **overrides: Any) -> LlavaMedConfig:
+        """LLaVA-Med v1.5: Mistral-7B-Instruct-v0.2 + CLIP ViT-L/14-336 + ``mlp2x_gelu`` (576 image tokens)."""
+        values: dict[str, Any] = {"name": "llava-med-v1.5-mistral-7b"}
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> LlavaMedConfig:
+        """A randomly initialisable model of a few hundred thousand parameters for tests (16 image tokens)."""
+        values: dict[str, Any] = {
+            "vision_config": {
+                "model_type": "clip_vision_model",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
+                "hidden_act": "quick_gelu",
+                "layer_norm_eps": 1e-5,
+            },
+            "text_config": {
+                "model_type": "mistral",
+                "vocab_size": 1000,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 2048,
+                "rope_theta": 10000.0,
+                "tie_word_embeddings": False,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            },
+            "image_token_id": 999,
+            "model_max_length": 512,
+            "name": "llava-med-tiny",
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> LlavaMedConfig:
+        """A preset by name: ``"v1.5"`` (alias ``"llava-med-v1.5-mistral-7b"``) or ``"tiny"``."""
+        presets = {"v1.5": cls.v1_5, "v1_5": cls.v1_5, "llava-med-v1.5-mistral-7b": cls.v1_5, "tiny": cls.tiny}
+        if name not in presets:
+            raise ValueError(f"Unknown LlavaMedConfig preset {name!r}; choose from {sorted(presets)}.")
+        return presets[name](**overrides)

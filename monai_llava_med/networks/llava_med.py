@@ -1,0 +1,298 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""LLaVA-Med as a MONAI network: CLIP vision tower -> projector -> causal language model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import LlavaMedConfig, projector_depth
+
+__all__ = [
+    "LlavaMedNet",
+    "build_projector",
+    "build_llava_med",
+    "default_dtype",
+    "set_trainable",
+    "configure_stage",
+    "STAGES",
+]
+
+#: Which parts train in each stage of the LLaVA-Med recipe (vision, projector, language model).
+STAGES: dict[str, dict[str, bool]] = {
+    "stage1": {"vision": False, "projector": True, "language_model": False},
+    "stage2": {"vision": False, "projector": True, "language_model": True},
+    "finetune": {"vision": False, "projector": True, "language_model": True},
+    "inference": {"vision": False, "projector": False, "language_model": False},
+}
+
+
+def build_projector(projector_type: str, in_features: int, out_features: int) -> nn.Sequential:
+    """The vision -> text projector named like the reference (``linear``, ``mlp2x_gelu``, ...).
+
+    Args:
+        projector_type: ``"linear"`` or ``"mlp{N}x_gelu"``.
+        in_features: width of the vision features.
+        out_features: hidden size of the language model.
+
+    Returns:
+        ``nn.Sequential`` whose linear layers sit at even indices (keys ``0``, ``2``, ...), as in the
+        released checkpoint's ``model.mm_projector.{0,2}``.
+    """
+    depth = projector_depth(projector_type)
+    layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(out_features, out_features)]
+    return nn.Sequential(*layers)
+
+
+def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """The one place that picks a dtype: bf16 on CUDA devices that support it, fp32 elsewhere."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class LlavaMedNet(nn.Module):
+    """LLaVA-Med: images are encoded by CLIP, projected, and written into the text embeddings.
+
+    The ``<image>`` placeholder is expanded at tokenisation time to ``config.num_image_tokens`` copies of
+    ``config.image_token_id`` per image, so ``forward`` needs no per-sample loop: the projected features of
+    all images of the batch (concatenated in order of appearance) replace the embeddings at the image-token
+    positions with one ``masked_scatter``. Samples without images, and batches without any, are plain text.
+
+    Args:
+        config: the network's hyper-parameters (see :class:`LlavaMedConfig`).
+    """
+
+    def __init__(self, config: LlavaMedConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**config.vision_config))
+        text_kwargs = dict(config.text_config)
+        text_config = AutoConfig.for_model(text_kwargs.pop("model_type"), **text_kwargs)
+        self.language_model = AutoModelForCausalLM.from_config(text_config)
+        self.projector = build_projector(
+            config.projector_type, self.vision_tower.config.hidden_size, text_config.hidden_size
+        )
+
+    # --------------------------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        """Device of the language model's embeddings."""
+        return self.language_model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the language model."""
+        return self.language_model.get_input_embeddings().weight.dtype
+
+    # ----------------------------------------------------------------------------------------------- encoding
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Project images to language-model embeddings.
+
+        Args:
+            pixel_values: ``(N, 3, S, S)`` normalised images.
+
+        Returns:
+            ``(N, num_image_tokens, hidden)`` features in the language model's dtype.
+        """
+        vision_dtype = self.vision_tower.get_input_embeddings().weight.dtype
+        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            out = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=True, return_dict=True)
+            features = out.hidden_states[self.config.vision_feature_layer]
+            if self.config.vision_feature_select_strategy == "patch":
+                features = features[:, 1:]
+        return self.projector(features.to(self.projector[0].weight.dtype)).to(self.dtype)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with image features written at the image-token positions.
+
+        Args:
+            input_ids: ``(B, L)`` token ids; ``image_token_id`` may lie outside the vocabulary.
+            pixel_values: ``(N, 3, S, S)`` images of the whole batch in order of appearance, or ``None``.
+
+        Raises:
+            ValueError: when the number of image tokens does not match ``N * num_image_tokens``.
+        """
+        image_mask = input_ids == self.config.image_token_id
+        embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+        n_tokens = int(image_mask.sum())
+        n_images = 0 if pixel_values is None else int(pixel_values.shape[0])
+        if n_tokens != n_images * self.config.num_image_tokens:
+            raise ValueError(
+                f"input_ids hold {n_tokens} image tokens but {n_images} image(s) x {self.config.num_image_tokens} "
+                f"tokens per image were given; expand each <image> placeholder at tokenisation."
+            )
+        if n_images:
+            features = self.encode_images(pixel_values)  # type: ignore[arg-type]
+            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features.to(embeds.dtype))
+        return embeds
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Causal-LM forward pass.
+
+        Args:
+            input_ids: ``(B, L)`` token ids with expanded image placeholders.
+            attention_mask: ``(B, L)``, 1 for real tokens, 0 for padding.
+            pixel_values: ``(N, 3, S, S)`` all images of the batch, or ``None``.
+            labels: ``(B, L)`` targets, ``-100`` where not supervised; shifted inside the language model.
+            kwargs: passed to the language model (``position_ids``, ``past_key_values``, ``use_cache``...).
+
+        Returns:
+            ``CausalLMOutputWithPast`` with ``loss`` (when ``labels`` is given) and ``logits``.
+        """
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Generate answers for a left-padded batch of prompts.
+
+        Args:
+            input_ids: ``(B, L)`` prompt ids, left-padded.
+            attention_mask: ``(B, L)``; padding must be on the left (a right-padded batch is refused).
+            pixel_values: ``(N, 3, S, S)`` images of the batch, or ``None``.
+            max_new_tokens: upper bound on generated tokens per sample.
+            do_sample: sample instead of greedy decoding.
+            temperature: sampling temperature (only with ``do_sample``).
+            top_p: nucleus sampling mass (only with ``do_sample``).
+            eos_token_id: stop token(s); defaults to the language model's EOS. Generation stops on EOS.
+            pad_token_id: id written after a sample has finished; defaults to EOS.
+            kwargs: further ``transformers`` generation arguments (``top_k``, ``repetition_penalty``...).
+
+        Returns:
+            ``(B, T)`` the new tokens only (``T <= max_new_tokens``), padded with ``pad_token_id``.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        elif bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate() needs left-padded prompts: the last column of attention_mask has padding.")
+        text_config = self.language_model.config
+        eos = text_config.eos_token_id if eos_token_id is None else eos_token_id
+        pad = pad_token_id if pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            bos_token_id=text_config.bos_token_id,
+            **sampling,
+            **kwargs,
+        )
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        return self.language_model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, generation_config=generation_config
+        )
+
+    # ------------------------------------------------------------------------------------------------ training
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Switch activation checkpointing of the language model (and of a trainable vision tower)."""
+        for part in (self.language_model, self.vision_tower):
+            if enable:
+                part.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                part.activation_checkpointing_disable()
+        if enable:
+            # Frozen embeddings would otherwise cut the graph at the first checkpointed block.
+            self.language_model.enable_input_require_grads()
+
+    def parts(self) -> Iterator[tuple[str, nn.Module]]:
+        """The three trainable parts by name: ``vision``, ``projector``, ``language_model``."""
+        yield "vision", self.vision_tower
+        yield "projector", self.projector
+        yield "language_model", self.language_model
+
+
+def set_trainable(model: LlavaMedNet, vision: bool, projector: bool, language_model: bool) -> LlavaMedNet:
+    """Freeze or unfreeze each part of the network.
+
+    Args:
+        model: the network, changed in place.
+        vision: train the CLIP tower (LLaVA never does; it then runs under ``no_grad``).
+        projector: train the projector.
+        language_model: train the language model.
+
+    Returns:
+        ``model``, for chaining.
+    """
+    wanted = {"vision": vision, "projector": projector, "language_model": language_model}
+    for name, part in model.parts():
+        part.requires_grad_(wanted[name])
+    return model
+
+
+def configure_stage(model: LlavaMedNet, stage: str) -> LlavaMedNet:
+    """Freeze the network for a stage of the recipe: ``stage1``, ``stage2``, ``finetune`` or ``inference``."""
+    if stage not in STAGES:
+        raise ValueError(f"Unknown stage {stage!r}; choose from {sorted(STAGES)}.")
+    return set_trainable(model, **STAGES[stage])
+
+
+def build_llava_med(
+    config: LlavaMedConfig | Mapping[str, Any] | str,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    stage: str | None = None,
+    gradient_checkpointing: bool = False,
+) -> LlavaMedNet:
+    """The one factory that builds a randomly initialised LLaVA-Med network.
+
+    To load weights use :func:`monai_llava_med.networks.load_pretrained`, which calls this factory.
+
+    Args:
+        config: a :class:`LlavaMedConfig`, its dict form, a preset name (``"tiny"``, ``"v1.5"``) or the path of
+            a ``llava_med_config.json``.
+        dtype: parameter dtype (``torch.bfloat16`` or ``"bfloat16"``...); default :func:`default_dtype`.
+        device: where to put the network; default CPU.
+        stage: optionally freeze for a training stage (see :data:`STAGES`).
+        gradient_checkpointing: enable activation checkpointing.
+    """
+    if isinstance(config, str):
+        from pathlib import Path
+
+        config = LlavaMedConfig.load(config) if Path(config).exists() else LlavaMedConfig.preset(config)
+    elif isinstance(config, Mapping):
+        config = LlavaMedConfig.from_dict(dict(config))
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    dtype = dtype or default_dtype(device)
+    model = LlavaMedNet(config).to(dtype=dtype, device=device)
+    if stage is not None:
+        configure_stage(model, stage)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
