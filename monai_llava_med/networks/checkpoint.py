@@ -242,7 +242,9 @@ def _vision_config_from_weights(state: Mapping[str, torch.Tensor], folder: Path)
     }
 
 
-def _reference_vision_config(raw: dict[str, Any], state: Mapping[str, torch.Tensor], folder: Path) -> dict[str, Any]:
+def _reference_vision_config(
+    raw: dict[str, Any], state: Mapping[str, torch.Tensor] | None, folder: Path
+) -> dict[str, Any]:
     tower = str(raw.get("mm_vision_tower", ""))
     if tower in _KNOWN_VISION_TOWERS:
         return _KNOWN_VISION_TOWERS[tower]()
@@ -254,7 +256,7 @@ def _reference_vision_config(raw: dict[str, Any], state: Mapping[str, torch.Tens
 
         return {"model_type": "clip_vision_model", **CLIPVisionConfig.from_pretrained(str(tower_path)).to_diff_dict()}
     logger.info("vision tower %r is not a known id: inferring its shape from the checkpoint weights", tower)
-    return _vision_config_from_weights(state, folder)
+    return _vision_config_from_weights(read_state_dict(folder) if state is None else state, folder)
 
 
 def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor] | None = None) -> LlavaMedConfig:
@@ -262,7 +264,8 @@ def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor]
 
     Args:
         folder: the checkpoint folder.
-        state: its weights (already read), used when the vision tower must be inferred from shapes.
+        state: its weights if already read; used when the vision tower must be inferred from shapes (the
+            weights are read on demand otherwise).
     """
     folder = Path(folder)
     layout = detect_layout(folder)
@@ -278,7 +281,7 @@ def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor]
         text = {k: raw[k] for k in _TEXT_FIELDS if k in raw}
         text["model_type"] = "mistral" if raw["model_type"] == "llava_mistral" else "llama"
         return LlavaMedConfig(
-            vision_config=_reference_vision_config(raw, state or {}, folder),
+            vision_config=_reference_vision_config(raw, state, folder),
             text_config=text,
             vision_feature_layer=int(raw.get("mm_vision_select_layer", -2)),
             vision_feature_select_strategy=str(raw.get("mm_vision_select_feature", "patch")),
@@ -388,8 +391,7 @@ def load_pretrained(
     """
     folder = _resolve_folder(path)
     layout = detect_layout(folder)
-    state = read_state_dict(folder)
-    config = config_from_folder(folder, state)
+    config = config_from_folder(folder)
     tokenizer = None
     if load_tokenizer:
         from ..conversation import load_tokenizer as _load_tokenizer
@@ -409,7 +411,7 @@ def load_pretrained(
             model = LlavaMedNet(config)
     else:
         model = build_llava_med(config, dtype=torch.float32)
-    state = convert_state_dict(state, layout, set(model.state_dict()))
+    state = convert_state_dict(read_state_dict(folder), layout, set(model.state_dict()))
     load_state_dict_strict(model, state, folder)
     model = model.to(dtype=dtype, device=device).eval()
     logger.info("loaded %s (%s layout) from %s", config.name, layout, folder.name)

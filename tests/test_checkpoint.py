@@ -1,0 +1,306 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Checkpoint I/O: the released v1.5 layout, HF Llava layouts, our layout, export, and every error path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_batch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+from monai_llava_med.errors import CheckpointError
+from monai_llava_med.networks import (
+    LlavaMedConfig,
+    build_llava_med,
+    detect_layout,
+    export_hf_llava,
+    load_pretrained,
+    save_pretrained,
+)
+
+
+def _reference_key(key: str) -> str:
+    """Our parameter name -> the released LLaVA-Med v1.5 name."""
+    if key.startswith("projector."):
+        return "model.mm_projector." + key[len("projector.") :]
+    if key.startswith("vision_tower."):
+        rest = key[len("vision_tower.") :]
+        return "model.vision_tower.vision_tower." + (rest if rest.startswith("vision_model.") else "vision_model." + rest)
+    if key.startswith("language_model.lm_head."):
+        return key[len("language_model.") :]
+    return key[len("language_model.") :]
+
+
+def write_reference_checkpoint(model, tokenizer, folder: Path, shards: int = 3, vision_tower: str | None = None) -> Path:
+    """Write ``model`` exactly like microsoft/llava-med-v1.5-mistral-7b: bf16-free shards + index + raw tokenizer."""
+    folder.mkdir(parents=True)
+    state = {_reference_key(k): v.clone() for k, v in model.state_dict().items()}
+    keys = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: state[k].contiguous() for k in keys[i::shards]}
+        save_file(part, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    text = model.language_model.config
+    tower = folder / "clip_tower"
+    tower.mkdir()
+    from transformers import CLIPVisionConfig
+
+    CLIPVisionConfig(**model.config.vision_config).save_pretrained(str(tower))
+    config = {
+        "architectures": ["LlavaMistralForCausalLM"],
+        "model_type": "llava_mistral",
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "num_hidden_layers": text.num_hidden_layers,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads,
+        "vocab_size": text.vocab_size,
+        "rope_theta": text.rope_theta if hasattr(text, "rope_theta") else 10000.0,
+        "max_position_embeddings": text.max_position_embeddings,
+        "rms_norm_eps": text.rms_norm_eps,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "mm_hidden_size": model.config.vision_config["hidden_size"],
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_tower": vision_tower or "clip_tower",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "pad",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right",
+        # leftovers of the reference's training code that a loader must ignore
+        "feature_outs": "encoder+decoder",
+        "img_size": 640,
+        "vision_backbone": "convnexttiny",
+        "mm_projector_lr": None,
+        "use_mm_proj": True,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    raw = AutoTokenizer.from_pretrained(str(_save_plain_tokenizer(tokenizer, folder)))
+    assert "<image>" not in raw.get_vocab()
+    return folder
+
+
+def _save_plain_tokenizer(tokenizer, folder: Path) -> Path:
+    """Save the tokenizer without <image>, as the released folder ships it."""
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<image>"]
+    data["model"]["vocab"].pop("<image>", None)
+    from tokenizers import Tokenizer
+
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    plain.save_pretrained(str(folder))
+    return folder
+
+
+def _logits(model, config, ids, mask, pixels):
+    ids = ids.masked_fill(ids == 999, config.image_token_id)  # make_batch used the caller's config
+    with torch.no_grad():
+        return model(ids, mask, pixels).logits
+
+
+@pytest.fixture()
+def v15_model(tiny_tokenizer):
+    """A tiny model whose image token is the id the released tokenizer gets for <image> (= its length)."""
+    torch.manual_seed(1)
+    config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    config.text_config["vocab_size"] = tiny_tokenizer.convert_tokens_to_ids("<image>")  # like 32000 rows
+    return build_llava_med(config).eval()
+
+
+def test_loads_released_v15_layout(v15_model, tiny_tokenizer, tmp_path):
+    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "llava-med-v1.5-tiny")
+    assert detect_layout(folder) == "llava_med_v15"
+    model, tokenizer = load_pretrained(folder)
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == v15_model.config.image_token_id
+    assert model.config.image_token_id == model.language_model.config.vocab_size, "<image> lies outside the vocab"
+    assert model.config.name == "llava-med-v1.5-tiny" and model.config.projector_type == "mlp2x_gelu"
+    for key, value in v15_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    ids, mask, pixels = make_batch(model.config)
+    assert torch.equal(model(ids, mask, pixels).logits, v15_model(ids, mask, pixels).logits)
+
+
+def test_v15_vision_tower_inferred_from_weights(tiny_tokenizer, tmp_path):
+    torch.manual_seed(2)
+    config = LlavaMedConfig.tiny()
+    config.vision_config.update(hidden_size=64, num_attention_heads=1, intermediate_size=96)
+    source = build_llava_med(config).eval()
+    folder = write_reference_checkpoint(source, tiny_tokenizer, tmp_path / "ckpt", vision_tower="some-org/unknown-clip")
+    model, _ = load_pretrained(folder)
+    vision = model.config.vision_config
+    assert (vision["hidden_size"], vision["num_attention_heads"], vision["num_hidden_layers"]) == (64, 1, 2)
+    assert (vision["image_size"], vision["patch_size"], vision["intermediate_size"]) == (32, 8, 96)
+
+
+def test_loads_hf_llava_layouts_4x_and_5x_names(tiny_tokenizer, tmp_path):
+    torch.manual_seed(3)
+    ours = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    hf_config = LlavaConfig(
+        vision_config=ours.vision_config,
+        text_config=ours.text_config,
+        image_token_id=ours.image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    hf = LlavaForConditionalGeneration(hf_config).eval()
+    hf.save_pretrained(tmp_path / "hf4")
+    tiny_tokenizer.save_pretrained(tmp_path / "hf4")
+    assert any(k.startswith("language_model.model.") for k in load_file(tmp_path / "hf4" / "model.safetensors"))
+    # the same weights under transformers 5.x names
+    (tmp_path / "hf5").mkdir()
+    state5 = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    assert any(k.startswith("model.language_model.") for k in state5)
+    save_file(state5, str(tmp_path / "hf5" / "model.safetensors"))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "hf5" / name).write_bytes((tmp_path / "hf4" / name).read_bytes())
+    ids, mask, pixels = make_batch(ours)
+    with torch.no_grad():
+        expected = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    for folder in ("hf4", "hf5"):
+        model, _ = load_pretrained(tmp_path / folder)
+        assert detect_layout(tmp_path / folder) == "hf_llava"
+        assert model.config.vision_feature_select_strategy == "patch" and model.config.num_image_tokens == 16
+        real = mask.bool()
+        assert (model(ids, mask, pixels).logits[real] - expected[real]).abs().max() <= 1e-5
+
+
+def test_our_layout_round_trip_sharded(tiny_model, tiny_tokenizer, tmp_path):
+    save_pretrained(tiny_model, tmp_path / "ours", tiny_tokenizer, max_shard_size=200_000)
+    files = sorted(p.name for p in (tmp_path / "ours").iterdir())
+    assert "llava_med_config.json" in files and "model.safetensors.index.json" in files
+    assert sum(name.endswith(".safetensors") for name in files) >= 2
+    model, tokenizer = load_pretrained(tmp_path / "ours")
+    assert model.config == tiny_model.config and len(tokenizer) == len(tiny_tokenizer)
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_export_for_vllm_round_trip(v15_model, tiny_tokenizer, tmp_path):
+    out = export_hf_llava(v15_model, tiny_tokenizer, tmp_path / "export")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"] and config["model_type"] == "llava"
+    assert config["text_config"]["vocab_size"] % 64 == 0
+    assert config.get("image_token_index", config.get("image_token_id")) < config["text_config"]["vocab_size"]
+    keys = set(load_file(out / "model.safetensors"))
+    assert "multi_modal_projector.linear_2.weight" in keys
+    assert any(k.startswith("vision_tower.vision_model.encoder.layers.") for k in keys)
+    assert any(k.startswith("language_model.model.layers.") for k in keys)
+    assert json.loads((out / "preprocessor_config.json").read_text())["do_pad"] is True
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.convert_tokens_to_ids("<image>") == v15_model.config.image_token_id
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    back, _ = load_pretrained(out)
+    ids, mask, pixels = make_batch(v15_model.config)
+    real = mask.bool()
+    with torch.no_grad():
+        reference = v15_model(ids, mask, pixels).logits
+        vocab = reference.shape[-1]
+        assert (hf(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[..., :vocab] - reference)[real].abs().max() <= 1e-5
+        assert (back(ids, mask, pixels).logits[..., :vocab] - reference)[real].abs().max() <= 1e-5
+
+
+def test_export_refuses_linear_projector(tiny_tokenizer, tmp_path):
+    model = build_llava_med(LlavaMedConfig.tiny(projector_type="linear"))
+    with pytest.raises(ValueError, match="2-layer GELU"):
+        export_hf_llava(model, tiny_tokenizer, tmp_path / "x")
+
+
+# ------------------------------------------------------------------------------------------------- errors
+@pytest.fixture()
+def saved(tiny_model, tiny_tokenizer, tmp_path):
+    return save_pretrained(tiny_model, tmp_path / "ckpt", tiny_tokenizer)
+
+
+def _edit_weights(folder: Path, edit) -> None:
+    state = load_file(folder / "model.safetensors")
+    edit(state)
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def test_missing_and_unexpected_keys_are_listed(saved):
+    def edit(state):
+        state.pop("projector.2.bias")
+        state["projector.4.weight"] = torch.zeros(2, 2)
+
+    _edit_weights(saved, edit)
+    with pytest.raises(CheckpointError) as info:
+        load_pretrained(saved)
+    message = str(info.value)
+    assert "1 missing key(s): projector.2.bias" in message and "1 unexpected key(s): projector.4.weight" in message
+    assert str(saved) in message and isinstance(info.value, ValueError)
+
+
+def test_shape_mismatch_names_both_shapes(saved):
+    _edit_weights(saved, lambda state: state.__setitem__("projector.0.bias", torch.zeros(65)))
+    with pytest.raises(CheckpointError, match=r"projector\.0\.bias: checkpoint \(65,\) vs model \(64,\)"):
+        load_pretrained(saved)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_unsafe_pickle_is_refused(tmp_path, tiny_model, tiny_tokenizer, capsys):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    tiny_model.config.save(folder)
+    tiny_tokenizer.save_pretrained(str(folder))
+    torch.save({"state_dict": tiny_model.state_dict(), "evil": _Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="refused: this pickle needs arbitrary code"):
+        load_pretrained(folder)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_safe_pickle_is_accepted(tmp_path, tiny_model, tiny_tokenizer):
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    tiny_model.config.save(folder)
+    tiny_tokenizer.save_pretrained(str(folder))
+    torch.save(tiny_model.state_dict(), folder / "pytorch_model.bin")
+    model, _ = load_pretrained(folder)
+    assert torch.equal(model.projector[0].weight, tiny_model.projector[0].weight)
+
+
+def test_folder_errors(tmp_path, saved, v15_model, tiny_tokenizer):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        load_pretrained(tmp_path / "empty")
+    (saved / "model.safetensors").write_bytes(b"\x00\x01 truncated")
+    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        load_pretrained(saved)
+    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "ref")
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shards listed in the index are missing"):
+        load_pretrained(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**raw, "model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="model_type 'bert'"):
+        load_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**raw, "mm_use_im_start_end": True}))
+    with pytest.raises(CheckpointError, match="v1.0"):
+        load_pretrained(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot read JSON"):
+        load_pretrained(folder)
