@@ -1,0 +1,149 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Question datalists in, answer files out: what the bundle's inference reads and writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from monai.utils import optional_import
+
+from ..errors import RecordError
+from .inference import ERROR_KEY
+
+Events, _ = optional_import("ignite.engine", name="Events")
+Engine, _ = optional_import("ignite.engine", name="Engine")
+
+__all__ = ["load_datalist", "shard_datalist", "VqaAnswerWriter", "AllItemsFailedError"]
+
+logger = logging.getLogger(__name__)
+_CSV_FIELDS = ("id", "image", "question", "answer", "model", "modality", "source", "views", "latency_s", "error")
+
+
+class AllItemsFailedError(RuntimeError):
+    """Every item of a run failed: nothing was answered (the process exits non-zero)."""
+
+
+def load_datalist(
+    datalist: str | PathLike | Sequence[dict[str, Any]] | None = None,
+    base_dir: str | PathLike | None = None,
+    image: str | None = None,
+    question: str | None = None,
+) -> list[dict[str, Any]]:
+    """Read questions to answer.
+
+    Args:
+        datalist: a JSON file holding a list of ``{"image", "question", "id"?}`` (or ``{"data": [...]}``), or
+            the list itself; ignored when ``question`` is given.
+        base_dir: folder that relative image paths are resolved against (default: the datalist's folder).
+        image: a single image path (with ``question``): a one-item datalist from the command line.
+        question: a single question.
+
+    Returns:
+        Items with an ``id`` (given, or the position) and resolved image paths.
+
+    Raises:
+        RecordError: for an unreadable file or items that are not dicts with a question.
+    """
+    if question is not None:
+        items: list[Any] = [{"id": "0", "image": image, "question": question}]
+        source = "command line"
+    elif isinstance(datalist, (str, PathLike)):
+        path = Path(datalist)
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise RecordError(f"cannot read the datalist: {err}", path) from err
+        items = loaded.get("data", loaded.get("testing")) if isinstance(loaded, dict) else loaded
+        base_dir = path.parent if base_dir is None else base_dir
+        source = str(path)
+    else:
+        items, source = list(datalist or []), "datalist"
+    if not isinstance(items, list) or not items:
+        raise RecordError("the datalist must be a non-empty list of {image, question} items", source)
+    out = []
+    for position, item in enumerate(items):
+        if not isinstance(item, dict) or "question" not in item:
+            raise RecordError(f"item {position} is not a dict with a 'question'", source)
+        entry = dict(item)
+        entry["id"] = str(entry.get("id", entry.get("question_id", position)))
+        if entry.get("image"):
+            img = Path(str(entry["image"]))
+            entry["image"] = str(img if img.is_absolute() or base_dir is None else Path(base_dir) / img)
+        out.append(entry)
+    return out
+
+
+def shard_datalist(items: Sequence[dict[str, Any]], rank: int | None = None, world_size: int | None = None) -> list:
+    """The share of ``items`` for this process (round-robin), from ``RANK`` / ``WORLD_SIZE`` by default."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return list(items[rank::world_size])
+
+
+class VqaAnswerWriter:
+    """Ignite handler: collects the answers of an evaluator and writes ``answers.json`` and ``answers.csv``.
+
+    With several processes (``WORLD_SIZE`` > 1) each writes ``answers.rank{R}.json``/``.csv``. When every item
+    failed the run ends with :class:`AllItemsFailedError`, so the command exits non-zero; otherwise failed
+    items appear as entries with an ``error`` and the run succeeds.
+
+    Args:
+        output_dir: destination folder (created).
+        output_key: where the inferer's list of answers sits in ``engine.state.output``.
+        print_answers: also log each answer.
+    """
+
+    def __init__(self, output_dir: str | PathLike, output_key: str = "pred", print_answers: bool = True) -> None:
+        self.output_dir = Path(output_dir)
+        self.output_key = output_key
+        self.print_answers = print_answers
+        self.results: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Register on ``engine`` (STARTED, ITERATION_COMPLETED, COMPLETED)."""
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Forget earlier answers."""
+        self.results = []
+
+    def collect(self, engine: Engine) -> None:
+        """Take the answers of one iteration."""
+        batch = engine.state.output[self.output_key]
+        self.results.extend(batch)
+        if self.print_answers:
+            for entry in batch:
+                text = entry.get("answer", f"ERROR {entry.get(ERROR_KEY)}")
+                logger.info("[%s] %s -> %s", entry.get("id"), entry.get("question"), text)
+
+    def write(self, engine: Engine | None = None) -> list[Path]:
+        """Write the collected answers; raise :class:`AllItemsFailedError` when none succeeded."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        stem = "answers" if world == 1 else f"answers.rank{int(os.environ.get('RANK', 0))}"
+        json_path, csv_path = self.output_dir / f"{stem}.json", self.output_dir / f"{stem}.csv"
+        json_path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        with csv_path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for entry in self.results:
+                writer.writerow({**entry, "views": json.dumps(entry.get("views", []))})
+        failed = sum(ERROR_KEY in entry for entry in self.results)
+        logger.info("wrote %d answers (%d failed) to %s", len(self.results), failed, json_path)
+        if self.results and failed == len(self.results):
+            raise AllItemsFailedError(f"all {failed} item(s) failed; see {json_path}")
+        return [json_path, csv_path]

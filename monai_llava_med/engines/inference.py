@@ -1,0 +1,349 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Question answering with a LLaVA-Med network: item preparation, batching, a MONAI inferer, a predictor.
+
+The same pieces serve three callers:
+
+* the bundle's ``inference.json``: ``monai.engines.SupervisedEvaluator`` with :class:`PrepareVqaItem` as the
+  dataset transform, :func:`collate_vqa`, :func:`prepare_vqa_batch`, :class:`LlavaMedInferer`, and
+  :class:`~monai_llava_med.engines.VqaAnswerWriter` writing the answers;
+* MONAI Label and research code: :class:`LlavaMedPredictor` (``ask`` / ``ask_batch``);
+* evaluation: the same evaluator with a VQA metric attached.
+
+A bad item (unreadable image, empty question, prompt too long) becomes an error entry for that item; the
+others are still answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from typing import Any
+
+import torch
+from monai.inferers import Inferer
+
+from ..errors import LlavaMedInputError, RecordError
+from ..networks import LlavaMedNet, load_pretrained
+
+__all__ = [
+    "ERROR_KEY",
+    "PrepareVqaItem",
+    "collate_vqa",
+    "prepare_vqa_batch",
+    "LlavaMedInferer",
+    "LlavaMedPredictor",
+    "build_preprocess",
+    "MAX_QUESTION_CHARS",
+]
+
+logger = logging.getLogger(__name__)
+ERROR_KEY = "error"
+#: Longest question accepted (characters); longer text is refused rather than silently cut.
+MAX_QUESTION_CHARS = 4000
+# Failures of one item that must not stop a run: typed input errors and what readers raise on bad files.
+_ITEM_ERRORS = (LlavaMedInputError, OSError, ValueError, RuntimeError)
+
+
+def build_preprocess(model: LlavaMedNet, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
+    """The image -> pixels pipeline matching the network (size, mean, std): ``MedicalImageToPixels``.
+
+    Args:
+        model: the network whose config gives the image size and normalisation.
+        kwargs: further ``MedicalImageToPixels`` options (``max_views``, ``window``...).
+    """
+    from ..transforms import MedicalImageToPixels
+
+    config = model.config
+    return MedicalImageToPixels(
+        image_size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs
+    )
+
+
+class PrepareVqaItem:
+    """Dataset transform: ``{"image", "question", ...}`` -> pixels, views and prompt ids.
+
+    The output keeps every input key and adds ``input_ids`` (1-D), ``pixel_values`` (``(V, 3, S, S)`` or
+    ``None``), ``views``, ``modality``, ``source`` and ``preprocess_s``. With ``raise_errors=False`` a failure
+    is stored under ``"error"`` (``"ErrorType: message"``) instead of raised, so a run goes on.
+
+    Args:
+        tokenizer: the model's tokenizer (with ``<image>``).
+        model: the network (its config gives image tokens, image size and template).
+        preprocess: image path -> ``{"pixel_values", "views", "modality", "source"}``; default
+            :func:`build_preprocess`.
+        template: conversation template; default the model's.
+        image_key: key of the image path in items (``None``/empty means a text-only question).
+        question_key: key of the question.
+        raise_errors: raise input errors instead of recording them.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: LlavaMedNet,
+        preprocess: Callable[[str], Mapping[str, Any]] | None = None,
+        template: str | None = None,
+        image_key: str = "image",
+        question_key: str = "question",
+        raise_errors: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.preprocess = preprocess if preprocess is not None else build_preprocess(model)
+        self.template = template or model.config.template
+        self.image_key = image_key
+        self.question_key = question_key
+        self.raise_errors = raise_errors
+
+    def _prepare(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        from ..conversation import build_generation_inputs
+
+        where = str(item.get("id", item.get(self.image_key, "item")))
+        question = item.get(self.question_key)
+        if not isinstance(question, str) or not question.strip():
+            raise RecordError(f"'{self.question_key}' must be a non-empty string", where)
+        if len(question) > MAX_QUESTION_CHARS:
+            raise RecordError(f"question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}", where)
+        start = time.perf_counter()
+        image = item.get(self.image_key)
+        out: dict[str, Any] = {"pixel_values": None, "views": [], "modality": None, "source": None}
+        if image:
+            pre = self.preprocess(str(image))
+            pixels = torch.as_tensor(pre["pixel_values"])
+            out.update(
+                pixel_values=pixels if pixels.ndim == 4 else pixels.unsqueeze(0),
+                views=list(pre.get("views", [])),
+                modality=pre.get("modality"),
+                source=pre.get("source"),
+            )
+        n_images = 0 if out["pixel_values"] is None else int(out["pixel_values"].shape[0])
+        out["input_ids"] = build_generation_inputs(
+            question.strip(),
+            self.tokenizer,
+            self.template,
+            num_images=n_images,
+            num_image_tokens=self.config.num_image_tokens,
+            image_token_id=self.config.image_token_id,
+            max_length=self.config.model_max_length,
+        )
+        out["preprocess_s"] = time.perf_counter() - start
+        return out
+
+    def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """Prepare one item (a dict with the image path and the question)."""
+        result = dict(item)
+        try:
+            result.update(self._prepare(item))
+        except _ITEM_ERRORS as err:
+            if self.raise_errors:
+                raise
+            logger.warning("item %s skipped: %s", item.get("id", "?"), err)
+            result[ERROR_KEY] = f"{type(err).__name__}: {err}"
+        return result
+
+
+def collate_vqa(items: Sequence[Mapping[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
+    """Batch prepared items for generation: prompts left-padded, images concatenated in order.
+
+    Items with an ``"error"`` are carried along (under ``"items"``) but not put into the tensors.
+
+    Args:
+        items: outputs of :class:`PrepareVqaItem`.
+        pad_token_id: id used for left padding.
+
+    Returns:
+        ``{"items": [...], "input_ids": (B, L) or None, "attention_mask": ..., "pixel_values": (N, 3, S, S) or
+        None}`` where B counts the items without errors.
+    """
+    good = [it for it in items if ERROR_KEY not in it]
+    batch: dict[str, Any] = {"items": list(items), "input_ids": None, "attention_mask": None, "pixel_values": None}
+    if not good:
+        return batch
+    length = max(len(it["input_ids"]) for it in good)
+    ids = torch.full((len(good), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(good), length), dtype=torch.long)
+    for row, it in enumerate(good):
+        n = len(it["input_ids"])
+        ids[row, length - n :] = torch.as_tensor(it["input_ids"], dtype=torch.long)
+        mask[row, length - n :] = 1
+    pixels = [it["pixel_values"] for it in good if it.get("pixel_values") is not None]
+    batch.update(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels) if pixels else None)
+    return batch
+
+
+def prepare_vqa_batch(
+    batchdata: Mapping[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[dict[str, Any], None, tuple, dict]:
+    """``prepare_batch`` for ``monai.engines.SupervisedEvaluator``: moves tensors, returns ``(batch, None, (), {})``."""
+    moved = dict(batchdata)
+    for key in ("input_ids", "attention_mask", "pixel_values"):
+        if moved.get(key) is not None:
+            moved[key] = moved[key].to(device=device, non_blocking=non_blocking)
+    return moved, None, (), {}
+
+
+class LlavaMedInferer(Inferer):
+    """A MONAI inferer that answers a collated batch with the network's ``generate``.
+
+    Args:
+        tokenizer: decodes the generated ids.
+        max_new_tokens: longest answer in tokens.
+        do_sample: sample instead of greedy decoding.
+        temperature: sampling temperature.
+        top_p: nucleus mass.
+        model_name: reported with each answer; default the network's ``config.name``.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        max_new_tokens: int = 128,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p}
+        self.model_name = model_name
+
+    def __call__(self, inputs: Mapping[str, Any], network: LlavaMedNet, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """Answer every item of ``inputs`` (see :func:`collate_vqa`); error items pass through.
+
+        Args:
+            inputs: a collated batch.
+            network: the LLaVA-Med network.
+            args: unused (MONAI inferer signature).
+            kwargs: generation overrides (``max_new_tokens``, ``do_sample``...).
+        """
+        generation = {**self.generation, **kwargs}
+        answers: list[str] = []
+        elapsed = 0.0
+        if inputs.get("input_ids") is not None:
+            start = time.perf_counter()
+            new_tokens = network.generate(
+                inputs["input_ids"],
+                inputs["attention_mask"],
+                inputs.get("pixel_values"),
+                eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **generation,
+            )
+            answers = [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            elapsed = time.perf_counter() - start
+        name = self.model_name or network.config.name
+        results, good = [], iter(answers)
+        for item in inputs["items"]:
+            entry = {k: item.get(k) for k in ("id", "image", "question") if k in item}
+            entry["model"] = name
+            if ERROR_KEY in item:
+                entry[ERROR_KEY] = item[ERROR_KEY]
+            else:
+                entry.update(
+                    answer=next(good),
+                    views=item.get("views", []),
+                    modality=item.get("modality"),
+                    source=item.get("source"),
+                    latency_s=round(float(item.get("preprocess_s", 0.0)) + elapsed, 4),
+                )
+            results.append(entry)
+        return results
+
+
+class LlavaMedPredictor:
+    """Ask questions about medical images with a loaded network: one object, loaded once.
+
+    Args:
+        model: the network.
+        tokenizer: its tokenizer.
+        preprocess: image path -> pixels (default :func:`build_preprocess`).
+        template: conversation template (default the model's).
+        max_new_tokens: default answer length bound.
+    """
+
+    def __init__(
+        self,
+        model: LlavaMedNet,
+        tokenizer: Any,
+        preprocess: Callable[[str], Mapping[str, Any]] | None = None,
+        template: str | None = None,
+        max_new_tokens: int = 128,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.prepare = PrepareVqaItem(tokenizer, model, preprocess=preprocess, template=template, raise_errors=True)
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | PathLike,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        preprocess: Callable[[str], Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> LlavaMedPredictor:
+        """Load the network and tokenizer from a folder (our layout, LLaVA-Med v1.5, or HF Llava).
+
+        Args:
+            model_dir: the model folder.
+            device: target device; default CUDA when available, else CPU.
+            dtype: parameter dtype (default fp32 on CPU, bf16 on GPU).
+            preprocess: image pipeline override.
+            kwargs: passed to the constructor (``template``, ``max_new_tokens``).
+        """
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
+        return cls(model, tokenizer, preprocess=preprocess, **kwargs)
+
+    @property
+    def model_name(self) -> str:
+        """The loaded model's name."""
+        return self.model.config.name
+
+    def _run(self, prepared: Sequence[Mapping[str, Any]], **generation: Any) -> list[dict[str, Any]]:
+        generation.setdefault("max_new_tokens", self.max_new_tokens)
+        inferer = LlavaMedInferer(self.tokenizer, **generation)
+        batch = collate_vqa(prepared, pad_token_id=self.tokenizer.pad_token_id or 0)
+        batch, _, _, _ = prepare_vqa_batch(batch, self.model.device)
+        return inferer(batch, self.model)
+
+    def ask(self, image: str | PathLike | None, question: str, **generation: Any) -> dict[str, Any]:
+        """Answer one question about one image (file, DICOM series folder, NIfTI, PNG, slide) or none.
+
+        Args:
+            image: the image path, or ``None`` for a text-only question.
+            question: the question.
+            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
+
+        Returns:
+            ``{"answer", "views", "modality", "source", "model", "latency_s", ...}``.
+
+        Raises:
+            LlavaMedInputError: for an unreadable image or an invalid question (file and cause named).
+        """
+        start = time.perf_counter()
+        item = {"image": str(image) if image is not None else None, "question": question}
+        result = self._run([self.prepare(item)], **generation)[0]
+        result["latency_s"] = round(time.perf_counter() - start, 4)
+        return result
+
+    def ask_batch(self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any) -> list[dict[str, Any]]:
+        """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
+
+        A failing item yields ``{"error": ...}`` in its place; the others are answered.
+        """
+        prepare = PrepareVqaItem(
+            self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template
+        )
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(items), batch_size):
+            results += self._run([prepare(it) for it in items[start : start + batch_size]], **generation)
+        return results
+
