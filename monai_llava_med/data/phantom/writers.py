@@ -1,0 +1,165 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Write phantoms as real DICOM (pydicom), NIfTI (nibabel) and PNG files.
+
+DICOM: CT Image Storage or MR Image Storage, Explicit VR Little Endian, unsigned 16-bit pixels with
+RescaleSlope 1 and RescaleIntercept -1024 (CT, Hounsfield units) or 0 (MR); identity orientation, one
+file per slice with ImagePositionPatient stepping along z; deterministic UIDs derived from the case id
+and seed. Patient fields hold only the synthetic case id; no dates, no real data.
+NIfTI: int16 intensities and a uint8 ``*_seg.nii.gz`` label map, with the RAS affine that matches the
+DICOM LPS geometry (x and y flipped).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from .generator import PhantomCase
+
+__all__ = ["window_to_uint8", "nifti_affine", "write_dicom", "write_nifti", "write_png"]
+
+_CT_INTERCEPT = -1024.0
+
+
+def window_to_uint8(case: PhantomCase) -> np.ndarray:
+    """Display window of a phantom as uint8 (CT: level 40 / width 400; MR: 0-1200)."""
+    lo, hi = (-160.0, 240.0) if case.modality == "CT" else (0.0, 1200.0)
+    return (np.clip((case.image - lo) / (hi - lo), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def nifti_affine(case: PhantomCase) -> np.ndarray:
+    """RAS affine for NIfTI arrays stored as (x, y, z), matching the DICOM geometry of :func:`write_dicom`."""
+    sz, sy, sx = case.spacing if case.ndim == 3 else (1.0, *case.spacing)
+    return np.diag([-sx, -sy, sz, 1.0])
+
+
+def _base_dataset(case: PhantomCase, uid_seed: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage if case.modality == "CT" else MRImageStorage
+    ds.PatientName = "PHANTOM^SYNTHETIC"
+    ds.PatientID = case.case_id
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[uid_seed, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[uid_seed, "frame"])
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.Modality = case.modality
+    ds.Manufacturer = "monai-llava-med synthetic phantom"
+    ds.StudyDescription = "Synthetic phantom"
+    ds.SeriesDescription = f"Synthetic {case.modality} phantom"
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = 1.0
+    ds.RescaleIntercept = _CT_INTERCEPT if case.modality == "CT" else 0.0
+    if case.modality == "CT":
+        ds.RescaleType = "HU"
+        ds.KVP = 120.0
+        ds.WindowCenter, ds.WindowWidth = 40.0, 400.0
+    else:
+        ds.MagneticFieldStrength = 1.5
+        ds.ScanningSequence = "SE"
+        ds.SequenceVariant = "NONE"
+        ds.WindowCenter, ds.WindowWidth = 600.0, 1200.0
+    return ds
+
+
+def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> list[Path]:
+    """Write a phantom as DICOM: one file for an image, a folder of slice files for a volume.
+
+    Args:
+        case: the phantom.
+        out: file path (``.dcm``) for a 2-D case, folder for a 3-D case.
+        seed: mixed into the UIDs (same case + seed -> same UIDs, byte-identical files).
+
+    Returns:
+        The written files, in slice order.
+    """
+    out = Path(out)
+    vol = case.image[None] if case.ndim == 2 else case.image
+    sz, sy, sx = case.spacing if case.ndim == 3 else (1.0, *case.spacing)
+    uid_seed = f"{case.case_id}-{seed}"
+    intercept = _CT_INTERCEPT if case.modality == "CT" else 0.0
+    stored = vol - intercept
+    if stored.min() < 0 or stored.max() > 65535:
+        raise ValueError(f"{case.case_id}: intensities do not fit unsigned 16-bit storage")
+    stored = stored.astype("<u2")
+    if case.ndim == 3:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    origin = (-(vol.shape[2] - 1) * sx / 2.0, -(vol.shape[1] - 1) * sy / 2.0, -(vol.shape[0] - 1) * sz / 2.0)
+    files = []
+    for k in range(vol.shape[0]):
+        ds = _base_dataset(case, uid_seed)
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, "instance", str(k)])
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * sz]
+        ds.SliceLocation = origin[2] + k * sz
+        ds.SliceThickness = sz
+        ds.PixelSpacing = [sy, sx]
+        ds.Rows, ds.Columns = int(vol.shape[1]), int(vol.shape[2])
+        ds.PixelData = stored[k].tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        path = out / f"slice_{k:04d}.dcm" if case.ndim == 3 else out
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return files
+
+
+def write_nifti(case: PhantomCase, out: str | os.PathLike, label_out: str | os.PathLike | None = None) -> Path:
+    """Write a phantom (and optionally its label map) as NIfTI.
+
+    Args:
+        case: the phantom.
+        out: ``.nii`` or ``.nii.gz`` path of the intensities (int16).
+        label_out: path of the label map (uint8), skipped when None.
+    """
+    vol = case.image[None] if case.ndim == 2 else case.image
+    lab = case.label[None] if case.ndim == 2 else case.label
+    affine = nifti_affine(case)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)).astype(np.int16), affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, out)
+    if label_out is not None:
+        seg = nib.Nifti1Image(np.ascontiguousarray(lab.transpose(2, 1, 0)).astype(np.uint8), affine)
+        seg.header.set_xyzt_units("mm")
+        nib.save(seg, Path(label_out))
+    return out
+
+
+def write_png(case: PhantomCase, out: str | os.PathLike) -> Path:
+    """Write a 2-D phantom as an 8-bit greyscale PNG in its display window.
+
+    Args:
+        case: a 2-D phantom.
+        out: the PNG path.
+    """
+    if case.ndim != 2:
+        raise ValueError(f"{case.case_id}: PNG export is for 2-D phantoms")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(window_to_uint8(case), mode="L").save(out)
+    return out
