@@ -1,0 +1,214 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Composed pipelines: any supported file -> views/tiles -> vision-tower pixels, with metadata.
+
+:class:`MedicalImageToPixels` dispatches by file type and content:
+
+* DICOM file / series folder, NIfTI: radiology -- load, reorient to RAS, modality-aware intensity, views;
+* PNG/JPEG, single-page small TIFF: one ``{"kind": "image"}`` view;
+* pyramidal (or very large) TIFF, SVS: pathology -- tissue tiles.
+
+For a DICOM series stored as axial slices with the ``"axial"``/``"central"`` view modes and a fixed window (CT,
+or any explicit window), only the chosen slices are decoded after a header scan of the whole series; the output
+equals the full-volume path. The result has no patient identifiers: only the fields listed in
+:meth:`MedicalImageToPixels.__call__`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_dicom_slice, scan_dicom_series
+from .pathology import SlideTiles
+from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
+from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
+from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
+
+__all__ = [
+    "RadiologyViews",
+    "MedicalImageToPixels",
+    "MedicalImageToPixelsd",
+    "MedicalImageToPixelsD",
+    "MedicalImageToPixelsDict",
+]
+
+
+class RadiologyViews(Transform):
+    """Radiology input (DICOM file/series, NIfTI, photo) -> display-scaled 2D views with ``meta["view"]``.
+
+    Args:
+        max_views: see :class:`~monai_llava_med.transforms.views.VolumeToViews`.
+        view_mode: see :class:`~monai_llava_med.transforms.views.VolumeToViews`.
+        token_budget: see :class:`~monai_llava_med.transforms.views.VolumeToViews`.
+        tokens_per_view: see :class:`~monai_llava_med.transforms.views.VolumeToViews`.
+        montage_grid: see :class:`~monai_llava_med.transforms.views.VolumeToViews`.
+        window: see :class:`~monai_llava_med.transforms.radiology.ModalityIntensity`.
+        percentiles: see :class:`~monai_llava_med.transforms.radiology.ModalityIntensity`.
+        modality: override the file's modality.
+        max_voxels: size limit of an input.
+        lazy_series: decode only the chosen slices of an axial DICOM series when the result is the same.
+    """
+
+    def __init__(
+        self,
+        max_views: int = 4,
+        view_mode: ViewMode = "axial",
+        token_budget: int | None = None,
+        tokens_per_view: int = TOKENS_PER_VIEW,
+        montage_grid: int = 3,
+        window: WindowSpec | Sequence[WindowSpec] = "auto",
+        percentiles: tuple[float, float] = (0.5, 99.5),
+        modality: str | None = None,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
+        lazy_series: bool = True,
+    ) -> None:
+        self.loader = LoadMedicalImage(max_voxels=max_voxels, modality=modality)
+        self.orient = CanonicalOrientation("RAS")
+        self.intensity = ModalityIntensity(window, percentiles)
+        self.to_views = VolumeToViews(max_views, view_mode, token_budget, tokens_per_view, montage_grid)
+        self.window = window
+        self.modality = modality
+        self.max_voxels = max_voxels
+        self.lazy_series = lazy_series
+
+    def __call__(self, path: str | PathLike, kind: str | None = None) -> list[MetaTensor]:  # type: ignore[override]
+        """Return the views of ``path``."""
+        kind = kind or detect_input_kind(path)
+        if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central"):
+            info = scan_dicom_series(path, self.max_voxels)
+            modality = (self.modality or info.meta["modality"]).upper()
+            fixed_window = self.window not in ("auto", "percentile", None) or modality == "CT"
+            if len(info.files) > 1 and info.is_standard_axial and fixed_window:
+                return self._lazy_axial(info, Path(path).name, modality)
+        img = self.loader(path, kind=kind)  # type: ignore[arg-type]
+        img = self.orient(img)
+        img = self.intensity(img)
+        return self.to_views(img)
+
+    def _lazy_axial(self, info: Any, source: str, modality: str) -> list[MetaTensor]:
+        views = []
+        for index in self.to_views.select(len(info.files)):
+            sl = load_dicom_slice(info.files[index], self.max_voxels)
+            sl.meta.update(modality=modality, source=source, window_center=info.meta["window_center"],
+                           window_width=info.meta["window_width"], photometric=info.meta["photometric"])
+            shown = self.intensity(sl)
+            shown = _square_pixels(shown, info.spacing[0], info.spacing[1])
+            meta = shown.meta if isinstance(shown, MetaTensor) else sl.meta
+            views.append(_view(shown, {"kind": "slice", "plane": "axial", "index": int(index)}, meta))
+        return views
+
+
+class MedicalImageToPixels(Transform):
+    """File or DICOM folder -> CLIP pixels of its views/tiles plus metadata, for LLaVA-Med.
+
+    Args:
+        image_size: vision tower input size.
+        image_mean: CLIP mean (also the pad colour).
+        image_std: CLIP std.
+        max_views: most views (radiology) or tiles (pathology, thumbnail included).
+        token_budget: cap on image tokens; views = ``min(max_views, token_budget // tokens_per_view)``.
+        tokens_per_view: image tokens per view.
+        window: ``"auto"``, ``"composite"``, ``"percentile"``, a preset, ``"dicom"`` or ``(centre, width)``.
+        view_mode: ``"axial"`` (default: evenly spaced axial slices), ``"central"``, ``"triplanar"``, ``"montage"``.
+        montage_grid: slices per montage side.
+        percentiles: percentile range for MR and other non-CT grey images.
+        modality: override the modality (NIfTI has none; it is guessed from the value range).
+        tile_size: pathology tile side at the chosen level.
+        target_mpp: pathology target microns per pixel.
+        slide_level: pathology level when mpp is unknown or ``target_mpp`` is None.
+        min_tissue: smallest tissue fraction of a kept tile.
+        thumbnail: add the slide thumbnail as the first view.
+        stain_normalize: H&E stain normalisation of tiles.
+        max_voxels: size limit of a radiology input.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 336,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        max_views: int = 4,
+        token_budget: int | None = None,
+        tokens_per_view: int = TOKENS_PER_VIEW,
+        window: WindowSpec | Sequence[WindowSpec] = "auto",
+        view_mode: ViewMode = "axial",
+        montage_grid: int = 3,
+        percentiles: tuple[float, float] = (0.5, 99.5),
+        modality: str | None = None,
+        tile_size: int = 512,
+        target_mpp: float | None = 0.5,
+        slide_level: int = 0,
+        min_tissue: float = 0.5,
+        thumbnail: bool = False,
+        stain_normalize: bool = False,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
+    ) -> None:
+        self.radiology = RadiologyViews(max_views, view_mode, token_budget, tokens_per_view, montage_grid, window,
+                                        percentiles, modality, max_voxels)
+        n = self.radiology.to_views.n_views
+        self.pathology = SlideTiles(tile_size, target_mpp, slide_level, n, min_tissue, thumbnail, stain_normalize)
+        self.pixels = ImageToClipPixels(image_size, image_mean, image_std)
+
+    def views(self, path: str | PathLike) -> list[MetaTensor]:
+        """The display images (before CLIP pixels) of ``path``, each with ``meta["view"]``."""
+        kind = detect_input_kind(path)
+        if kind == "slide":
+            return self.pathology(path)
+        return self.radiology(path, kind=kind)
+
+    def __call__(self, path: str | PathLike) -> dict[str, Any]:  # type: ignore[override]
+        """Return ``{"pixel_values": (V, 3, S, S) float32, "views": [...], "modality", "source", "window"}``."""
+        views = self.views(path)
+        pixels = torch.stack([self.pixels(v) for v in views])
+        first = views[0].meta
+        return {
+            "pixel_values": pixels,
+            "views": [dict(v.meta["view"]) for v in views],
+            "modality": str(first.get("modality", "OT")),
+            "source": Path(path).name,
+            "window": first.get("window"),
+        }
+
+
+class MedicalImageToPixelsd(MapTransform):
+    """Dictionary wrapper of :class:`MedicalImageToPixels`.
+
+    For each path under ``keys`` it writes ``{prefix}pixel_values``, ``{prefix}views``, ``{prefix}modality``,
+    ``{prefix}source`` and ``{prefix}window`` into the dictionary.
+
+    Args:
+        keys: keys holding paths.
+        output_prefix: prefix of the written keys; ``None`` -> ``""`` for one key, ``"{key}_"`` for several.
+        allow_missing_keys: do not raise for missing keys.
+        kwargs: arguments of :class:`MedicalImageToPixels`.
+    """
+
+    def __init__(self, keys: KeysCollection, output_prefix: str | None = None, allow_missing_keys: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_prefix = output_prefix
+        self.transform = MedicalImageToPixels(**kwargs)
+
+    def __call__(self, data: dict) -> dict:  # type: ignore[override]
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.output_prefix is not None:
+                prefix = self.output_prefix
+            else:
+                prefix = "" if len(self.keys) == 1 else f"{key}_"
+            for name, value in self.transform(d[key]).items():
+                d[f"{prefix}{name}"] = value
+        return d
+
+
+MedicalImageToPixelsD = MedicalImageToPixelsDict = MedicalImageToPixelsd

@@ -1,0 +1,178 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Image -> vision-tower pixels in LLaVA "pad" mode, in torch, for single images and batches.
+
+The reference pastes the image at the centre of a square canvas filled with the CLIP mean colour
+(``int(mean * 255)`` per channel, i.e. (122, 116, 104)), resizes it with PIL bicubic to the encoder size and
+normalises with the CLIP mean/std. :class:`ImageToClipPixels` does the same with
+``torch.nn.functional.interpolate(mode="bicubic", antialias=True)`` on 8-bit data, whose kernel is PIL's.
+
+Intended differences from ``CLIPImageProcessorPil`` + pad-to-square (measured in ``tests/test_transforms_pixels.py``):
+float inputs are rounded to 8 bits first (the model was trained on 8-bit PNGs); downscaled or same-size images
+match within 1/255 per pixel before normalisation; when a small image is *upscaled*, torch and PIL round their
+intermediate 8-bit pass differently, so a few pixels next to sharp edges (under 1 %) differ by 2/255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "pad_to_square",
+    "ImageToClipPixels",
+    "ImageToClipPixelsd",
+    "ImageToClipPixelsD",
+    "ImageToClipPixelsDict",
+]
+
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``(..., C, H, W)`` with values in [0, 255], C in {1, 3, 4} -> uint8 ``(..., 3, H, W)``."""
+    t = torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
+    if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor:
+        t = t.as_subclass(torch.Tensor)  # drop MetaTensor: its metadata has no place in the pixels
+    if t.ndim < 3:
+        raise ValueError(f"expected a (C, H, W) image or (B, C, H, W) batch, got shape {tuple(t.shape)}")
+    channels = t.shape[-3]
+    if channels == 4:
+        t = t[..., :3, :, :]
+    elif channels == 1:
+        t = t.expand(*t.shape[:-3], 3, *t.shape[-2:])
+    elif channels != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got {channels} (shape {tuple(t.shape)})")
+    if min(t.shape[-2:]) <= 0:
+        raise ValueError(f"image has a zero-size side: {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t
+    if t.is_floating_point():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("image holds NaN/inf values")
+        return torch.floor(t.clamp(0, 255) + 0.5).to(torch.uint8)
+    return t.clamp(0, 255).to(torch.uint8)
+
+
+def pad_to_square(img: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
+    """Paste ``(..., 3, H, W)`` at the centre of a square canvas of side ``max(H, W)`` filled with ``fill``.
+
+    The offset is ``(side - short) // 2``, as in the reference ``expand2square``.
+
+    Args:
+        img: image or batch, channel-first.
+        fill: one value per channel, same dtype as ``img``.
+    """
+    h, w = img.shape[-2:]
+    if h == w:
+        return img
+    side = max(h, w)
+    canvas = torch.empty((*img.shape[:-2], side, side), dtype=img.dtype)
+    canvas[...] = torch.as_tensor(fill, dtype=img.dtype).view(3, 1, 1)
+    top, left = (side - h) // 2, (side - w) // 2
+    canvas[..., top : top + h, left : left + w] = img
+    return canvas
+
+
+class ImageToClipPixels(Transform):
+    """``(C, H, W)`` or ``(B, C, H, W)`` image in [0, 255] -> CLIP-normalised float32 pixels in LLaVA pad mode.
+
+    Args:
+        image_size: the vision tower's input size (336 for LLaVA-Med v1.5).
+        image_mean: CLIP mean, also the pad colour (times 255, truncated to integers as in the reference).
+        image_std: CLIP std.
+        pad: pad to square first ("pad" mode); ``False`` squashes the image to the square instead.
+
+    Returns (from ``__call__``):
+        float32 ``(3, S, S)`` or ``(B, 3, S, S)``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 336,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        pad: bool = True,
+    ) -> None:
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if len(image_mean) != 3 or len(image_std) != 3 or min(image_std) <= 0:
+            raise ValueError("image_mean and image_std need three values, std positive")
+        self.image_size = int(image_size)
+        self.fill = tuple(int(m * 255) for m in image_mean)
+        self.pad = pad
+        self._mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1) * 255.0)
+
+    def to_unnormalised(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
+        x = _to_uint8_rgb(img)
+        single = x.ndim == 3
+        if single:
+            x = x.unsqueeze(0)
+        elif x.ndim != 4:
+            raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
+        if self.pad:
+            x = pad_to_square(x, self.fill)
+        s = self.image_size
+        if tuple(x.shape[-2:]) != (s, s):
+            # uint8 channels-last bicubic+antialias is torch's port of PIL's resampler (and its fast path)
+            x = F.interpolate(
+                x.contiguous(memory_format=torch.channels_last), size=(s, s), mode="bicubic", antialias=True
+            )
+        x = x.float().contiguous()
+        return x[0] if single else x
+
+    def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Pad, resize and normalise ``img``."""
+        x = self.to_unnormalised(img)
+        return (x - self._mean) * self._inv_std
+
+
+class ImageToClipPixelsd(MapTransform):
+    """Dictionary wrapper of :class:`ImageToClipPixels`.
+
+    Args:
+        keys: image keys.
+        image_size: see :class:`ImageToClipPixels`.
+        image_mean: see :class:`ImageToClipPixels`.
+        image_std: see :class:`ImageToClipPixels`.
+        pad: see :class:`ImageToClipPixels`.
+        output_key: write the pixels under this key (single key only) instead of replacing the image.
+        allow_missing_keys: do not raise for missing keys.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_size: int = 336,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        pad: bool = True,
+        output_key: str | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if output_key is not None and len(self.keys) != 1:
+            raise ValueError("output_key needs exactly one input key")
+        self.output_key = output_key
+        self.transform = ImageToClipPixels(image_size, image_mean, image_std, pad)
+
+    def __call__(self, data: dict) -> dict:  # type: ignore[override]
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key or key] = self.transform(d[key])
+        return d
+
+
+ImageToClipPixelsD = ImageToClipPixelsDict = ImageToClipPixelsd
