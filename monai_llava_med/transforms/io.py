@@ -20,6 +20,7 @@ the slice normal.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -359,6 +360,24 @@ def _pydicom_reader() -> PydicomReader:
     return PydicomReader(affine_lps_to_ras=True, swap_ij=True, prune_metadata=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _loader(kind: str) -> LoadImage:
+    """One cached ``LoadImage`` per reader kind (building one instantiates every MONAI reader)."""
+
+    def convert(im: Any) -> Any:
+        return im if im.mode in ("L", "RGB", "I;16", "I", "F") else im.convert("RGB")
+
+    readers = {
+        "dicom": _pydicom_reader,
+        "series": lambda: PydicomReader(affine_lps_to_ras=True, swap_ij=True, prune_metadata=True, fname_regex=None),
+        "nifti": NibabelReader,
+        "photo": lambda: PILReader(reverse_indexing=False, converter=convert),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LoadImage(reader=readers[kind](), image_only=True, ensure_channel_first=True)
+
+
 def _run_loader(loader: LoadImage, path: str | PathLike, ds: Any = None) -> MetaTensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -386,7 +405,7 @@ def load_dicom_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS)
     """
     ds = read_dicom_header(path)
     check_dicom_pixels(ds, path, max_voxels)
-    img = _run_loader(LoadImage(reader=_pydicom_reader(), image_only=True, ensure_channel_first=True), path, ds)
+    img = _run_loader(_loader("dicom"), path, ds)
     if int(ds.get("SamplesPerPixel", 1) or 1) > 1 and img.shape[0] == 1:
         img = img[0].movedim(-1, 0)[:3]
     if img.ndim != 3:
@@ -453,7 +472,7 @@ class LoadMedicalImage(Transform):
         check_dicom_pixels(ds, path, self.max_voxels)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         meta = _dicom_meta(ds, _name(path))
-        img = _run_loader(LoadImage(reader=_pydicom_reader(), image_only=True, ensure_channel_first=True), path, ds)
+        img = _run_loader(_loader("dicom"), path, ds)
         if int(ds.get("SamplesPerPixel", 1) or 1) > 1 and img.shape[0] == 1:
             img = img[0].movedim(-1, 0)[:3]  # colour samples last -> channel first (RGBA: alpha dropped)
         if frames > 1:
@@ -476,8 +495,7 @@ class LoadMedicalImage(Transform):
             raise VolumeError("InstanceNumber order disagrees with slice positions (or is missing)", folder)
         first = read_dicom_header(info.files[0])
         check_dicom_pixels(first, info.files[0], self.max_voxels)
-        reader = PydicomReader(affine_lps_to_ras=True, swap_ij=True, prune_metadata=True, fname_regex=None)
-        img = _run_loader(LoadImage(reader=reader, image_only=True, ensure_channel_first=True), folder, first)
+        img = _run_loader(_loader("series"), folder, first)
         if img.ndim != 4 or img.shape[-1] != len(info.files):
             raise VolumeError(f"series decoded to unexpected shape {tuple(img.shape)}", folder)
         return _clean_meta(img, {**info.meta, "layout": "volume"})
@@ -494,7 +512,7 @@ class LoadMedicalImage(Transform):
             raise ImageReadError(f"zero-size or degenerate NIfTI shape {shape}", path)
         if int(np.prod(shape)) > self.max_voxels:
             raise ImageReadError(f"absurd NIfTI size {shape} (limit {self.max_voxels})", path)
-        img = _run_loader(LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True), path)
+        img = _run_loader(_loader("nifti"), path)
         if img.ndim == 5:
             img = img[..., 0]
         if img.ndim == 3:  # a 2D NIfTI: one axial slice
@@ -506,13 +524,7 @@ class LoadMedicalImage(Transform):
         return _clean_meta(img, {**meta, "source": _name(path), "layout": "volume"})
 
     def _load_photo(self, path: str | PathLike) -> MetaTensor:
-        def convert(im: Any) -> Any:
-            if im.mode in ("L", "RGB", "I;16", "I", "F"):
-                return im
-            return im.convert("RGB")
-
-        reader = PILReader(reverse_indexing=False, converter=convert)
-        img = _run_loader(LoadImage(reader=reader, image_only=True, ensure_channel_first=True), path)
+        img = _run_loader(_loader("photo"), path)
         if img.ndim != 3 or min(img.shape[1:]) <= 0:
             raise ImageReadError(f"unexpected image shape {tuple(img.shape)}", path)
         if img.numel() > self.max_voxels:

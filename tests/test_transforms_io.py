@@ -1,0 +1,345 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Loading: real files shipped with pydicom / pydicom-data / nibabel, generated series, malformed inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from _transforms_fixtures import make_ct_dataset, save_dicom, shipped_file, write_ct_series, write_slide
+
+from monai_llava_med.errors import DicomDecodeError, ImageReadError, LlavaMedInputError, SlideError, VolumeError
+from monai_llava_med.transforms import LoadMedicalImage, MedicalImageToPixels, detect_input_kind, scan_dicom_series
+
+CT5N = os.path.join(os.path.dirname(shipped_file("CT_small.dcm")), "dicomdirtests", "98892001", "CT5N")
+ANATOMICAL = os.path.join(os.path.dirname(nib.__file__), "tests", "data", "anatomical.nii")
+
+
+@pytest.fixture(scope="module")
+def load():
+    return LoadMedicalImage()
+
+
+def test_ct_small_hounsfield_units(load):
+    ds = pydicom.dcmread(shipped_file("CT_small.dcm"))
+    img = load(shipped_file("CT_small.dcm"))
+    assert tuple(img.shape) == (1, 128, 128) and img.meta["layout"] == "image"
+    expected = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    for r, c in [(0, 0), (64, 64), (10, 100), (127, 3)]:
+        assert float(img[0, r, c]) == pytest.approx(float(expected[r, c]))
+    assert float(img[0, 64, 64]) == pytest.approx(1928 - 1024)  # stored 1928, intercept -1024
+    assert img.meta["modality"] == "CT" and img.meta["source"] == "CT_small.dcm"
+
+
+@pytest.mark.parametrize(
+    "name,shape,modality",
+    [
+        ("MR_small.dcm", (1, 64, 64), "MR"),
+        ("MR_small_RLE.dcm", (1, 64, 64), "MR"),
+        ("image_dfl.dcm", (1, 512, 512), "OT"),
+        ("JPEG2000.dcm", (1, 1024, 256), "NM"),
+        ("MR_small_jp2klossless.dcm", (1, 64, 64), "MR"),
+        ("SC_rgb_jpeg_dcmtk.dcm", (3, 100, 100), "OT"),
+        ("examples_rgb_color.dcm", (3, 240, 320), "US"),
+    ],
+)
+def test_single_and_compressed_dicom(load, name, shape, modality):
+    img = load(shipped_file(name))
+    assert tuple(img.shape) == shape and img.meta["modality"] == modality
+    ref = pydicom.dcmread(shipped_file(name)).pixel_array
+    ref = np.moveaxis(ref, -1, 0) if ref.ndim == 3 else ref[None]
+    slope = float(pydicom.dcmread(shipped_file(name)).get("RescaleSlope", 1) or 1)
+    inter = float(pydicom.dcmread(shipped_file(name)).get("RescaleIntercept", 0) or 0)
+    np.testing.assert_allclose(img.numpy(), ref * slope + inter, atol=1e-3)
+
+
+def test_compressed_matches_uncompressed(load):
+    plain = load(shipped_file("MR_small.dcm"))
+    np.testing.assert_array_equal(load(shipped_file("MR_small_RLE.dcm")).numpy(), plain.numpy())
+    np.testing.assert_array_equal(load(shipped_file("MR_small_jp2klossless.dcm")).numpy(), plain.numpy())
+
+
+def test_multiframe_frames_layout(load):
+    img = load(shipped_file("emri_small_RLE.dcm"))
+    ref = pydicom.dcmread(shipped_file("emri_small_RLE.dcm")).pixel_array  # (F, R, C)
+    assert img.meta["layout"] == "frames" and tuple(img.shape) == (1, 64, 64, 10)
+    for f in (0, 4, 9):
+        np.testing.assert_array_equal(img[0, :, :, f].numpy().T, ref[f])
+
+
+def test_ct5n_series_sorted_by_position(load):
+    info = scan_dicom_series(CT5N)
+    assert len(info.files) == 5 and info.positions == sorted(info.positions)
+    assert info.positions[0] == pytest.approx(-1.2375) and info.spacing[2] == pytest.approx(2.5)
+    # InstanceNumber 6..10 runs superior -> inferior: position order is its reverse
+    assert [int(pydicom.dcmread(f).InstanceNumber) for f in info.files] == [10, 9, 8, 7, 6]
+    img = load(CT5N)
+    assert tuple(img.shape) == (1, 16, 16, 5) and img.meta["layout"] == "volume"
+    assert img.meta["source"] == "CT5N"
+    assert float(torch.linalg.norm(img.affine[:3, 2])) == pytest.approx(2.5)
+
+
+def test_generated_series_values_and_spacing(tmp_path, load):
+    vol = np.zeros((8, 6, 5), np.float32)
+    for k in range(5):
+        vol[:, :, k] = 100 * k - 500
+    write_ct_series(tmp_path / "s", vol, z0=10, dz=3.0, spacing=(0.7, 0.9))
+    img = load(tmp_path / "s")
+    assert tuple(img.shape) == (1, 6, 8, 5)  # (X=cols, Y=rows, Z)
+    sp = torch.linalg.norm(img.affine[:3, :3], dim=0).tolist()
+    assert sp == pytest.approx([0.9, 0.7, 3.0])
+    for k in range(5):
+        assert float(img[0, 2, 3, k]) == pytest.approx(100 * k - 500)
+
+
+def test_mr_rgb_and_radiograph_optional(load):
+    try:
+        path = shipped_file("RG1_UNCI.dcm")
+    except AssertionError:
+        pytest.skip("pydicom-data not installed")
+    img = load(path)
+    assert img.meta["photometric"] == "MONOCHROME1" and img.meta["modality"] == "CR"
+    assert tuple(img.shape) == (1, 1955, 1841)
+
+
+def test_nifti_anatomical(load):
+    img = load(ANATOMICAL)
+    assert tuple(img.shape) == (1, 33, 41, 25) and img.meta["modality"] == "MR"
+    ref = nib.load(ANATOMICAL).get_fdata()
+    assert float(img[0, 10, 20, 12]) == pytest.approx(ref[10, 20, 12])
+
+
+def test_png_and_small_tiff_are_images(tmp_path, load):
+    from PIL import Image
+
+    arr = (np.arange(30 * 40 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    Image.fromarray(arr).save(tmp_path / "b.tif")
+    for name in ("a.png", "b.tif"):
+        assert detect_input_kind(tmp_path / name) == "image"
+        img = load(tmp_path / name)
+        assert tuple(img.shape) == (3, 30, 40)
+        np.testing.assert_array_equal(img.numpy(), np.moveaxis(arr, -1, 0))
+    write_slide(tmp_path / "slide.tif", size=512, levels=3)
+    assert detect_input_kind(tmp_path / "slide.tif") == "slide"
+
+
+# ----------------------------------------------------------------------------------------------- malformed inputs
+
+
+def _ct_file(tmp_path, name="x.dcm", **kw):
+    pixels = kw.pop("pixels", np.full((8, 8), 1000, np.int16))
+    return save_dicom(make_ct_dataset(pixels, **kw), tmp_path / name)
+
+
+def _series(tmp_path, name, n=4, shape=(8, 8)):
+    vol = np.zeros((*shape, n), np.float32)
+    return write_ct_series(tmp_path / name, vol)
+
+
+def _bad_empty_file(tmp_path):
+    (tmp_path / "e.dcm").write_bytes(b"")
+    return tmp_path / "e.dcm", ImageReadError, "empty"
+
+
+def _bad_not_dicom(tmp_path):
+    (tmp_path / "t.dcm").write_text("hello, not a DICOM file" * 20)
+    return tmp_path / "t.dcm", DicomDecodeError, "not a DICOM"
+
+
+def _bad_truncated_pixels(tmp_path):
+    p = _ct_file(tmp_path, pixels=np.ones((64, 64), np.int16))
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[: len(data) - 3000])
+    return p, DicomDecodeError, "pixel"
+
+
+def _bad_truncated_header(tmp_path):
+    p = _ct_file(tmp_path)
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[:200])
+    return p, DicomDecodeError, "DICOM"
+
+
+def _bad_no_pixeldata(tmp_path):
+    ds = make_ct_dataset(np.ones((4, 4), np.int16))
+    del ds.PixelData
+    return save_dicom(ds, tmp_path / "np.dcm"), DicomDecodeError, "no PixelData"
+
+
+def _bad_transfer_syntax(tmp_path):
+    return shipped_file("JPGLosslessP14SV1_1s_1f_8b.dcm"), DicomDecodeError, "install pylibjpeg"
+
+
+def _bad_fake_jpegls(tmp_path):
+    from pydicom.encaps import encapsulate
+
+    ds = make_ct_dataset(np.ones((8, 8), np.int16))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"
+    ds.PixelData = encapsulate([b"\xff\xd8garbage\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    try:
+        ds.save_as(str(tmp_path / "ls.dcm"), enforce_file_format=True)
+    except TypeError:
+        ds.save_as(str(tmp_path / "ls.dcm"), write_like_original=False)
+    return tmp_path / "ls.dcm", DicomDecodeError, "JPEG-LS"
+
+
+def _bad_zero_rows(tmp_path):
+    ds = make_ct_dataset(np.ones((4, 4), np.int16))
+    ds.Rows = 0
+    return save_dicom(ds, tmp_path / "z.dcm"), ImageReadError, "zero-size"
+
+
+def _bad_absurd_size(tmp_path):
+    ds = make_ct_dataset(np.ones((4, 4), np.int16))
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 65535, 65535, 500
+    return save_dicom(ds, tmp_path / "big.dcm"), ImageReadError, "absurd"
+
+
+def _bad_nan_nifti(tmp_path):
+    v = np.zeros((6, 6, 4), np.float32)
+    v[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(v, np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    return tmp_path / "nan.nii.gz", VolumeError, "NaN"
+
+
+def _bad_inf_nifti(tmp_path):
+    v = np.zeros((6, 6, 4), np.float32)
+    v[1, 2, 3] = np.inf
+    nib.save(nib.Nifti1Image(v, np.eye(4)), str(tmp_path / "inf.nii"))
+    return tmp_path / "inf.nii", VolumeError, "NaN/inf"
+
+
+def _bad_4d_nifti(tmp_path):
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.float32), np.eye(4)), str(tmp_path / "f.nii"))
+    return tmp_path / "f.nii", VolumeError, "4D"
+
+
+def _bad_truncated_nifti(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), np.eye(4)), str(tmp_path / "tr.nii"))
+    data = (tmp_path / "tr.nii").read_bytes()
+    (tmp_path / "tr.nii").write_bytes(data[:1000])
+    return tmp_path / "tr.nii", ImageReadError, "cannot read"
+
+
+def _bad_mixed_sizes(tmp_path):
+    files = _series(tmp_path, "m")
+    ds = pydicom.dcmread(files[1])
+    new = make_ct_dataset(np.zeros((10, 10), np.int16), ds.ImagePositionPatient, 2, ds.SeriesInstanceUID)
+    save_dicom(new, files[1])
+    return tmp_path / "m", VolumeError, "different sizes"
+
+
+def _bad_mixed_orientation(tmp_path):
+    files = _series(tmp_path, "o")
+    ds = pydicom.dcmread(files[2])
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    save_dicom(ds, files[2])
+    return tmp_path / "o", VolumeError, "orientations"
+
+
+def _bad_duplicate_position(tmp_path):
+    files = _series(tmp_path, "d")
+    ds0 = pydicom.dcmread(files[0])
+    ds = pydicom.dcmread(files[1])
+    ds.ImagePositionPatient = ds0.ImagePositionPatient
+    save_dicom(ds, files[1])
+    return tmp_path / "d", VolumeError, "same position"
+
+
+def _bad_missing_slice(tmp_path):
+    files = _series(tmp_path, "g", n=6)
+    os.remove(files[3])
+    return tmp_path / "g", VolumeError, "uneven"
+
+
+def _bad_two_series(tmp_path):
+    files = _series(tmp_path, "two")
+    ds = pydicom.dcmread(files[0])
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    save_dicom(ds, files[0])
+    return tmp_path / "two", VolumeError, "mixes 2"
+
+
+def _bad_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("nothing here")
+    return tmp_path / "empty", ImageReadError, "no DICOM"
+
+
+def _bad_truncated_png(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
+    return tmp_path / "a.png", ImageReadError, "cannot read"
+
+
+def _bad_missing_file(tmp_path):
+    return tmp_path / "nope.nii.gz", ImageReadError, "no such file"
+
+
+def _bad_unknown_suffix(tmp_path):
+    (tmp_path / "a.xyz").write_text("data")
+    return tmp_path / "a.xyz", ImageReadError, "unsupported file type"
+
+
+def _bad_corrupt_tiff(tmp_path):
+    (tmp_path / "c.tif").write_bytes(b"II*\x00" + b"\x13" * 400)
+    return tmp_path / "c.tif", SlideError, "TIFF"
+
+
+def _bad_pyramid_order(tmp_path):
+    import tifffile
+
+    with tifffile.TiffWriter(str(tmp_path / "p.tif")) as tif:
+        tif.write(np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+        tif.write(np.zeros((128, 128, 3), np.uint8), photometric="rgb", subfiletype=1)
+    return tmp_path / "p.tif", SlideError, "not successively smaller"
+
+
+def _bad_blank_slide(tmp_path):
+    write_slide(tmp_path / "blank.tif", size=512, levels=3, tissue=False)
+    return tmp_path / "blank.tif", SlideError, "no tissue"
+
+
+MALFORMED = [f for n, f in sorted(globals().items()) if n.startswith("_bad_")]
+
+
+def test_at_least_15_malformed_kinds():
+    assert len(MALFORMED) >= 15
+
+
+@pytest.mark.parametrize("make", MALFORMED, ids=[f.__name__[5:] for f in MALFORMED])
+def test_malformed_input_raises_typed_error(tmp_path, make):
+    path, error, words = make(tmp_path)
+    pre = MedicalImageToPixels(image_size=32, tile_size=64, target_mpp=None, slide_level=1)
+    with pytest.raises(error) as info:
+        pre(path)
+    assert isinstance(info.value, LlavaMedInputError) and isinstance(info.value, ValueError)
+    assert words.lower() in str(info.value).lower(), str(info.value)
+    assert info.value.path is not None and os.path.basename(str(path)) in info.value.path
+
+
+def test_instance_order_scrambled_is_refused_for_full_volume(tmp_path):
+    files = write_ct_series(tmp_path / "s", np.zeros((8, 8, 4), np.float32))
+    ds = pydicom.dcmread(files[0])
+    ds.InstanceNumber = 3
+    save_dicom(ds, files[0])
+    ds = pydicom.dcmread(files[2])
+    ds.InstanceNumber = 1
+    save_dicom(ds, files[2])
+    assert not scan_dicom_series(tmp_path / "s").instance_order_matches
+    with pytest.raises(VolumeError, match="InstanceNumber"):
+        LoadMedicalImage()(tmp_path / "s")
+    shutil.rmtree(tmp_path / "s")
