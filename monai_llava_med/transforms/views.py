@@ -175,8 +175,14 @@ class VolumeToViews(Transform):
         if img.ndim != 4:
             raise VolumeError(f"volume expected as (C, X, Y, Z), got {tuple(img.shape)}", meta.get("source"))
         if layout == "frames":
-            idx = self.select(img.shape[-1])
-            return [_view(_plain(img)[..., i].transpose(1, 2), {"kind": "frame", "index": i}, meta) for i in idx]
+            frames = _plain(img)
+            if self.mode == "montage":
+                idx = evenly_spaced(frames.shape[-1], self.montage_grid**2)
+                canvas = self._tile([frames[..., i].transpose(1, 2) for i in idx])
+                view = {"kind": "montage", "plane": "frame", "indices": idx, "grid": [self.montage_grid] * 2}
+                return [_view(canvas, view, meta)]
+            idx = self.select(frames.shape[-1])
+            return [_view(frames[..., i].transpose(1, 2), {"kind": "frame", "index": i}, meta) for i in idx]
         spacing = self._spacing(img)
         vol = _plain(img)
         depth = vol.shape[3]
@@ -212,13 +218,18 @@ class VolumeToViews(Transform):
     def _montage(self, vol: torch.Tensor, spacing: tuple[float, float, float], meta: dict[str, Any]) -> MetaTensor:
         g = self.montage_grid
         idx = evenly_spaced(vol.shape[3], g * g)
-        tiles = [_plain(self._section(vol, "axial", i, spacing, meta)) for i in idx]
+        canvas = self._tile([_plain(self._section(vol, "axial", i, spacing, meta)) for i in idx])
+        return _view(canvas, {"kind": "montage", "plane": "axial", "indices": idx, "grid": [g, g]}, meta)
+
+    def _tile(self, tiles: list[torch.Tensor]) -> torch.Tensor:
+        """Row-major grid of ``montage_grid`` x ``montage_grid`` equal-size images (unused cells black)."""
+        g = self.montage_grid
         c, h, w = tiles[0].shape
         canvas = torch.zeros((c, g * h, g * w), dtype=tiles[0].dtype)
         for n, tile in enumerate(tiles):
             r, q = divmod(n, g)
             canvas[:, r * h : (r + 1) * h, q * w : (q + 1) * w] = tile
-        return _view(canvas, {"kind": "montage", "plane": "axial", "indices": idx, "grid": [g, g]}, meta)
+        return canvas
 
 
 class VolumeToViewsd(MapTransform):
