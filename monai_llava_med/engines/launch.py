@@ -1,0 +1,65 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Command line of a training stage, for every launcher.
+
+::
+
+    python -m monai_llava_med.engines.launch --config run.json                      # one process
+    torchrun --nproc_per_node 8 -m monai_llava_med.engines.launch --config run.json
+    deepspeed --num_gpus 8 --module monai_llava_med.engines.launch --config run.json
+    deepspeed --hostfile training/hostfile.example --module monai_llava_med.engines.launch --config run.json
+
+``--set key=value`` overrides a :class:`~monai_llava_med.engines.TrainingConfig` field (the value is parsed as
+JSON when it can be, e.g. ``--set max_steps=100 --set deepspeed=zero2``). The summary of the run is printed as
+one JSON line by rank 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .training import load_run_config, run_training
+
+__all__ = ["parse_overrides", "main"]
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["lr=1e-3", "stage=stage1"]`` -> ``{"lr": 0.001, "stage": "stage1"}`` (JSON values where they parse)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage from a run config; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m monai_llava_med.engines.launch", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="run config (JSON/YAML): build_trainer arguments")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run = load_run_config(args.config)
+    training = dict(run.pop("training", {}) or {})
+    training.update(parse_overrides(args.set))
+    summary = run_training(run, training=training)
+    if summary["rank"] == 0:
+        print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""A MONAI trainer (Ignite engine) whose iteration runs on a DeepSpeed engine, plus its handlers.
+
+One iteration = one micro-batch: forward -> loss -> ``ds_engine.backward`` -> ``ds_engine.step``. DeepSpeed
+accumulates gradients and steps the optimizer and the LR scheduler every ``gradient_accumulation_steps``
+micro-batches. MONAI handlers attach as usual (``StatsHandler(output_transform=from_engine(["loss"],
+first=True))``, ``TensorBoardStatsHandler``, ``ValidationHandler``...); the iteration output is
+``{"loss": float, "lr": float, "tokens": int}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Average
+from monai.engines import Evaluator, Trainer
+from monai.engines.utils import IterationEvents
+from monai.handlers import from_engine
+from torch.utils.data import DataLoader
+
+from .checkpointing import (
+    ResumableBatchSampler,
+    export_consolidated,
+    load_training_checkpoint,
+    save_training_checkpoint,
+)
+from .train_config import LoraSettings
+
+__all__ = [
+    "MODEL_KEYS",
+    "prepare_llava_batch",
+    "DeepSpeedTrainer",
+    "LlavaMedLossEvaluator",
+    "DeepSpeedCheckpointer",
+    "ConsolidatedExport",
+    "LossLogger",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Batch keys that go into ``LlavaMedNet.forward``.
+MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "labels", "position_ids")
+
+
+def prepare_llava_batch(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The model inputs of a collated batch on ``device`` (pixels in ``dtype`` when given).
+
+    Args:
+        batch: output of ``LlavaMedCollator``.
+        device: target device.
+        dtype: floating dtype of the network (bf16 under DeepSpeed bf16).
+    """
+    out: dict[str, Any] = {}
+    for key in MODEL_KEYS:
+        value = batch.get(key)
+        if value is None:
+            continue
+        value = value.to(device, non_blocking=True)
+        if key == "pixel_values" and dtype is not None:
+            value = value.to(dtype)
+        out[key] = value
+    return out
+
+
+def _module_dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+class DeepSpeedTrainer(Trainer):
+    """MONAI ``Trainer`` driving a ``deepspeed.DeepSpeedEngine`` wrapping a ``LlavaMedNet``.
+
+    Args:
+        ds_engine: the engine from ``deepspeed.initialize`` (optimizer and LR scheduler inside).
+        max_epochs: passes over the data.
+        train_data_loader: loader of collated batches; use a :class:`ResumableBatchSampler` as its batch sampler
+            for exact resume.
+        epoch_length: iterations per epoch (default ``len(train_data_loader)``).
+        max_steps: stop after this many optimizer steps (None: ``max_epochs`` epochs).
+        checkpointer: optional :class:`DeepSpeedCheckpointer`; with ``resume`` its latest checkpoint is loaded
+            when :meth:`run` starts.
+        handlers: MONAI/Ignite handlers (objects with ``attach(engine)``).
+        key_train_metric: optional Ignite metrics computed on the iteration outputs.
+        additional_metrics: more such metrics.
+    """
+
+    def __init__(
+        self,
+        ds_engine: Any,
+        max_epochs: int,
+        train_data_loader: DataLoader,
+        epoch_length: int | None = None,
+        max_steps: int | None = None,
+        checkpointer: DeepSpeedCheckpointer | None = None,
+        handlers: Sequence | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+    ) -> None:
+        super().__init__(
+            device=ds_engine.device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            handlers=handlers,
+            decollate=False,
+        )
+        self.ds_engine = ds_engine
+        self.network = ds_engine.module
+        self.optimizer = ds_engine.optimizer
+        self.lr_scheduler = ds_engine.lr_scheduler
+        self.accumulation_steps = int(ds_engine.gradient_accumulation_steps())
+        self.max_steps = max_steps
+        self.checkpointer = checkpointer
+        self.resumed_from: int | None = None
+        if checkpointer is not None:
+            checkpointer.attach(self)
+        if max_steps is not None:
+            self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_at_max_steps)
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps taken so far (DeepSpeed's ``global_steps``)."""
+        return int(self.ds_engine.global_steps)
+
+    def _stop_at_max_steps(self, engine: Engine) -> None:
+        if self.max_steps is not None and self.optimizer_steps >= self.max_steps:
+            engine.terminate()
+
+    def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        """forward -> loss -> DeepSpeed backward -> DeepSpeed step (optimizer/scheduler at accumulation ends)."""
+        inputs = prepare_llava_batch(batchdata, engine.state.device, _module_dtype(self.network))
+        self.ds_engine.train()
+        out = self.ds_engine(**inputs)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        loss = out.loss
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        self.ds_engine.backward(loss)
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self.ds_engine.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return {
+            "loss": float(loss.detach().float()),
+            "lr": float(self.ds_engine.get_lr()[0]),
+            "tokens": int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel()),
+        }
+
+    def run(self) -> None:  # type: ignore[override]
+        """Resume from the latest checkpoint (when a checkpointer with ``resume`` is attached), then train."""
+        if self.checkpointer is not None and self.checkpointer.resume and self.state.iteration == 0:
+            position = load_training_checkpoint(self.ds_engine, self.checkpointer.checkpoint_dir)
+            if position is not None:
+                self._restore_position(int(position["iteration"]), int(position["epoch_length"]))
+        super().run()
+
+    def _restore_position(self, iteration: int, epoch_length: int) -> None:
+        if self.state.epoch_length is not None and epoch_length != self.state.epoch_length:
+            raise ValueError(
+                f"cannot resume: the checkpoint has {epoch_length} iterations per epoch, this run {self.state.epoch_length}"
+            )
+        self.state.iteration = iteration
+        self.state.epoch = iteration // epoch_length
+        self.resumed_from = iteration
+        sampler = getattr(self.data_loader, "batch_sampler", None)
+        if isinstance(sampler, ResumableBatchSampler):
+            sampler.resume_at(iteration // epoch_length, iteration % epoch_length)
+        elif iteration % epoch_length:
+            raise ValueError("resuming mid-epoch needs a ResumableBatchSampler as the data loader's batch sampler")
+
+
+class LlavaMedLossEvaluator(Evaluator):
+    """Validation loss (teacher forcing) of the network under training, for MONAI's ``ValidationHandler``.
+
+    Its key metric ``val_loss`` is the mean per-batch loss (lower is better). Under ZeRO-3 every rank must run it.
+
+    Args:
+        network: the model (``ds_engine.module``, or the DeepSpeed engine itself).
+        val_data_loader: loader of collated validation batches.
+        device: where to run.
+        handlers: MONAI handlers of the evaluator.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        val_data_loader: DataLoader,
+        device: torch.device | str,
+        handlers: Sequence | None = None,
+    ) -> None:
+        super().__init__(
+            device=device,
+            val_data_loader=val_data_loader,
+            key_val_metric={"val_loss": Average(output_transform=from_engine(["loss"], first=True))},
+            metric_cmp_fn=lambda current, prev: prev < 0 or current < prev,
+            val_handlers=handlers,
+            decollate=False,
+        )
+        self.network = network
+
+    def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        module = getattr(self.network, "module", self.network)
+        inputs = prepare_llava_batch(batchdata, engine.state.device, _module_dtype(module))
+        was_training = self.network.training
+        self.network.eval()
+        with torch.no_grad():
+            loss = self.network(**inputs).loss
+        self.network.train(was_training)
+        return {"loss": [float(loss)]}
+
+
+class DeepSpeedCheckpointer:
+    """Save DeepSpeed checkpoints every N optimizer steps and at the end; load the latest on resume.
+
+    Args:
+        checkpoint_dir: folder of the checkpoints.
+        every_n_steps: optimizer steps between checkpoints (0: only at the end).
+        keep_last: keep this many step checkpoints (0: all).
+        resume: load the latest checkpoint when the trainer starts.
+        save_final: also save when training completes.
+    """
+
+    def __init__(
+        self,
+        checkpoint_dir: str | PathLike,
+        every_n_steps: int = 500,
+        keep_last: int = 2,
+        resume: bool = True,
+        save_final: bool = True,
+    ) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.every_n_steps = int(every_n_steps)
+        self.keep_last = int(keep_last)
+        self.resume = resume
+        self.save_final = save_final
+        self._last_saved = -1
+
+    def attach(self, engine: DeepSpeedTrainer) -> None:
+        """Register on ``ITERATION_COMPLETED`` and ``COMPLETED``."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_save)
+        if self.save_final:
+            engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def _maybe_save(self, engine: DeepSpeedTrainer) -> None:
+        every = self.every_n_steps * engine.accumulation_steps
+        if every and engine.state.iteration % every == 0:
+            self.save(engine)
+
+    def save(self, engine: DeepSpeedTrainer) -> None:
+        """Checkpoint now (all ranks)."""
+        if engine.state.iteration == self._last_saved:
+            return
+        if engine.state.iteration % engine.accumulation_steps:
+            logger.warning("checkpoint at iteration %d is inside an accumulation window", engine.state.iteration)
+        save_training_checkpoint(
+            engine.ds_engine, self.checkpoint_dir, engine.state.iteration, engine.state.epoch_length, self.keep_last
+        )
+        self._last_saved = engine.state.iteration
+
+
+class ConsolidatedExport:
+    """On completion, write the trained network (ZeRO gathered, LoRA merged) in our layout.
+
+    Args:
+        out_dir: destination folder (``load_pretrained`` reads it).
+        tokenizer: saved beside the weights.
+        lora: the run's LoRA settings, if any.
+        name: optional new ``config.name`` of the exported model.
+    """
+
+    def __init__(self, out_dir: str | PathLike, tokenizer: Any = None, lora: LoraSettings | None = None,
+                 name: str | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.tokenizer = tokenizer
+        self.lora = lora
+        self.name = name
+        self.exported: Path | None = None
+
+    def attach(self, engine: DeepSpeedTrainer) -> None:
+        """Register on ``COMPLETED``."""
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: DeepSpeedTrainer) -> None:
+        if self.name is not None:
+            engine.network.config.name = self.name
+        self.exported = export_consolidated(engine.ds_engine, self.out_dir, self.tokenizer, self.lora)
+
+
+class LossLogger:
+    """Append ``{"iteration", "epoch", "step", "loss", "lr", "tokens"}`` JSON lines (rank 0) every N iterations.
+
+    Args:
+        path: the JSON-lines file.
+        every_n_iterations: logging interval.
+    """
+
+    def __init__(self, path: str | PathLike, every_n_iterations: int = 10) -> None:
+        self.path = Path(path)
+        self.every = max(1, int(every_n_iterations))
+
+    def attach(self, engine: DeepSpeedTrainer) -> None:
+        """Register on ``ITERATION_COMPLETED``."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
+
+    def __call__(self, engine: DeepSpeedTrainer) -> None:
+        if engine.state.rank != 0:
+            return
+        out = engine.state.output
+        row = {"iteration": engine.state.iteration, "epoch": engine.state.epoch, "step": engine.optimizer_steps, **out}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")

@@ -1,0 +1,294 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Assemble and run a LLaVA-Med training stage: model -> stage freezing (+ LoRA) -> DeepSpeed -> MONAI trainer.
+
+:func:`build_trainer` returns a ready :class:`~monai_llava_med.engines.DeepSpeedTrainer` (a bundle config can
+instantiate it with ``_target_`` and call ``$@trainer.run()``); :func:`run_training` builds, runs and returns a
+summary. Both work without a launcher (rank variables are defaulted), under ``torchrun`` and under the
+``deepspeed`` launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from ..data import LengthGroupedBatchSampler, LlavaMedCollator
+from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, configure_stage, load_pretrained
+from .checkpointing import ResumableBatchSampler
+from .deepspeed_setup import (
+    build_lr_scheduler,
+    build_optimizer,
+    dist_info,
+    init_distributed_env,
+    resolve_deepspeed_config,
+)
+from .lora import apply_lora
+from .train_config import TrainingConfig, stage_preset
+from .trainer import ConsolidatedExport, DeepSpeedCheckpointer, DeepSpeedTrainer, LossLogger
+
+__all__ = ["seed_everything", "make_train_loader", "build_trainer", "run_training", "load_run_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_train_loader(
+    dataset: Dataset,
+    collate_fn: Callable,
+    config: TrainingConfig,
+    rank: int,
+    world_size: int,
+) -> DataLoader:
+    """A loader whose batch order depends only on ``(seed, epoch)``, split across ranks, resumable.
+
+    Length-grouped batches when ``config.group_by_length`` and the dataset has ``lengths``; else a
+    ``DistributedSampler`` (shuffled by ``seed + epoch``) cut into batches.
+    """
+    lengths = getattr(dataset, "lengths", None) if config.group_by_length else None
+    if lengths is not None:
+        batches: Any = LengthGroupedBatchSampler(
+            lengths, config.micro_batch_size, num_replicas=world_size, rank=rank, seed=config.seed, drop_last=True
+        )
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed, drop_last=True)
+        batches = BatchSampler(sampler, config.micro_batch_size, drop_last=True)
+    if len(batches) == 0:
+        raise ValueError(f"{len(dataset)} samples do not fill one batch of {config.micro_batch_size} x {world_size} ranks")
+    return DataLoader(
+        dataset,
+        batch_sampler=ResumableBatchSampler(batches),
+        collate_fn=collate_fn,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+    )
+
+
+def _resolve_training(training: TrainingConfig | Mapping[str, Any] | str | None, overrides: Mapping[str, Any]) -> TrainingConfig:
+    if isinstance(training, TrainingConfig):
+        values = training.to_dict()
+        values.update(overrides)
+        return TrainingConfig.from_dict(values)
+    if isinstance(training, str):
+        return stage_preset(training, **overrides)
+    values = dict(training or {})
+    values.update(overrides)
+    preset = values.pop("preset", None)
+    return stage_preset(preset, **values) if preset is not None else TrainingConfig(**values)
+
+
+def _build_model(
+    model: LlavaMedNet | None,
+    model_config: LlavaMedConfig | Mapping[str, Any] | str | None,
+    init_from: str | PathLike | None,
+    tokenizer: Any,
+) -> tuple[LlavaMedNet, Any]:
+    if model is not None:
+        return model, tokenizer
+    if init_from is not None:
+        loaded, loaded_tok = load_pretrained(init_from, dtype=torch.float32, load_tokenizer=tokenizer is None)
+        return loaded, tokenizer if tokenizer is not None else loaded_tok
+    if model_config is None:
+        raise ValueError("give one of model, init_from (a pretrained folder) or model_config")
+    if isinstance(model_config, Mapping):
+        model_config = LlavaMedConfig.from_dict(dict(model_config))
+    built = build_llava_med(model_config, dtype=torch.float32)
+    if tokenizer is not None:
+        image_id = tokenizer.convert_tokens_to_ids(built.config.image_token)
+        if image_id != built.config.image_token_id:
+            raise ValueError(f"the tokenizer maps <image> to {image_id}, the model config to {built.config.image_token_id}")
+    return built, tokenizer
+
+
+def _dataset_from_json(
+    data_json: str | PathLike, image_root: str | PathLike | None, tokenizer: Any, model: LlavaMedNet,
+    config: TrainingConfig, image_loader: Callable | None,
+) -> Dataset:
+    from ..data import LlavaMedDataset, load_llava_med_json
+
+    if image_loader is None:
+        from ..transforms import MedicalImageToPixels
+
+        mc = model.config
+        image_loader = MedicalImageToPixels(mc.image_size, mc.image_mean, mc.image_std, max_views=1)
+    records = load_llava_med_json(data_json, image_root)
+    return LlavaMedDataset(
+        records,
+        tokenizer,
+        template=config.template,
+        num_image_tokens=model.config.num_image_tokens,
+        image_token_id=model.config.image_token_id,
+        image_loader=image_loader,
+        max_length=config.max_length,
+    )
+
+
+def build_trainer(
+    training: TrainingConfig | Mapping[str, Any] | str | None = None,
+    *,
+    train_data: Dataset | None = None,
+    data_json: str | PathLike | None = None,
+    image_root: str | PathLike | None = None,
+    image_loader: Callable | None = None,
+    model: LlavaMedNet | None = None,
+    model_config: LlavaMedConfig | Mapping[str, Any] | str | None = None,
+    init_from: str | PathLike | None = None,
+    tokenizer: Any = None,
+    handlers: Sequence | None = None,
+    export_name: str | None = None,
+    **overrides: Any,
+) -> DeepSpeedTrainer:
+    """Build a DeepSpeed-backed MONAI trainer for one stage of the recipe.
+
+    Args:
+        training: a :class:`TrainingConfig`, its dict (``"preset": "stage1"`` picks the stage defaults), or a
+            stage name (``"stage1"``, ``"stage2"``, ``"finetune"``).
+        train_data: a dataset of tokenised samples (``LlavaMedDataset``, ``PhantomVQADataset``...).
+        data_json: instead of ``train_data``: a LLaVA-Med JSON (alignment / instruct format).
+        image_root: folder of the JSON's images (default: the JSON's folder).
+        image_loader: ``path -> pixels`` for ``data_json`` (default ``MedicalImageToPixels`` sized for the model).
+        model: a network to train (else built from ``init_from`` or ``model_config``).
+        model_config: config, dict, preset name or path, for a network initialised at random.
+        init_from: a pretrained folder (any layout ``load_pretrained`` reads), e.g. the stage-1 export.
+        tokenizer: the tokenizer (default: the one in ``init_from``).
+        handlers: extra MONAI/Ignite handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``ValidationHandler``...).
+        export_name: ``config.name`` written into the exported model.
+        overrides: :class:`TrainingConfig` fields overriding ``training``.
+
+    Returns:
+        The trainer; call ``run()``. ``trainer.exporter.exported`` is the exported folder afterwards (rank 0).
+    """
+    import deepspeed
+
+    config = _resolve_training(training, overrides)
+    init_distributed_env()
+    seed_everything(config.seed)
+    model, tokenizer = _build_model(model, model_config, init_from, tokenizer)
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed (pass tokenizer=, or init_from a folder that holds one)")
+    configure_stage(model, config.stage)
+    if config.lora is not None:
+        apply_lora(model, config.lora)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if train_data is None:
+        if data_json is None:
+            raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
+        train_data = _dataset_from_json(data_json, image_root, tokenizer, model, config, image_loader)
+
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, local_rank, world_size = dist_info()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    ds_config = resolve_deepspeed_config(config.deepspeed, config, world_size)
+    collator = LlavaMedCollator(
+        tokenizer.pad_token_id,
+        "right",
+        image_token_id=model.config.image_token_id,
+        num_image_tokens=model.config.num_image_tokens,
+    )
+    loader = make_train_loader(train_data, collator, config, rank, world_size)
+    epoch_length = len(loader)
+    accumulation = ds_config["gradient_accumulation_steps"]
+    steps_per_epoch = epoch_length // accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(f"an epoch of {epoch_length} micro-batches is shorter than one accumulation of {accumulation}")
+    epoch_length = steps_per_epoch * accumulation  # whole optimizer steps per epoch
+    total_steps = steps_per_epoch * config.num_epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    optimizer = build_optimizer(model, config, ds_config)
+    scheduler = build_lr_scheduler(optimizer, config, total_steps)
+    ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+
+    out_dir = Path(config.output_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir / "training_config.json")
+        (out_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
+    checkpointer = DeepSpeedCheckpointer(
+        out_dir / "checkpoints", config.save_every_n_steps, config.keep_last_checkpoints, resume=config.resume
+    )
+    all_handlers: list[Any] = [LossLogger(out_dir / "loss_log.jsonl", config.log_every_n_steps)]
+    exporter = ConsolidatedExport(out_dir / "model", tokenizer, config.lora, export_name) if config.export else None
+    if exporter is not None:
+        all_handlers.append(exporter)
+    all_handlers.extend(handlers or [])
+    trainer = DeepSpeedTrainer(
+        ds_engine,
+        max_epochs=config.num_epochs,
+        train_data_loader=loader,
+        epoch_length=epoch_length,
+        max_steps=config.max_steps,
+        checkpointer=checkpointer,
+        handlers=all_handlers,
+    )
+    trainer.training_config = config
+    trainer.tokenizer = tokenizer
+    trainer.exporter = exporter
+    logger.info(
+        "%s: %d rank(s), %d micro-batches/epoch, accumulation %d, %d optimizer steps, ZeRO-%s",
+        config.stage, world_size, epoch_length, accumulation, total_steps,
+        ds_config.get("zero_optimization", {}).get("stage", 0),
+    )
+    return trainer
+
+
+def load_run_config(path: str | PathLike) -> dict[str, Any]:
+    """Read a run description (JSON or YAML) for :func:`run_training`."""
+    import yaml
+
+    text = Path(path).read_text()
+    values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a run config must be a mapping")
+    return values
+
+
+def run_training(run: Mapping[str, Any] | str | PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Build and run one training stage; the entry point for Python, the CLI and bundle configs.
+
+    Args:
+        run: a mapping (or JSON/YAML path) of :func:`build_trainer` keyword arguments, e.g.
+            ``{"training": {"preset": "stage1", "output_dir": "runs/s1"}, "data_json": "align.json",
+            "init_from": "base_model"}``.
+        kwargs: more :func:`build_trainer` arguments (override ``run``; unknown ones are training overrides).
+
+    Returns:
+        ``{"output_dir", "exported", "iterations", "optimizer_steps", "final_loss", "resumed_from"}``.
+    """
+    values: dict[str, Any] = {}
+    if run is not None:
+        values.update(load_run_config(run) if isinstance(run, (str, PathLike)) else dict(run))
+    values.update(kwargs)
+    trainer = build_trainer(**values)
+    trainer.run()
+    output = trainer.state.output or {}
+    exported = trainer.exporter.exported if trainer.exporter is not None else None
+    return {
+        "output_dir": trainer.training_config.output_dir,
+        "exported": str(exported) if exported is not None else None,
+        "iterations": trainer.state.iteration,
+        "optimizer_steps": trainer.optimizer_steps,
+        "final_loss": output.get("loss"),
+        "resumed_from": trainer.resumed_from,
+        "rank": int(os.environ.get("RANK", 0)),
+    }
