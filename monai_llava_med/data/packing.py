@@ -7,8 +7,10 @@
 How it interacts with attention (read before using it): a packed row must not let sample 2 attend to
 sample 1. The packed sample carries ``position_ids`` that restart at 0 for every sample; transformers 5
 (``masking_utils.find_packed_sequence_indices``) turns that into a block-diagonal causal mask **only when
-``attention_mask`` is None** (and there is no cache). So a model fed packed rows must be called with
-``position_ids`` and ``attention_mask=None``; the collator still returns an attention mask for the
+``attention_mask`` is None and there is no cache**. So a model fed packed rows must be called with
+``position_ids``, ``attention_mask=None`` and ``use_cache=False`` (the default ``use_cache=True`` creates a
+cache even in training mode and silently disables the packing mask; tested in
+``tests/test_data_batching.py``); the collator still returns an attention mask for the
 padding at the end of rows, which the caller should drop for packed batches (padding at the end of a row
 is then an extra "sample" whose labels are -100 and which nothing before it attends to). With an
 attention mask passed, or a model that ignores ``position_ids``, samples would see each other: use
