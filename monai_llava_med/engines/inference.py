@@ -240,7 +240,9 @@ class LlavaMedInferer(Inferer):
         name = self.model_name or network.config.name
         results, good = [], iter(answers)
         for item in inputs["items"]:
-            entry = {k: item.get(k) for k in ("id", "image", "question") if k in item}
+            entry = {k: item.get(k) for k in ("id", "image", "question", "answer_type") if k in item}
+            if "answer" in item:  # a datalist with ground truth (evaluation)
+                entry["ground_truth"] = item["answer"]
             entry["model"] = name
             if ERROR_KEY in item:
                 entry[ERROR_KEY] = item[ERROR_KEY]
