@@ -1,0 +1,132 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Question answering: item preparation, collation, the inferer, the predictor and the answer files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+
+from monai_llava_med.engines import (
+    ERROR_KEY,
+    AllItemsFailedError,
+    LlavaMedPredictor,
+    PrepareVqaItem,
+    VqaAnswerWriter,
+    collate_vqa,
+    load_datalist,
+    shard_datalist,
+)
+from monai_llava_med.errors import ImageReadError, LlavaMedInputError, RecordError
+
+
+@pytest.fixture()
+def predictor(tiny_model, tiny_tokenizer):
+    return LlavaMedPredictor(tiny_model, tiny_tokenizer, max_new_tokens=6)
+
+
+def test_prepare_expands_one_block_per_view(tiny_model, tiny_tokenizer):
+    prepare = PrepareVqaItem(tiny_tokenizer, tiny_model, raise_errors=True)
+    item = prepare({"image": get_testdata_file("CT_small.dcm"), "question": "Is there a lesion?"})
+    pixels, ids = item["pixel_values"], item["input_ids"]
+    assert pixels.shape == (1, 3, 32, 32) and item["modality"] == "CT" and item["source"] == "CT_small.dcm"
+    assert int((ids == tiny_model.config.image_token_id).sum()) == tiny_model.config.num_image_tokens
+    assert ids[0] == tiny_tokenizer.bos_token_id
+    assert tiny_tokenizer.decode(ids[ids != tiny_model.config.image_token_id]).startswith("<s>[INST]")
+
+
+def test_prepared_item_never_carries_patient_identifiers(tiny_model, tiny_tokenizer):
+    item = PrepareVqaItem(tiny_tokenizer, tiny_model)({"image": get_testdata_file("CT_small.dcm"), "question": "What?"})
+    text = json.dumps({k: v for k, v in item.items() if k not in ("pixel_values", "input_ids")}, default=str)
+    assert "CompressedSamples" not in text and "PatientName" not in text  # CT_small's patient name / tag
+
+
+def test_ask_equals_a_hand_built_generate(predictor, tiny_model, tiny_tokenizer):
+    path = get_testdata_file("CT_small.dcm")
+    result = predictor.ask(path, "Is there a lesion?")
+    assert set(result) >= {"answer", "views", "model", "latency_s", "modality", "source"}
+    item = PrepareVqaItem(tiny_tokenizer, tiny_model, raise_errors=True)({"image": path, "question": "Is there a lesion?"})
+    tokens = tiny_model.generate(item["input_ids"][None], None, item["pixel_values"], max_new_tokens=6,
+                                 eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    assert result["answer"] == tiny_tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+def test_batched_answers_equal_single_answers(predictor):
+    path = get_testdata_file("CT_small.dcm")
+    questions = ["Is there a lesion?", "What modality is this image? Answer in one word please.", "How many?"]
+    items = [{"image": path, "question": q} for q in questions] + [{"image": None, "question": "Text only?"}]
+    batched = predictor.ask_batch(items, batch_size=4)
+    single = [predictor.ask(it["image"], it["question"])["answer"] for it in items]
+    assert [b["answer"] for b in batched] == single
+
+
+def test_bad_items_become_error_entries(predictor, tmp_path):
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"DICM but not really" * 3)
+    items = [
+        {"id": "ok", "image": get_testdata_file("CT_small.dcm"), "question": "Is there a lesion?"},
+        {"id": "missing", "image": str(tmp_path / "nowhere.dcm"), "question": "Is there a lesion?"},
+        {"id": "broken", "image": str(broken), "question": "Is there a lesion?"},
+        {"id": "empty", "image": None, "question": "   "},
+        {"id": "huge", "image": None, "question": "x" * 5000},
+    ]
+    results = predictor.ask_batch(items)
+    assert [r["id"] for r in results] == ["ok", "missing", "broken", "empty", "huge"]
+    assert "answer" in results[0] and ERROR_KEY not in results[0]
+    assert all(ERROR_KEY in r and "answer" not in r for r in results[1:])
+    assert "nowhere.dcm" in results[1][ERROR_KEY] and "broken.dcm" in results[2][ERROR_KEY]
+    assert results[3][ERROR_KEY].startswith("RecordError") and "5000 characters" in results[4][ERROR_KEY]
+    with pytest.raises(LlavaMedInputError, match="broken.dcm"):
+        predictor.ask(str(broken), "Is there a lesion?")
+    with pytest.raises(RecordError):
+        predictor.ask(None, "")
+
+
+def test_collate_left_pads_and_skips_errors(tiny_model, tiny_tokenizer):
+    prepare = PrepareVqaItem(tiny_tokenizer, tiny_model)
+    items = [prepare({"image": None, "question": "short?"}), {"question": "x", ERROR_KEY: "boom"},
+             prepare({"image": None, "question": "a much longer question about the image?"})]
+    batch = collate_vqa(items, pad_token_id=0)
+    assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"] is None and len(batch["items"]) == 3
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][:, -1].all()
+    assert collate_vqa([{ERROR_KEY: "x"}])["input_ids"] is None
+
+
+def test_datalist_loading_and_sharding(tmp_path):
+    (tmp_path / "list.json").write_text(json.dumps([{"image": "a.dcm", "question": "q1"}, {"question": "q2", "id": 7}]))
+    items = load_datalist(tmp_path / "list.json")
+    assert items[0]["image"] == str(tmp_path / "a.dcm") and items[0]["id"] == "0" and items[1]["id"] == "7"
+    assert load_datalist(None, image="/x.png", question="Q?") == [{"id": "0", "image": "/x.png", "question": "Q?"}]
+    data = [{"question": str(i)} for i in range(5)]
+    assert [d["question"] for d in shard_datalist(data, 1, 2)] == ["1", "3"]
+    (tmp_path / "bad.json").write_text("[{\"image\": \"a\"}]")
+    with pytest.raises(RecordError, match="item 0"):
+        load_datalist(tmp_path / "bad.json")
+    with pytest.raises(RecordError, match="cannot read"):
+        load_datalist(tmp_path / "absent.json")
+
+
+def test_answer_writer_files_and_all_failed(tmp_path):
+    writer = VqaAnswerWriter(tmp_path)
+    writer.results = [{"id": "1", "question": "q", "answer": "yes", "views": [{"kind": "image"}]}, {"id": "2", ERROR_KEY: "x"}]
+    json_path, csv_path = writer.write()
+    assert json.loads(json_path.read_text())[0]["answer"] == "yes"
+    rows = list(csv.DictReader(csv_path.open()))
+    assert rows[1]["error"] == "x" and json.loads(rows[0]["views"]) == [{"kind": "image"}]
+    writer.results = [{"id": "1", ERROR_KEY: "x"}]
+    with pytest.raises(AllItemsFailedError):
+        writer.write()
+
+
+def test_image_errors_are_typed(predictor, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(ImageReadError):
+        predictor.ask(str(empty), "What is this?")
+    assert torch.is_grad_enabled()
