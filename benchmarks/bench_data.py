@@ -142,14 +142,11 @@ def main() -> None:
     texts = [t for c in convs for _, t in c]
     t0 = time.perf_counter()
     tok = build_bpe_tokenizer(texts, vocab_size=4000)
-    lengths = np.array(
-        [
-            len(tokenize_conversation(c, tok, num_images=1, num_image_tokens=a.num_image_tokens, max_length=a.max_length)["input_ids"])
-            for c in convs
-        ]
-    )
-    print(f"tokenised {len(convs)} conversations in {time.perf_counter() - t0:.1f} s; "
-          f"length min/median/p95/max = {lengths.min()}/{int(np.median(lengths))}/{int(np.percentile(lengths, 95))}/{lengths.max()}")
+    kw = {"num_images": 1, "num_image_tokens": a.num_image_tokens, "max_length": a.max_length}
+    lengths = np.array([len(tokenize_conversation(c, tok, **kw)["input_ids"]) for c in convs])
+    stats = f"{lengths.min()}/{int(np.median(lengths))}/{int(np.percentile(lengths, 95))}/{lengths.max()}"
+    dt = time.perf_counter() - t0
+    print(f"tokenised {len(convs)} conversations in {dt:.1f} s; length min/median/p95/max = {stats}")
 
     bs, world = a.batch_size, a.world_size
     w_rand, w_group = [], []

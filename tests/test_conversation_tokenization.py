@@ -12,7 +12,6 @@ import logging
 
 import pytest
 import sentencepiece as spm
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -94,7 +93,8 @@ def test_vicuna_and_plain_masks(bpe):
     out = tokenize_conversation(CONV, bpe, "vicuna_v1", num_images=1, num_image_tokens=2)
     ids, labels = out["input_ids"].tolist(), out["labels"].tolist()
     assert [bpe.decode([ids[i] for i in r]) for r in _groups(labels)] == [" yes</s>", " the left side</s>"]
-    out = tokenize_conversation([("user", "<image>"), ("assistant", "A CT scan.")], bpe, "plain", num_images=1, num_image_tokens=3)
+    plain = [("user", "<image>"), ("assistant", "A CT scan.")]
+    out = tokenize_conversation(plain, bpe, "plain", num_images=1, num_image_tokens=3)
     ids, labels = out["input_ids"].tolist(), out["labels"].tolist()
     img = image_token_id_of(bpe)
     assert ids[:4] == [bpe.bos_token_id, img, img, img]
@@ -112,7 +112,8 @@ def test_image_token_expansion(bpe, placeholders):
     assert (pos[1:] - pos[:-1] == 1).all()  # 3 consecutive blocks of 7
     assert (labels[pos] == IGNORE_INDEX).all()
     # an override id from the model config replaces the tokenizer's id
-    out2 = tokenize_conversation([("user", q), ("assistant", "same")], bpe, num_images=3, num_image_tokens=7, image_token_id=-200)
+    turns = [("user", q), ("assistant", "same")]
+    out2 = tokenize_conversation(turns, bpe, num_images=3, num_image_tokens=7, image_token_id=-200)
     assert int((out2["input_ids"] == -200).sum()) == 21 and int((out2["input_ids"] == img).sum()) == 0
 
 
@@ -141,7 +142,8 @@ def test_truncation_drops_rounds_then_cuts_text(bpe, caplog):
     full = tokenize_conversation(CONV, bpe, num_images=1, num_image_tokens=10, max_length=None)
     first_round_len = _groups(full["labels"].tolist())[0][-1] + 1
     with caplog.at_level(logging.WARNING):
-        out = tokenize_conversation(CONV, bpe, num_images=1, num_image_tokens=10, max_length=len(full["input_ids"]) - 1, record_id="r1")
+        short = len(full["input_ids"]) - 1
+        out = tokenize_conversation(CONV, bpe, num_images=1, num_image_tokens=10, max_length=short, record_id="r1")
     assert out["input_ids"].tolist() == full["input_ids"][:first_round_len].tolist()
     assert "r1: dropped 1 of 2 conversation rounds" in caplog.text
     # a single round too long: its answer text is cut, image tokens all kept
@@ -205,7 +207,8 @@ def test_bpe_save_load_roundtrip(bpe, tmp_path):
     assert image_token_id_of(again) == image_token_id_of(bpe)
     assert again.pad_token_id == bpe.pad_token_id == 0
     assert (again.bos_token_id, again.eos_token_id, again.unk_token_id) == (1, 2, 0)
-    assert again.decode(again("Any text, even émojis ✓", add_special_tokens=False)["input_ids"]) == "Any text, even émojis ✓"
+    text = "Any text, even émojis ✓"
+    assert again.decode(again(text, add_special_tokens=False)["input_ids"]) == text
 
 
 def test_load_tokenizer_errors(tmp_path):

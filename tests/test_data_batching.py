@@ -62,7 +62,9 @@ def test_collator_no_images_multiple_of_and_checks():
 def _epoch(lengths, bs, world, drop_last, epoch=0, seed=3, mult=4):
     per_rank = []
     for r in range(world):
-        s = LengthGroupedBatchSampler(lengths, bs, num_replicas=world, rank=r, seed=seed, drop_last=drop_last, mega_batch_mult=mult)
+        s = LengthGroupedBatchSampler(
+            lengths, bs, num_replicas=world, rank=r, seed=seed, drop_last=drop_last, mega_batch_mult=mult
+        )
         s.set_epoch(epoch)
         per_rank.append(list(s))
         assert len(per_rank[-1]) == len(s)

@@ -32,7 +32,8 @@ WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3}
 
 
 def _case(i, ndim=2, **kw):
-    return generate_phantom(case_rng(5, "train", i), size=48 if ndim == 3 else 64, ndim=ndim, depth=12, case_id=f"c{i}", **kw)
+    size = 48 if ndim == 3 else 64
+    return generate_phantom(case_rng(5, "train", i), size=size, ndim=ndim, depth=12, case_id=f"c{i}", **kw)
 
 
 def test_determinism_and_independent_streams():
@@ -151,7 +152,8 @@ def test_in_memory_pixels_and_tokens():
 
 
 def test_cli_writes_llava_and_vqa_files(tmp_path):
-    assert phantom_main(["--out", str(tmp_path), "--n", "6", "--seed", "1", "--size", "32", "--fraction-3d", "0.5"]) == 0
+    argv = ["--out", str(tmp_path), "--n", "6", "--seed", "1", "--size", "32", "--fraction-3d", "0.5"]
+    assert phantom_main(argv) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert {s: v["cases"] for s, v in manifest["splits"].items()} == {"train": 4, "val": 1, "test": 1}
     recs = load_llava_med_json(tmp_path / "llava_med_train.json", tmp_path, check_images=True)

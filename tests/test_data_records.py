@@ -46,8 +46,14 @@ def _write(path, obj):
     return path
 
 
-GOOD = {"id": "32432162_F1", "image": "32432162_F1.jpg",
-        "conversations": [{"from": "human", "value": "What is shown?\n<image>"}, {"from": "gpt", "value": "A chest X-ray."}]}
+GOOD = {
+    "id": "32432162_F1",
+    "image": "32432162_F1.jpg",
+    "conversations": [
+        {"from": "human", "value": "What is shown?\n<image>"},
+        {"from": "gpt", "value": "A chest X-ray."},
+    ],
+}
 
 
 def test_llava_json_loads_and_resolves(tmp_path):
@@ -94,7 +100,8 @@ def test_malformed_file_and_missing_id(tmp_path):
 def test_vqa_rad_layout(tmp_path):
     root = tmp_path / "vqarad"
     items = [
-        {"qid": 1, "image_name": "synpic1.jpg", "question": "Is there a mass?", "answer": "Yes", "answer_type": "CLOSED",
+        {"qid": 1, "image_name": "synpic1.jpg", "question": "Is there a mass?", "answer": "Yes",
+         "answer_type": "CLOSED",
          "phrase_type": "freeform", "question_type": "PRES", "image_organ": "CHEST"},
         {"qid": 2, "image_name": "synpic1.jpg", "question": "How many nodules?", "answer": 2, "answer_type": "OPEN ",
          "phrase_type": "test_freeform", "question_type": "COUNT", "image_organ": "CHEST"},
@@ -103,11 +110,13 @@ def test_vqa_rad_layout(tmp_path):
     ]
     _write(root / "VQA_RAD Dataset Public.json", items)
     test = load_vqa_rad(root, "test")
-    assert [(r.qid, r.answer, r.answer_type, r.split) for r in test] == [("2", "2", "OPEN", "test"), ("3", "no", "CLOSED", "test")]
+    got = [(r.qid, r.answer, r.answer_type, r.split) for r in test]
+    assert got == [("2", "2", "OPEN", "test"), ("3", "no", "CLOSED", "test")]
     assert test[0].image.endswith(os.path.join("VQA_RAD Image Folder", "synpic1.jpg"))
     assert test[0].meta["question_type"] == "COUNT"
     assert [r.qid for r in load_vqa_rad(root, "train")] == ["1"]
-    _write(root / "VQA_RAD Dataset Public.json", items + [{"qid": 9, "image_name": "a.jpg", "question": "Q", "answer": None}])
+    broken = {"qid": 9, "image_name": "a.jpg", "question": "Q", "answer": None}
+    _write(root / "VQA_RAD Dataset Public.json", items + [broken])
     with pytest.raises(RecordError, match="9: missing or invalid answer"):
         load_vqa_rad(root, "all")
 

@@ -7,7 +7,8 @@
 Output keys: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``labels`` (B, L) when the samples have
 labels, ``position_ids`` (B, L) when they have them (packed samples), ``pixel_values`` (N_total, 3, S, S)
 = all images in order of appearance (sample 0's first) or None when the batch has no image,
-``image_counts`` (B,) LongTensor; ``sequence_ids`` (B, L, -1 at padding) for packed samples. Any other key is passed through as a list (ids, questions, answers...).
+``image_counts`` (B,) LongTensor; ``sequence_ids`` (B, L, -1 at padding) for packed samples. Any other
+key is passed through as a list (ids, questions, answers...).
 """
 
 from __future__ import annotations
@@ -77,10 +78,13 @@ class LlavaMedCollator:
             m = int(self.pad_to_multiple_of)
             length = (length + m - 1) // m * m
         out: dict[str, Any] = {"input_ids": self._pad(ids, self.pad_token_id, length)}
-        masks = [torch.as_tensor(b.get("attention_mask", torch.ones_like(s)), dtype=torch.long) for b, s in zip(batch, ids)]
+        masks = [
+            torch.as_tensor(b.get("attention_mask", torch.ones_like(s)), dtype=torch.long) for b, s in zip(batch, ids)
+        ]
         out["attention_mask"] = self._pad(masks, 0, length)
         if all("labels" in b for b in batch):
-            out["labels"] = self._pad([torch.as_tensor(b["labels"], dtype=torch.long) for b in batch], self.label_pad_id, length)
+            labels = [torch.as_tensor(b["labels"], dtype=torch.long) for b in batch]
+            out["labels"] = self._pad(labels, self.label_pad_id, length)
         if all("position_ids" in b for b in batch):
             out["position_ids"] = self._pad([torch.as_tensor(b["position_ids"]) for b in batch], 0, length)
         if all("sequence_ids" in b for b in batch):

@@ -129,7 +129,11 @@ def generate_phantom(
     mid = (size - 1) / 2.0
     c = np.array([(d - 1) / 2.0, mid + rng.uniform(-0.03, 0.03) * size, mid + rng.uniform(-0.02, 0.02) * size])
     axes = np.array(
-        [rng.uniform(0.32, 0.42) * d if ndim == 3 else 1.0, rng.uniform(0.28, 0.40) * size, rng.uniform(0.34, 0.44) * size]
+        [
+            rng.uniform(0.32, 0.42) * d if ndim == 3 else 1.0,
+            rng.uniform(0.28, 0.40) * size,
+            rng.uniform(0.34, 0.44) * size,
+        ]
     )
     dz = (zz - c[0]) / axes[0] if ndim == 3 else np.zeros_like(zz)
     organ = dz**2 + ((yy - c[1]) / axes[1]) ** 2 + ((xx - c[2]) / axes[2]) ** 2 <= 1.0

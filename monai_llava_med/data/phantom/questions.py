@@ -121,13 +121,17 @@ def make_questions(case: PhantomCase, families: Sequence[str] | None = None) -> 
         for mod in ("CT", "MR"):
             qa.append(
                 PhantomQA(
-                    f"Is this {_ARTICLE[mod]} {_MODALITY_NAME[mod]} {what}?", yn[case.modality == mod], "CLOSED", "modality_closed"
+                    f"Is this {_ARTICLE[mod]} {_MODALITY_NAME[mod]} {what}?",
+                    yn[case.modality == mod],
+                    "CLOSED",
+                    "modality_closed",
                 )
             )
     if "count" in fams:
         qa.append(PhantomQA("How many lesions are there?", NUMBER_WORDS[n], "OPEN", "count"))
     if "modality" in fams:
-        qa.append(PhantomQA(f"What imaging modality is this {what}?", _MODALITY_NAME[case.modality], "OPEN", "modality"))
+        modality = _MODALITY_NAME[case.modality]
+        qa.append(PhantomQA(f"What imaging modality is this {what}?", modality, "OPEN", "modality"))
     if "location" in fams:
         loc = "none" if n == 0 else ("both sides" if len(sides) == 2 else next(iter(sides)))
         qa.append(PhantomQA("On which side are the lesions?", loc, "OPEN", "location"))
