@@ -204,7 +204,7 @@ def tokenize_conversation(
             sample that cannot fit ``max_length`` without cutting image tokens or every answer.
     """
     tpl = get_template(template)
-    where = record_id if record_id is not None else None
+    where = record_id
     ids, labels, rounds, is_img = _encode(
         turns,
         tokenizer,
