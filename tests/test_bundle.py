@@ -1,0 +1,121 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The MONAI bundle, run the model-zoo way: ConfigWorkflow initialise -> check_properties -> run -> finalize."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigWorkflow
+from pydicom.data import get_testdata_file
+
+from monai_llava_med.engines import AllItemsFailedError
+from monai_llava_med.networks import save_pretrained
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "llava_med"
+CONFIGS = BUNDLE / "configs"
+
+
+@pytest.fixture()
+def model_dir(tiny_model, tiny_tokenizer, tmp_path):
+    return save_pretrained(tiny_model, tmp_path / "model", tiny_tokenizer)
+
+
+def _workflow(config_files, **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / name) for name in config_files]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        **overrides,
+    )
+
+
+def _run(workflow: ConfigWorkflow):
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    try:
+        return workflow.run()
+    finally:
+        workflow.finalize()
+
+
+def test_metadata_is_complete():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert "not for diagnosis" in meta["intended_use"].lower()
+    assert {"image", "question"} <= set(meta["network_data_format"]["inputs"])
+    assert (BUNDLE / "LICENSE").is_file() and (BUNDLE / "docs" / "README.md").is_file()
+
+
+def test_inference_on_shipped_sample(model_dir, tmp_path):
+    out = tmp_path / "eval"
+    _run(_workflow(["inference.json"], model_dir=str(model_dir), output_dir=str(out), max_new_tokens=3))
+    answers = json.loads((out / "answers.json").read_text())
+    datalist = json.loads((BUNDLE / "sample" / "datalist.json").read_text())
+    assert [a["id"] for a in answers] == [d["id"] for d in datalist]
+    assert all("answer" in a and "error" not in a for a in answers)
+    series = next(a for a in answers if a["image"].endswith("ct_series"))
+    assert series["modality"] == "CT" and len(series["views"]) >= 2
+    assert all(v.get("plane") == "axial" for v in series["views"])
+    assert (out / "answers.csv").read_text().count("\n") == len(answers) + 1
+
+
+def test_inference_single_query_overrides_and_broken_item(model_dir, tmp_path):
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\x00" * 200)
+    items = [
+        {"id": "good", "image": get_testdata_file("CT_small.dcm"), "question": "Is there a lesion?"},
+        {"id": "bad", "image": str(broken), "question": "Is there a lesion?"},
+    ]
+    (tmp_path / "list.json").write_text(json.dumps(items))
+    out = tmp_path / "eval"
+    _run(_workflow(["inference.json"], model_dir=str(model_dir), datalist=str(tmp_path / "list.json"), output_dir=str(out)))
+    answers = {a["id"]: a for a in json.loads((out / "answers.json").read_text())}
+    assert "answer" in answers["good"] and "broken.dcm" in answers["bad"]["error"]
+
+    out1 = tmp_path / "one"
+    _run(_workflow(["inference.json"], model_dir=str(model_dir), output_dir=str(out1),
+                   image=get_testdata_file("MR_small.dcm"), question="What modality is this?"))
+    (single,) = json.loads((out1 / "answers.json").read_text())
+    assert single["modality"] == "MR" and single["question"] == "What modality is this?"
+
+    (tmp_path / "all_bad.json").write_text(json.dumps(items[1:]))
+    with pytest.raises(RuntimeError) as info:  # the config layer wraps the handler's error
+        _run(_workflow(["inference.json"], model_dir=str(model_dir), datalist=str(tmp_path / "all_bad.json"),
+                       output_dir=str(tmp_path / "bad")))
+    causes = []
+    err: BaseException | None = info.value
+    while err is not None:
+        causes.append(err)
+        err = err.__cause__
+    assert any(isinstance(c, AllItemsFailedError) for c in causes)
+
+
+def test_evaluate_writes_report(model_dir, tmp_path):
+    out = tmp_path / "eval"
+    _run(_workflow(["inference.json", "evaluate.json"], model_dir=str(model_dir), output_dir=str(out), max_new_tokens=3))
+    report = json.loads((out / "vqa_metrics.json").read_text())
+    assert sum(1 for q in report["per_question"]) == 18
+    table = (out / "vqa_metrics.md").read_text()
+    assert "phantom" in table and "closed acc" in table
+
+
+def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps([{"image": str(tmp_path / "none.png"), "question": "Q?"}]))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
+           "--bundle_root", str(BUNDLE), "--model_dir", str(model_dir), "--output_dir", str(tmp_path / "o")]
+    failed = subprocess.run([*cmd, "--datalist", str(tmp_path / "bad.json")], capture_output=True, text=True, env=env)
+    assert failed.returncode != 0 and "AllItemsFailedError" in failed.stderr + failed.stdout
+    ok = subprocess.run([*cmd, "--max_new_tokens", "2"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
