@@ -81,6 +81,11 @@ _PLUGIN_HINTS = {
     "1.2.840.10008.1.2.4.203": "pylibjpeg + pylibjpeg-openjpeg",
 }
 _BITS_ALLOWED = (1, 8, 16, 32, 64)
+#: Header fields a series scan reads (``specific_tags`` keeps the scan of hundreds of slices fast).
+_SCAN_TAGS = (
+    "SeriesInstanceUID", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+    "InstanceNumber", "SliceThickness", "Modality", "PhotometricInterpretation", "WindowCenter", "WindowWidth",
+)
 
 
 def _name(path: str | PathLike) -> str:
@@ -149,14 +154,15 @@ def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) ->
 
     Args:
         path: the DICOM file.
-        stop_before_pixels: stop at PixelData (fast scan of a series); otherwise large values are deferred.
+        stop_before_pixels: read only the fields a series scan needs and stop at PixelData; otherwise read the
+            whole header with large values deferred.
 
     Returns:
         the ``pydicom.Dataset`` (pixel data not decoded).
     """
     try:
         if stop_before_pixels:
-            return pydicom.dcmread(path, stop_before_pixels=True)
+            return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_SCAN_TAGS))
         return pydicom.dcmread(path, defer_size=4096)
     except Exception as e:  # InvalidDicomError, EOFError, struct.error, OSError ...
         raise DicomDecodeError(f"not a readable DICOM file ({type(e).__name__}: {_short(e)})", path) from e

@@ -105,6 +105,12 @@ def _meta(img: torch.Tensor) -> dict[str, Any]:
     return img.meta if isinstance(img, MetaTensor) else {}
 
 
+def _plain(img: torch.Tensor) -> torch.Tensor:
+    """Compute on a plain tensor (MetaTensor dispatch costs more than the arithmetic here); float32."""
+    t = img.as_subclass(torch.Tensor) if isinstance(img, MetaTensor) else torch.as_tensor(img)
+    return t.float()
+
+
 def _with_meta(out: torch.Tensor, like: torch.Tensor, **updates: Any) -> torch.Tensor:
     if isinstance(like, MetaTensor):
         out = out if isinstance(out, MetaTensor) else MetaTensor(out)
@@ -126,7 +132,7 @@ class CTWindow(Transform):
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         """Apply the window; ``meta["window"]`` gets the window's label."""
         c, w, label = resolve_window(self.window, _meta(img))
-        out = ScaleIntensityRange(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0, b_max=255.0, clip=True)(img.float())
+        out = ScaleIntensityRange(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0, b_max=255.0, clip=True)(_plain(img))
         return _with_meta(out, img, window=label)
 
 
@@ -150,7 +156,7 @@ class MultiWindow(Transform):
         for spec in self.windows:
             c, w, label = resolve_window(spec, _meta(img))
             labels.append(label)
-            chans.append(ScaleIntensityRange(c - w / 2, c + w / 2, 0.0, 255.0, clip=True)(img.float()))
+            chans.append(ScaleIntensityRange(c - w / 2, c + w / 2, 0.0, 255.0, clip=True)(_plain(img)))
         out = torch.cat([torch.as_tensor(ch) for ch in chans], dim=0)
         return _with_meta(out, img, window="composite:" + "+".join(labels))
 
@@ -174,7 +180,7 @@ class InvertMonochrome1(Transform):
         meta = _meta(img)
         if not (self.force or str(meta.get("photometric", "")).upper() == "MONOCHROME1"):
             return img
-        out = self.max_value - img
+        out = self.max_value - _plain(img)
         return _with_meta(out, img, photometric="MONOCHROME2", inverted=True)
 
 
@@ -202,7 +208,7 @@ class ModalityIntensity(Transform):
 
     def _percentile(self, img: torch.Tensor) -> torch.Tensor:
         lo, hi = self.percentiles
-        x = img.float()
+        x = _plain(img)
         out = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=255.0, clip=True)(x)
         if float(out.max()) == float(out.min()):  # constant image: mid-grey would invent contrast; keep black
             out = torch.zeros_like(x)

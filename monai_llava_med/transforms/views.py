@@ -114,7 +114,11 @@ def _square_pixels(img: torch.Tensor, row_spacing: float, col_spacing: float) ->
     longest = max(rows, cols)
     scale = longest / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return Resize(size, mode="bilinear", anti_aliasing=False)(img)
+    out = Resize(size, mode="bilinear", anti_aliasing=False)(_plain(img))
+    if isinstance(img, MetaTensor):
+        out = MetaTensor(torch.as_tensor(out))
+        out.meta = dict(img.meta)
+    return out
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
