@@ -160,19 +160,15 @@ def collate_vqa(items: Sequence[Mapping[str, Any]], pad_token_id: int = 0) -> di
         ``{"items": [...], "input_ids": (B, L) or None, "attention_mask": ..., "pixel_values": (N, 3, S, S) or
         None}`` where B counts the items without errors.
     """
+    from ..data import LlavaMedCollator
+
     good = [it for it in items if ERROR_KEY not in it]
     batch: dict[str, Any] = {"items": list(items), "input_ids": None, "attention_mask": None, "pixel_values": None}
-    if not good:
-        return batch
-    length = max(len(it["input_ids"]) for it in good)
-    ids = torch.full((len(good), length), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(good), length), dtype=torch.long)
-    for row, it in enumerate(good):
-        n = len(it["input_ids"])
-        ids[row, length - n :] = torch.as_tensor(it["input_ids"], dtype=torch.long)
-        mask[row, length - n :] = 1
-    pixels = [it["pixel_values"] for it in good if it.get("pixel_values") is not None]
-    batch.update(input_ids=ids, attention_mask=mask, pixel_values=torch.cat(pixels) if pixels else None)
+    if good:
+        tensors = LlavaMedCollator(pad_token_id, "left")(
+            [{k: it[k] for k in ("input_ids", "pixel_values") if it.get(k) is not None} for it in good]
+        )
+        batch.update({k: tensors[k] for k in ("input_ids", "attention_mask", "pixel_values")})
     return batch
 
 
