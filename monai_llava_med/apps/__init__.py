@@ -1,0 +1,9 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Applications built on the library: :mod:`monai_llava_med.apps.monailabel` (a MONAI Label server app)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

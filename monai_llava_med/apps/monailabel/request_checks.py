@@ -1,0 +1,277 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Checks on what a MONAI Label client sends: ids, the question, generation settings, upload names.
+
+Stock MONAI Label 0.8.5 trusts these values (an ``image`` that exists on disk is read as a server path,
+``params`` can replace ``image``/``model``, ``../`` in an upload id writes outside the studies folder). Every
+check here raises :class:`RequestError` (a :class:`~monai_llava_med.errors.LlavaMedInputError`) carrying the
+HTTP status to answer with; the server layer turns it into a 4xx response. Standard library only, so the
+checks are importable (and tested) without ``monailabel``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import PurePath
+from typing import Any
+
+from ...errors import LlavaMedInputError
+
+__all__ = [
+    "ID_PATTERN",
+    "IMAGE_EXTENSIONS",
+    "GENERATION_KEYS",
+    "RESERVED_PARAMS",
+    "RequestError",
+    "RequestLimits",
+    "InferParams",
+    "validate_id",
+    "image_extension",
+    "check_file_content",
+    "parse_infer_params",
+]
+
+#: Image, label, tag and model ids: no path separators, no leading dot, at most 128 characters.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: File types the datastore accepts, longest first (what the library's preprocessing reads).
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tiff", ".tif", ".svs")
+#: Generation settings a client may set in ``params``.
+GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p")
+#: ``params`` keys refused because they would replace what the URL names or steer the server.
+RESERVED_PARAMS = frozenset(
+    {"image", "model", "file", "label", "session", "session_id", "device", "save_label", "label_tag", "timeout",
+     "description", "model_dir"}
+)
+
+
+class RequestError(LlavaMedInputError):
+    """A request a client can fix: the message says what is wrong; ``status_code`` is the HTTP status.
+
+    Args:
+        message: the cause, in words a user can act on.
+        path: the id or field concerned, if any.
+        status_code: 400 (bad value), 404 (unknown id/model), 413 (too large), 415 (file type).
+    """
+
+    def __init__(self, message: str, path: str | PathLike | None = None, status_code: int = 400) -> None:
+        super().__init__(message, path)
+        self.status_code = status_code
+
+
+def _positive_int(conf: Mapping[str, Any], key: str, default: int) -> int:
+    value = conf.get(key, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as err:
+        raise RequestError(f"conf {key} must be a positive integer, got {value!r}", key) from err
+    if number <= 0:
+        raise RequestError(f"conf {key} must be a positive integer, got {value!r}", key)
+    return number
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Upper bounds enforced on every request.
+
+    Args:
+        max_question_chars: longest question.
+        max_new_tokens: largest ``max_new_tokens`` a client may ask for.
+        default_max_new_tokens: answer length when the client sets none.
+        max_temperature: largest sampling temperature.
+        max_params_chars: longest ``params`` JSON text.
+        max_upload_bytes: largest request body (uploads included).
+    """
+
+    max_question_chars: int = 2000
+    max_new_tokens: int = 512
+    default_max_new_tokens: int = 128
+    max_temperature: float = 2.0
+    max_params_chars: int = 16384
+    max_upload_bytes: int = 1 << 30
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> RequestLimits:
+        """Read ``max_question_chars``, ``max_new_tokens`` and ``max_upload_mb`` from ``--conf`` values (strings).
+
+        Raises:
+            RequestError: for a value that is not a positive integer.
+        """
+        base = cls()
+        max_new = _positive_int(conf, "max_new_tokens", base.max_new_tokens)
+        return cls(
+            max_question_chars=_positive_int(conf, "max_question_chars", base.max_question_chars),
+            max_new_tokens=max_new,
+            default_max_new_tokens=min(base.default_max_new_tokens, max_new),
+            max_upload_bytes=_positive_int(conf, "max_upload_mb", base.max_upload_bytes >> 20) << 20,
+        )
+
+
+@dataclass
+class InferParams:
+    """A checked infer request: the question, generation settings, and the keys that were ignored."""
+
+    question: str
+    generation: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+def validate_id(value: Any, what: str = "image") -> str:
+    """Return ``value`` if it is a safe datastore id (see :data:`ID_PATTERN`), else raise.
+
+    Args:
+        value: the id sent by the client.
+        what: what the id names (``"image"``, ``"tag"``, ``"model"``), for the message.
+
+    Raises:
+        RequestError: (400) for a non-string, empty, too long id or one with characters outside ``[A-Za-z0-9._-]``
+            or starting with ``.``/``-``/``_``.
+    """
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"{what} is missing", what)
+    if not ID_PATTERN.fullmatch(value):
+        shown = value if len(value) <= 64 else value[:64] + "..."
+        raise RequestError(
+            f"invalid {what} {shown!r}: use 1-128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit",
+            what,
+        )
+    return value
+
+
+def image_extension(filename: str) -> str:
+    """The accepted extension of an uploaded file name (lower case), e.g. ``"scan.NII.GZ"`` -> ``".nii.gz"``.
+
+    Raises:
+        RequestError: (415) when the name ends with none of :data:`IMAGE_EXTENSIONS`.
+    """
+    lower = (filename or "").lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext) and len(lower) > len(ext):
+            return ext
+    suffix = "".join(PurePath(lower).suffixes[-2:]) or "no extension"
+    raise RequestError(
+        f"unsupported file type ({suffix}): expected one of {', '.join(IMAGE_EXTENSIONS)}", "file", status_code=415
+    )
+
+
+def _nifti_header_size(head: bytes) -> bool:
+    """NIfTI-1/2 files start with ``sizeof_hdr`` = 348 or 540, in either byte order."""
+    return len(head) >= 4 and any(struct.unpack(order + "i", head[:4])[0] in (348, 540) for order in "<>")
+
+
+#: Leading bytes of each accepted type (DICOM: ``DICM`` at offset 128).
+_MAGIC: dict[str, Callable[[bytes], bool]] = {
+    ".png": lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"),
+    ".jpg": lambda h: h.startswith(b"\xff\xd8\xff"),
+    ".jpeg": lambda h: h.startswith(b"\xff\xd8\xff"),
+    ".tif": lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".tiff": lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".svs": lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".dcm": lambda h: h[128:132] == b"DICM",
+    ".nii": _nifti_header_size,
+    ".nii.gz": lambda h: h.startswith(b"\x1f\x8b"),
+}
+
+
+def check_file_content(path: str | PathLike, ext: str) -> None:
+    """Check that a file starts the way its extension says (PNG/JPEG/TIFF signature, DICOM preamble, NIfTI header
+    size, gzip magic), so a renamed text or executable file is refused before it reaches the datastore.
+
+    Args:
+        path: the uploaded file.
+        ext: its accepted extension (from :func:`image_extension`).
+
+    Raises:
+        RequestError: (415) when the content does not match ``ext``; (400) for an empty file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if not head:
+        raise RequestError("the uploaded file is empty", "file")
+    if not _MAGIC[ext](head):
+        raise RequestError(f"the uploaded file's content is not {ext} (its leading bytes do not match)", "file", 415)
+
+
+def _number(params: Mapping[str, Any], key: str, low: float, high: float, integer: bool) -> int | float:
+    """``params[key]`` checked to be an int (or a number) in ``[low, high]``; ``(low, high]`` for floats."""
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise RequestError(f"params.{key} must be {kind}, got {value!r}", key)
+    inside = low <= value <= high if integer else low < value <= high
+    if not (math.isfinite(value) and inside):
+        bounds = f"[{low}, {high}]" if integer else f"({low}, {high}]"
+        raise RequestError(f"params.{key}={value!r} is outside the allowed range {bounds}", key)
+    return value
+
+
+def _flag(params: Mapping[str, Any], key: str) -> bool:
+    value = params[key]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise RequestError(f"params.{key} must be true or false, got {value!r}", key)
+
+
+def parse_infer_params(params: str | Mapping[str, Any] | None, limits: RequestLimits | None = None) -> InferParams:
+    """Check the ``params`` of an infer request and return the question and generation settings.
+
+    Accepted keys: ``question`` (required), ``max_new_tokens`` (1..limit), ``do_sample`` (bool), ``temperature``
+    (0 < t <= limit), ``top_p`` (0 < p <= 1). Keys in :data:`RESERVED_PARAMS` are refused; any other key is
+    ignored and listed in :attr:`InferParams.ignored` (MONAI Label clients add their own).
+
+    Args:
+        params: the JSON text of the ``params`` form field, or the decoded object.
+        limits: the bounds (default :class:`RequestLimits`).
+
+    Raises:
+        RequestError: (400) for bad JSON, a missing/empty question or a value out of range; (413) for a question
+            or params text over the limits.
+    """
+    limits = limits or RequestLimits()
+    if params is None or params == "":
+        params = {}
+    if isinstance(params, str):
+        if len(params) > limits.max_params_chars:
+            raise RequestError(
+                f"params has {len(params)} characters; the limit is {limits.max_params_chars}", "params", 413
+            )
+        try:
+            params = json.loads(params)
+        except json.JSONDecodeError as err:
+            raise RequestError(f"params is not valid JSON ({err.msg} at position {err.pos})", "params") from err
+    if not isinstance(params, Mapping):
+        raise RequestError(f"params must be a JSON object, got {type(params).__name__}", "params")
+    reserved = sorted(k for k in params if k in RESERVED_PARAMS)
+    if reserved:
+        raise RequestError(
+            f"params may not set {', '.join(reserved)}: the image and model come from the URL only", "params"
+        )
+    question = params.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise RequestError('params.question is required: a non-empty string, e.g. {"question": "Is there a lesion?"}',
+                           "question")
+    question = question.strip()
+    if len(question) > limits.max_question_chars:
+        raise RequestError(
+            f"question has {len(question)} characters; the limit is {limits.max_question_chars}", "question", 413
+        )
+    generation: dict[str, Any] = {"max_new_tokens": limits.default_max_new_tokens}
+    if "max_new_tokens" in params:
+        generation["max_new_tokens"] = int(_number(params, "max_new_tokens", 1, limits.max_new_tokens, True))
+    if "do_sample" in params:
+        generation["do_sample"] = _flag(params, "do_sample")
+    if "temperature" in params:
+        generation["temperature"] = float(_number(params, "temperature", 0.0, limits.max_temperature, False))
+    if "top_p" in params:
+        generation["top_p"] = float(_number(params, "top_p", 0.0, 1.0, False))
+    ignored = sorted(str(k) for k in params if k != "question" and k not in GENERATION_KEYS)
+    return InferParams(question=question, generation=generation, ignored=ignored)

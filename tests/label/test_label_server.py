@@ -1,0 +1,302 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""A real MONAI Label server with the LLaVA-Med app: answers, traversal and oversize probes.
+
+Runs in ``.venv-label`` (``.venv-label/bin/python -m pytest tests/label``); skipped where monailabel is missing.
+The server runs as a subprocess on a free loopback port with a tiny random model; answers are compared with
+what :class:`~monai_llava_med.engines.inference.LlavaMedPredictor` gives for the same file (greedy decoding).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("monailabel", reason="MONAI Label lives in .venv-label (make label-venv)")
+requests = pytest.importorskip("requests")
+
+pytestmark = pytest.mark.label
+
+QUESTIONS = ["Is there a lesion in the left lung?", "What modality is this image?"]
+MAX_UPLOAD_MB = 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(root: Path, skip: tuple[str, ...]) -> set[str]:
+    """Relative paths of every file and folder under ``root`` except the ``skip`` top-level folders."""
+    return {
+        str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] not in skip
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_tokenizer):
+    """Model folder, studies folder, a copy of the app folder and local test images."""
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from monai_llava_med.apps.monailabel import app_dir
+    from monai_llava_med.networks import LlavaMedConfig, build_llava_med, save_pretrained
+
+    root = tmp_path_factory.mktemp("label")
+    torch.manual_seed(0)
+    config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    save_pretrained(build_llava_med(config).eval(), root / "model", tiny_tokenizer)
+    (root / "studies").mkdir()
+    (root / "outside").mkdir()
+    (root / "outside" / "secret.txt").write_text("not for clients")
+    app = root / "app"  # the server writes model/ lib/ logs/ into the app folder: keep those out of the repo
+    app.mkdir()
+    shutil.copy(app_dir() / "main.py", app / "main.py")
+    files = root / "files"
+    files.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), files / "CT_small.dcm")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(files / "photo.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    """Start ``monailabel.main start_server`` on 127.0.0.1, wait for ``/info/``, stop it (process group SIGTERM)."""
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
+        MONAI_LABEL_TASKS_TRAIN="false",
+        MONAI_LABEL_TASKS_SCORING="false",
+        MONAI_LABEL_TASKS_BATCH_INFER="false",
+        MONAI_LABEL_SESSIONS="false",
+        MONAI_LABEL_SESSION_PATH=str(workspace / "sessions"),
+    )
+    log = open(workspace / "server.log", "wb")
+    cmd = [
+        sys.executable, "-m", "monailabel.main", "start_server",
+        "--app", str(workspace / "app"), "--studies", str(workspace / "studies"),
+        "--conf", "models", "llava_med", "--conf", "model_dir", str(workspace / "model"),
+        "--conf", "device", "cpu", "--conf", "max_upload_mb", str(MAX_UPLOAD_MB),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]
+    proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited ({proc.returncode}):\n{(workspace / 'server.log').read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in 60 s:\n{(workspace / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def predictor(workspace):
+    from monai_llava_med.engines.inference import LlavaMedPredictor
+
+    return LlavaMedPredictor.from_pretrained(workspace / "model", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def uploaded(server, workspace):
+    """Upload the DICOM and the PNG under the ids ``ct`` and ``photo``."""
+    for image_id, name in (("ct", "CT_small.dcm"), ("photo", "photo.png")):
+        with open(workspace / "files" / name, "rb") as f:
+            r = requests.put(f"{server}/datastore/image", params={"image": image_id}, files={"file": (name, f)})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"image": image_id}
+    return {"ct": workspace / "files" / "CT_small.dcm", "photo": workspace / "files" / "photo.png"}
+
+
+def ask(server: str, image: str | None, params: dict | str, file: Path | None = None) -> requests.Response:
+    data = {"params": params if isinstance(params, str) else json.dumps(params)}
+    query = {"image": image} if image is not None else {}
+    if file is None:
+        return requests.post(f"{server}/infer/llava_med", params=query, data=data, timeout=60)
+    with open(file, "rb") as f:
+        return requests.post(f"{server}/infer/llava_med", params=query, data=data, files={"file": (file.name, f)})
+
+
+def test_info_lists_the_question_answering_model(server):
+    info = requests.get(f"{server}/info/").json()
+    model = info["models"]["llava_med"]
+    assert model["type"] == "others"
+    assert model["model"] == "llava-med-tiny"
+    assert model["config"]["question"] == ""
+    assert model["limits"]["max_new_tokens"] == 512
+    assert info["trainers"] == {}
+
+
+@pytest.mark.parametrize("image_id", ["ct", "photo"])
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_answers_equal_the_library(server, uploaded, predictor, image_id, question):
+    r = ask(server, image_id, {"question": question, "max_new_tokens": 12})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = predictor.ask(uploaded[image_id], question, max_new_tokens=12)
+    assert got["answer"] == want["answer"]
+    assert got["views"] == want["views"]
+    assert got["modality"] == want["modality"]
+    assert got["model"] == want["model"] == "llava-med-tiny"
+    assert got["source"] == image_id and got["question"] == question
+    assert 0 < got["latency_s"] < 60
+
+
+def test_inline_file_upload_gives_the_same_answer(server, uploaded, predictor):
+    question = QUESTIONS[0]
+    r = ask(server, None, {"question": question, "max_new_tokens": 12}, file=uploaded["ct"])
+    assert r.status_code == 200, r.text
+    assert r.json()["answer"] == predictor.ask(uploaded["ct"], question, max_new_tokens=12)["answer"]
+    assert r.json()["source"] == "CT_small.dcm"
+
+
+def test_generation_settings_reach_the_model(server, uploaded, predictor):
+    short = ask(server, "ct", {"question": QUESTIONS[0], "max_new_tokens": 2}).json()["answer"]
+    assert short == predictor.ask(uploaded["ct"], QUESTIONS[0], max_new_tokens=2)["answer"]
+    sampled = ask(server, "ct", {"question": QUESTIONS[0], "do_sample": True, "temperature": 1.5, "top_p": 0.9,
+                                 "unknown_key": 1})
+    assert sampled.status_code == 200, sampled.text
+    assert sampled.json()["ignored_params"] == ["unknown_key"]
+
+
+@pytest.mark.parametrize(
+    "params, status, words",
+    [
+        ({"question": "q", "image": "/etc/passwd"}, 400, "may not set image"),
+        ({"question": "q", "model": "other"}, 400, "may not set model"),
+        ({"question": "q", "device": "cuda:7"}, 400, "may not set device"),
+        ({}, 400, "question is required"),
+        ({"question": "   "}, 400, "question is required"),
+        ({"question": "x" * 2001}, 413, "limit is 2000"),
+        ({"question": "q", "max_new_tokens": 100000}, 400, "max_new_tokens"),
+        ({"question": "q", "max_new_tokens": "12"}, 400, "must be an integer"),
+        ({"question": "q", "temperature": 100.0}, 400, "temperature"),
+        ({"question": "q", "top_p": 0}, 400, "top_p"),
+        ("{not json", 400, "not valid JSON"),
+        (json.dumps({"question": "q", "pad": "x" * 20000}), 413, "params has"),
+    ],
+)
+def test_bad_params_are_refused(server, uploaded, params, status, words):
+    r = ask(server, "ct", params)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_unknown_image_and_model_are_404(server, uploaded):
+    assert ask(server, "missing", {"question": "q"}).status_code == 404
+    r = requests.post(f"{server}/infer/segmentation", params={"image": "ct"}, data={"params": '{"question": "q"}'})
+    assert r.status_code == 404
+
+
+def test_unreadable_image_is_422_without_server_paths(server, workspace):
+    bad = workspace / "files" / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 10)
+    with open(bad, "rb") as f:
+        assert requests.put(f"{server}/datastore/image", params={"image": "broken"},
+                            files={"file": ("broken.dcm", f)}).status_code == 200
+    r = ask(server, "broken", {"question": "q"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("broken: ")
+    assert str(workspace) not in r.text
+
+
+def test_traversal_and_oversize_probes_are_refused(server, uploaded, workspace):
+    before = _tree(workspace, skip=("app", "studies"))
+    secret = workspace / "outside" / "secret.txt"
+    png = (workspace / "files" / "photo.png").read_bytes()
+    text_as_png = ("evil.png", b"#!/bin/sh\nrm -rf /\n")
+    probes = [
+        ("PUT", "/datastore/image", {"image": "../outside/evil"}, {"file": ("x.png", png)}),
+        ("PUT", "/datastore/image", {"image": "..%2Foutside%2Fevil"}, {"file": ("x.png", png)}),
+        ("PUT", "/datastore/image", {"image": str(workspace / "outside" / "evil")}, {"file": ("x.png", png)}),
+        ("PUT", "/datastore/image", {"image": ".hidden"}, {"file": ("x.png", png)}),
+        ("PUT", "/datastore/image", {"image": "ok"}, {"file": text_as_png}),
+        ("PUT", "/datastore/image", {"image": "ok"}, {"file": ("x.sh", png)}),
+        ("PUT", "/datastore/image", {"image": "big"}, {"file": ("big.png", png + b"\0" * (MAX_UPLOAD_MB << 20))}),
+        ("PUT", "/datastore/label", {"image": "ct", "tag": "../../outside"}, {"label": ("l.nii.gz", b"\x1f\x8b")}),
+        ("PUT", "/datastore/label", {"image": "../ct", "tag": "final"}, {"label": ("l.nii.gz", b"\x1f\x8b")}),
+        ("PUT", "/model/llava_med", {}, {"file": ("model.pt", b"weights")}),
+        ("POST", "/infer/llava_med", {"image": str(secret)}, None),
+        ("POST", "/infer/llava_med", {"image": "../outside/secret.txt"}, None),
+        ("POST", "/infer/llava_med", {"image": "/etc/passwd"}, None),
+        ("POST", "/infer/llava_med", {"image": "ct", "session_id": "../x"}, None),
+        ("POST", "/infer/llava_med", {"image": "ct"}, {"file": ("x.png", png)}),
+        ("POST", "/infer/..%2F..%2Fllava_med", {"image": "ct"}, None),
+        ("POST", "/infer/wsi/llava_med", {"image": "ct"}, None),
+        ("POST", "/train/llava_med", {}, None),
+        ("POST", "/batch/infer/llava_med", {}, None),
+        ("PUT", "/session/", {}, {"files": ("x.dcm", png)}),
+        ("GET", "/datastore/image", {"image": "../outside/secret.txt"}, None),
+        ("GET", "/datastore/image", {"image": str(secret)}, None),
+        ("GET", "/datastore/image", [("image", "ct"), ("image", "../outside/secret.txt")], None),
+        ("GET", "/logs/", {}, None),
+        ("DELETE", "/datastore/image", {"id": "../outside/secret"}, None),
+        ("DELETE", "/datastore/label", {"id": "ct", "tag": "../../outside"}, None),
+    ]
+    refused = []
+    for method, path, query, files in probes:
+        data = {"params": '{"question": "q"}'} if path.startswith("/infer") else None
+        r = requests.request(method, server + path, params=query, files=files, data=data, timeout=30)
+        refused.append((method, path, query, r.status_code))
+        assert 400 <= r.status_code < 500, (method, path, query, r.status_code, r.text[:300])
+        assert "not for clients" not in r.text
+    # a body without Content-Length (chunked) and one announcing more than the limit are refused unread
+    chunked = requests.put(f"{server}/datastore/image", params={"image": "chunk"}, data=iter([b"a" * 1024] * 4))
+    assert chunked.status_code == 411, chunked.text
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("PUT", "/datastore/image?image=huge")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(1 << 40))  # announced, never sent: the answer must not wait for it
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and b"exceeds the limit" in response.read()
+    conn.close()
+    assert secret.read_text() == "not for clients"
+    assert _tree(workspace, skip=("app", "studies")) == before
+    studies = {p.name for p in (workspace / "studies").iterdir()}
+    assert {"ct.dcm", "photo.png"} <= studies
+    assert not studies & {"evil.png", "ok.png", "big.png", "x.png", "chunk.png", ".hidden.png"}
+    stored = requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]
+    assert set(stored) <= {"ct", "photo", "broken"}
+
+
+def test_stored_images_download_and_info_hide_server_paths(server, uploaded, workspace):
+    r = requests.get(f"{server}/datastore/image", params={"image": "photo"})
+    assert r.status_code == 200 and r.content == uploaded["photo"].read_bytes()
+    info = requests.get(f"{server}/datastore/image/info", params={"image": "ct"}).json()
+    assert info["name"] == "ct.dcm" and "path" not in info
