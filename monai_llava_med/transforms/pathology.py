@@ -147,21 +147,26 @@ class SlideTiles(Transform):
         self.min_tissue = float(min_tissue)
         self.thumbnail = thumbnail
         self.stain_normalize = stain_normalize
-        self.backend = ("openslide" if has_openslide else "tifffile") if backend == "auto" else backend
+        self.auto = backend == "auto"
+        self.backend = ("openslide" if has_openslide else "tifffile") if self.auto else backend
         self.max_level_pixels = int(max_level_pixels)
 
-    def _open(self, path: str | PathLike) -> tuple[WSIReader, Any]:
-        if self.backend == "tifffile":
+    def _open(self, path: str | PathLike) -> tuple[WSIReader, Any, str]:
+        if str(path).lower().endswith((".tif", ".tiff", ".svs")):
             shapes = tiff_level_shapes(path)
             sizes = [s[0] * s[1] for s in shapes]
             if any(b >= a for a, b in zip(sizes, sizes[1:])):
                 raise SlideError(f"pyramid levels are not successively smaller: {[s[:2] for s in shapes]}", path)
-        reader = WSIReader(backend=self.backend)
-        try:
-            wsi = reader.read(str(path))
-        except Exception as e:
-            raise SlideError(f"unreadable slide ({type(e).__name__}: {' '.join(str(e).split())[:160]})", path) from e
-        return reader, wsi
+        backends = [self.backend] + (["tifffile"] if self.auto and self.backend != "tifffile" else [])
+        for n, backend in enumerate(backends):
+            reader = WSIReader(backend=backend)
+            try:
+                return reader, reader.read(str(path)), backend
+            except Exception as e:  # auto: openslide refuses some generic TIFF pyramids, tifffile reads them
+                if n + 1 == len(backends):
+                    msg = " ".join(str(e).split())[:160]
+                    raise SlideError(f"unreadable slide ({type(e).__name__}: {msg})", path) from e
+        raise SlideError("no WSIReader backend", path)
 
     def _read(self, reader: WSIReader, wsi: Any, path: str | PathLike, **kwargs: Any) -> np.ndarray:
         try:
@@ -174,15 +179,15 @@ class SlideTiles(Transform):
 
     def __call__(self, path: str | PathLike) -> list[MetaTensor]:  # type: ignore[override]
         """Return the tiles (thumbnail first when asked)."""
-        reader, wsi = self._open(path)
+        reader, wsi, backend = self._open(path)
         try:
-            return self._tiles(reader, wsi, path)
+            return self._tiles(reader, wsi, path, backend)
         finally:
             close = getattr(wsi, "close", None)
             if callable(close):
                 close()
 
-    def _tiles(self, reader: WSIReader, wsi: Any, path: str | PathLike) -> list[MetaTensor]:
+    def _tiles(self, reader: WSIReader, wsi: Any, path: str | PathLike, backend: str) -> list[MetaTensor]:
         n_levels = reader.get_level_count(wsi)
         mpps: list[float | None] = []
         for lvl in range(n_levels):
@@ -225,7 +230,7 @@ class SlideTiles(Transform):
         if self.thumbnail:
             views.append(self._view(thumb, {"kind": "thumbnail", "level": low}, meta))
         region = None
-        if self.backend == "tifffile":
+        if backend == "tifffile":
             lh, lw = reader.get_size(wsi, level)
             if lh * lw > self.max_level_pixels:
                 raise SlideError(
