@@ -130,3 +130,14 @@ def test_image_errors_are_typed(predictor, tmp_path):
     with pytest.raises(ImageReadError):
         predictor.ask(str(empty), "What is this?")
     assert torch.is_grad_enabled()
+
+
+def test_preprocess_caps_views_by_the_context(tiny_model):
+    from monai_llava_med.engines import build_preprocess
+    from monai_llava_med.engines.inference import TEXT_RESERVE
+
+    series = get_testdata_file("CT_small.dcm").replace("CT_small.dcm", "dicomdirtests/98892001/CT5N")
+    assert len(build_preprocess(tiny_model, max_views=4)(series)["views"]) == 4
+    tiny_model.config.model_max_length = TEXT_RESERVE + 2 * tiny_model.config.num_image_tokens + 5
+    out = build_preprocess(tiny_model, max_views=4)(series)
+    assert len(out["views"]) == 2 and out["pixel_values"].shape == (2, 3, 32, 32)

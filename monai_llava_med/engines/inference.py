@@ -39,28 +39,42 @@ __all__ = [
     "LlavaMedPredictor",
     "build_preprocess",
     "MAX_QUESTION_CHARS",
+    "TEXT_RESERVE",
 ]
 
 logger = logging.getLogger(__name__)
 ERROR_KEY = "error"
 #: Longest question accepted (characters); longer text is refused rather than silently cut.
 MAX_QUESTION_CHARS = 4000
+#: Context tokens :func:`build_preprocess` keeps free for the question and the answer.
+TEXT_RESERVE = 256
 # Failures of one item that must not stop a run: typed input errors and what readers raise on bad files.
 _ITEM_ERRORS = (LlavaMedInputError, OSError, ValueError, RuntimeError)
 
 
-def build_preprocess(model: LlavaMedNet, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
-    """The image -> pixels pipeline matching the network (size, mean, std): ``MedicalImageToPixels``.
+def build_preprocess(model: LlavaMedNet, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
+    """The image -> pixels pipeline matching the network: ``MedicalImageToPixels``.
+
+    Image size, normalisation and the cost of one view come from the network's config, and the number of
+    views of a volume (or tiles of a slide) is capped so that their image tokens leave ``text_reserve``
+    tokens of the context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3).
 
     Args:
-        model: the network whose config gives the image size and normalisation.
-        kwargs: further ``MedicalImageToPixels`` options (``max_views``, ``window``...).
+        model: the network whose config gives the image size, normalisation and tokens per image.
+        text_reserve: context tokens kept free for text.
+        kwargs: further ``MedicalImageToPixels`` options (``max_views``, ``window``, ``view_mode``...);
+            ``token_budget`` overrides the derived budget.
     """
     from ..transforms import MedicalImageToPixels
 
     config = model.config
+    kwargs.setdefault("token_budget", max(config.num_image_tokens, config.model_max_length - text_reserve))
     return MedicalImageToPixels(
-        image_size=config.image_size, image_mean=config.image_mean, image_std=config.image_std, **kwargs
+        image_size=config.image_size,
+        image_mean=config.image_mean,
+        image_std=config.image_std,
+        tokens_per_view=config.num_image_tokens,
+        **kwargs,
     )
 
 
