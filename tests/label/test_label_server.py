@@ -300,3 +300,22 @@ def test_stored_images_download_and_info_hide_server_paths(server, uploaded, wor
     assert r.status_code == 200 and r.content == uploaded["photo"].read_bytes()
     info = requests.get(f"{server}/datastore/image/info", params={"image": "ct"}).json()
     assert info["name"] == "ct.dcm" and "path" not in info
+
+
+def test_default_model_dir_is_the_bundle_models_folder_above_the_app(tmp_path):
+    from monai_llava_med.apps.monailabel import app_dir
+    from monai_llava_med.apps.monailabel.label_app import resolve_model_dir
+    from monai_llava_med.errors import CheckpointError
+
+    app = tmp_path / "repo" / "monai_llava_med" / "apps" / "monailabel" / "app"
+    app.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="model_dir"):
+        resolve_model_dir(None, app)
+    models = tmp_path / "repo" / "bundles" / "llava_med" / "models"
+    models.mkdir(parents=True)
+    (models / "llava_med_config.json").write_text("{}")
+    assert resolve_model_dir(None, app) == models.resolve()
+    assert resolve_model_dir(str(models), "/") == models.resolve()
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_model_dir(str(tmp_path / "nope"), app)
+    assert (app_dir() / "main.py").is_file()

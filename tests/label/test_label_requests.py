@@ -1,0 +1,169 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The MONAI Label app's request checks and ASGI guard, without a server (standard library only: runs in any venv)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from monai_llava_med.apps.monailabel import RequestError, RequestLimits, image_extension, parse_infer_params, validate_id
+from monai_llava_med.apps.monailabel.guard import RequestGuard, install_request_guard
+from monai_llava_med.apps.monailabel.request_checks import check_file_content
+from monai_llava_med.errors import LlavaMedInputError
+
+
+@pytest.mark.parametrize("good", ["ct", "CT_small.dcm", "1.2.840.113619", "a" * 128, "x-y_z.1"])
+def test_valid_ids_pass(good):
+    assert validate_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "..", ".hidden", "-x", "a/b", "a\\b", "/etc/passwd", "a" * 129, "a b", None, 3])
+def test_invalid_ids_are_400(bad):
+    with pytest.raises(RequestError) as info:
+        validate_id(bad, "image")
+    assert info.value.status_code == 400 and isinstance(info.value, LlavaMedInputError)
+
+
+def test_params_give_question_generation_and_ignored_keys():
+    checked = parse_infer_params('{"question": "  Is there an effusion? ", "max_new_tokens": 7, "do_sample": "true",'
+                                 ' "temperature": 0.5, "top_p": 0.9, "client_id": "slicer"}')
+    assert checked.question == "Is there an effusion?"
+    assert checked.generation == {"max_new_tokens": 7, "do_sample": True, "temperature": 0.5, "top_p": 0.9}
+    assert checked.ignored == ["client_id"]
+    assert parse_infer_params({"question": "q"}).generation == {"max_new_tokens": 128}
+
+
+@pytest.mark.parametrize(
+    "params, status",
+    [
+        ({"question": "q", "image": "../x"}, 400),
+        ({"question": "q", "model": "x"}, 400),
+        ({"question": "q", "session_id": "s"}, 400),
+        ({"question": ""}, 400),
+        ({"question": 3}, 400),
+        ({"question": "q" * 2001}, 413),
+        ({"question": "q", "max_new_tokens": 0}, 400),
+        ({"question": "q", "max_new_tokens": 513}, 400),
+        ({"question": "q", "max_new_tokens": 1.5}, 400),
+        ({"question": "q", "temperature": float("nan")}, 400),
+        ({"question": "q", "top_p": 1.01}, 400),
+        ({"question": "q", "do_sample": "maybe"}, 400),
+        ("[]", 400),
+        ('{"question": "q", "x": "' + "y" * 20000 + '"}', 413),
+    ],
+)
+def test_bad_params_are_refused_with_status(params, status):
+    with pytest.raises(RequestError) as info:
+        parse_infer_params(params)
+    assert info.value.status_code == status
+
+
+def test_limits_from_conf():
+    limits = RequestLimits.from_conf({"max_question_chars": "50", "max_new_tokens": "16", "max_upload_mb": "2"})
+    assert (limits.max_question_chars, limits.max_new_tokens, limits.max_upload_bytes) == (50, 16, 2 << 20)
+    assert limits.default_max_new_tokens == 16
+    with pytest.raises(RequestError):
+        parse_infer_params({"question": "q" * 51}, limits)
+    with pytest.raises(RequestError):
+        RequestLimits.from_conf({"max_upload_mb": "-1"})
+
+
+def test_extensions_and_content(tmp_path):
+    assert image_extension("Scan.NII.GZ") == ".nii.gz" and image_extension("a.tiff") == ".tiff"
+    for name in ("a.txt", "a.nii.gz.exe", ".png", ""):
+        with pytest.raises(RequestError) as info:
+            image_extension(name)
+        assert info.value.status_code == 415
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    check_file_content(png, ".png")
+    with pytest.raises(RequestError):
+        check_file_content(png, ".jpg")
+    nii = tmp_path / "a.nii"
+    nii.write_bytes((348).to_bytes(4, "big") + b"\0" * 344)
+    check_file_content(nii, ".nii")
+    dcm = tmp_path / "a.dcm"
+    dcm.write_bytes(b"\0" * 128 + b"DICM")
+    check_file_content(dcm, ".dcm")
+    dcm.write_bytes(b"\0" * 132)
+    with pytest.raises(RequestError):
+        check_file_content(dcm, ".dcm")
+
+
+def _call(guard: RequestGuard, method: str, path: str, query: bytes = b"", headers=()) -> tuple[int, dict | None]:
+    """Run one HTTP request through the guard; returns (status, body JSON or None when passed through)."""
+    sent: list[dict] = []
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    guard.app = app
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": list(headers)}
+    asyncio.run(guard(scope, receive, send))
+    status = sent[0]["status"]
+    return status, (None if reached else json.loads(sent[1]["body"]))
+
+
+def test_guard_passes_offered_routes_and_refuses_the_rest():
+    guard = RequestGuard(None, RequestLimits(max_upload_bytes=1000), models=["llava_med"])
+    length = [(b"content-length", b"10")]
+    assert _call(guard, "GET", "/info/") == (200, None)
+    assert _call(guard, "POST", "/infer/llava_med", b"image=ct", length) == (200, None)
+    assert _call(guard, "PUT", "/datastore/image", b"image=ct", length) == (200, None)
+    assert _call(guard, "GET", "/datastore/image", b"image=ct") == (200, None)
+    for method, path in [("POST", "/train/llava_med"), ("PUT", "/model/llava_med"), ("GET", "/logs/"),
+                         ("PUT", "/session/"), ("POST", "/infer/wsi/llava_med"), ("GET", "/proxy/dicom/x"),
+                         ("DELETE", "/datastore/"), ("POST", "/batch/infer/llava_med")]:
+        status, body = _call(guard, method, path, b"", length)
+        assert status == 404 and "not offered" in body["detail"], (method, path)
+    assert _call(guard, "POST", "/infer/segmentation", b"image=ct", length)[0] == 404
+    assert _call(guard, "POST", "/infer/../x", b"", length)[0] == 404
+
+
+@pytest.mark.parametrize(
+    "query", [b"image=../x", b"image=%2Fetc%2Fpasswd", b"id=..%2Fx", b"image=ct&tag=../../x", b"image=ct&image=ct2",
+              b"label=.x", b"session_id=a/b"]
+)
+def test_guard_refuses_bad_ids(query):
+    status, body = _call(RequestGuard(None), "GET", "/datastore/image", query)
+    assert status == 400, query
+    assert body["detail"]
+
+
+def test_guard_refuses_oversized_and_unsized_bodies():
+    guard = RequestGuard(None, RequestLimits(max_upload_bytes=1000))
+    assert _call(guard, "PUT", "/datastore/image", b"image=a", [(b"content-length", b"1001")])[0] == 413
+    assert _call(guard, "PUT", "/datastore/image", b"image=a", [(b"content-length", b"1000")])[0] == 200
+    assert _call(guard, "PUT", "/datastore/image", b"image=a", [(b"transfer-encoding", b"chunked")])[0] == 411
+    assert _call(guard, "PUT", "/datastore/image", b"image=a", [(b"content-length", b"-5")])[0] == 400
+
+
+def test_guard_honours_the_api_prefix_and_installs_once():
+    guard = RequestGuard(None, prefix="/api")
+    assert _call(guard, "GET", "/api/info/")[0] == 200
+    assert _call(guard, "GET", "/api/train/")[0] == 404
+
+    class FakeApp:
+        middleware_stack = None
+
+        def build_middleware_stack(self):
+            return "stack"
+
+    app = FakeApp()
+    first = install_request_guard(app, RequestLimits(), ["llava_med"])
+    second = install_request_guard(app, RequestLimits(max_upload_bytes=5), ["llava_med"])
+    assert first is second is app.middleware_stack and first.app == "stack" and first.limits.max_upload_bytes == 5
