@@ -319,3 +319,15 @@ def test_default_model_dir_is_the_bundle_models_folder_above_the_app(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         resolve_model_dir(str(tmp_path / "nope"), app)
     assert (app_dir() / "main.py").is_file()
+
+
+def test_monai_label_python_client_gets_the_answer(server, uploaded, predictor):
+    """MONAI Label's own client (the code 3D Slicer's module uses) calls the same endpoint."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(server)
+    image_out, result = client.infer("llava_med", "photo", {"question": QUESTIONS[1], "max_new_tokens": 12})
+    assert image_out is None
+    result = json.loads(result)  # the 0.8.5 client returns a JSON-only answer as raw bytes
+    assert result["answer"] == predictor.ask(uploaded["photo"], QUESTIONS[1], max_new_tokens=12)["answer"]
+    assert result["ignored_params"] == ["client_id"]
