@@ -11,7 +11,13 @@ import json
 
 import pytest
 
-from monai_llava_med.apps.monailabel import RequestError, RequestLimits, image_extension, parse_infer_params, validate_id
+from monai_llava_med.apps.monailabel import (
+    RequestError,
+    RequestLimits,
+    image_extension,
+    parse_infer_params,
+    validate_id,
+)
 from monai_llava_med.apps.monailabel.guard import RequestGuard, install_request_guard
 from monai_llava_med.apps.monailabel.request_checks import check_file_content
 from monai_llava_med.errors import LlavaMedInputError
@@ -22,7 +28,9 @@ def test_valid_ids_pass(good):
     assert validate_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "../x", "..", ".hidden", "-x", "a/b", "a\\b", "/etc/passwd", "a" * 129, "a b", None, 3])
+@pytest.mark.parametrize(
+    "bad", ["", "../x", "..", ".hidden", "-x", "a/b", "a\\b", "/etc/passwd", "a" * 129, "a b", None, 3]
+)
 def test_invalid_ids_are_400(bad):
     with pytest.raises(RequestError) as info:
         validate_id(bad, "image")

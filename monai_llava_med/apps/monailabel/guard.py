@@ -86,12 +86,12 @@ class RequestGuard:
                 match = found
                 break
         if match is None:
-            raise RequestError(f"{method} {path[:80]} is not offered by the LLaVA-Med MONAI Label app", status_code=404)
+            raise RequestError(f"{method} {path[:80]} is not offered by the LLaVA-Med MONAI Label app", None, 404)
         model = match.groupdict().get("model")
         if model is not None:
             validate_id(model, "model")
             if self.models is not None and model not in self.models:
-                raise RequestError(f"unknown model {model!r}; this server offers {sorted(self.models)}", status_code=404)
+                raise RequestError(f"unknown model {model!r}; this server offers {sorted(self.models)}", None, 404)
         seen: set[str] = set()
         for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
             if key not in ID_QUERY_KEYS:
