@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test test-label demo bench clean label-venv
+.PHONY: install test test-label test-all demo bench clean label-venv
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,23 @@ install: $(VENV)/.installed
 
 test: install
 	$(PY) -m pytest -q -m "not label" tests
+
+# MONAI Label needs its own venv (numpy<2, pydicom 2.4); recipe verified in ENVIRONMENT notes / docs/monailabel.md
+$(LABEL_VENV)/.installed: requirements/label.txt pyproject.toml
+	test -x $(LABEL_PY) || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_PY) -m pip install -q --upgrade pip
+	$(LABEL_PY) -m pip install -q torch==2.13.0
+	$(LABEL_PY) -m pip install -q -r requirements/label.txt
+	$(LABEL_PY) -m pip install -q --no-deps -e .
+	$(LABEL_PY) -m pip uninstall -q -y torchvision
+	touch $@
+
+label-venv: $(LABEL_VENV)/.installed
+
+test-label: label-venv
+	$(LABEL_PY) -m pytest -q -m label tests/label
+
+test-all: test test-label
 
 demo: install
 	$(PY) -m monai.bundle run --config_file bundles/llava_med/configs/inference.json --bundle_root bundles/llava_med
