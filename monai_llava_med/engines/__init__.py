@@ -30,7 +30,7 @@ try:
         LossLogger,
         prepare_llava_batch,
     )
-    from .training import build_trainer, make_train_loader, run_training, seed_everything
+    from .training import build_trainer, load_run_config, make_train_loader, run_training, seed_everything
 except ImportError as _err:  # pragma: no cover - depends on the installed extras
     _TRAINING_IMPORT_ERROR: ImportError | None = _err
 else:
@@ -54,6 +54,7 @@ else:
         "LossLogger",
         "prepare_llava_batch",
         "build_trainer",
+        "load_run_config",
         "make_train_loader",
         "run_training",
         "seed_everything",

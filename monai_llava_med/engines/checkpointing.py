@@ -39,6 +39,7 @@ __all__ = [
     "save_training_checkpoint",
     "load_training_checkpoint",
     "gather_state_dict",
+    "parameter_checksum",
     "export_consolidated",
     "export_from_checkpoint",
 ]
@@ -134,7 +135,7 @@ def save_training_checkpoint(
     rank = ds_engine.global_rank
     torch.save(_rng_state(), folder / f"rng_state_rank{rank}.pt")
     _barrier()
-    client = {"iteration": int(iteration), "epoch_length": int(epoch_length), "global_steps": ds_engine.global_steps}
+    client = {"iteration": int(iteration), "epoch_length": int(epoch_length), "optimizer_steps": int(ds_engine.global_steps)}
     ds_engine.save_checkpoint(str(root), tag=tag, client_state=client)
     if rank == 0 and keep_last > 0:
         tags = sorted(p.name for p in root.iterdir() if p.is_dir() and _TAG.match(p.name))
@@ -154,7 +155,7 @@ def load_training_checkpoint(ds_engine: Any, checkpoint_dir: str | PathLike, tag
         tag: a specific checkpoint (default: DeepSpeed's ``latest``).
 
     Returns:
-        ``{"iteration", "epoch_length", "global_steps"}`` or None when there is nothing to resume.
+        ``{"iteration", "epoch_length", "optimizer_steps"}`` or None when there is nothing to resume.
 
     Raises:
         CheckpointError: the checkpoint exists but cannot be loaded.
@@ -173,7 +174,7 @@ def load_training_checkpoint(ds_engine: Any, checkpoint_dir: str | PathLike, tag
         raise CheckpointError(f"checkpoint {tag} has no data position (not written by this trainer)", root)
     _set_rng_state(rng)
     logger.info("resumed from %s at iteration %d", root / tag, client["iteration"])
-    return {k: client[k] for k in ("iteration", "epoch_length", "global_steps")}
+    return {k: client[k] for k in ("iteration", "epoch_length", "optimizer_steps")}
 
 
 def gather_state_dict(ds_engine: Any) -> dict[str, torch.Tensor] | None:
@@ -184,6 +185,16 @@ def gather_state_dict(ds_engine: Any) -> dict[str, torch.Tensor] | None:
     if ds_engine.global_rank != 0:
         return None
     return {k: v.detach().clone() for k, v in ds_engine.module.state_dict().items()}
+
+
+def parameter_checksum(ds_engine: Any) -> float:
+    """Sum of all weights in float64 on this rank, ZeRO-3 partitions gathered; all ranks must call."""
+    import deepspeed
+
+    params = list(ds_engine.module.parameters())
+    enabled = bool(ds_engine.zero_optimization_partition_weights())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=enabled):
+        return float(sum(p.detach().double().sum() for p in params))
 
 
 def _merged_model(

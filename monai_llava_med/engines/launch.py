@@ -11,9 +11,10 @@
     deepspeed --num_gpus 8 --module monai_llava_med.engines.launch --config run.json
     deepspeed --hostfile training/hostfile.example --module monai_llava_med.engines.launch --config run.json
 
+The run file is parsed like a bundle config (``_target_`` components, ``@references``).
 ``--set key=value`` overrides a :class:`~monai_llava_med.engines.TrainingConfig` field (the value is parsed as
-JSON when it can be, e.g. ``--set max_steps=100 --set deepspeed=zero2``). The summary of the run is printed as
-one JSON line by rank 0.
+JSON when it can be, e.g. ``--set max_steps=100 --set deepspeed=zero2``). Each rank prints the run's summary as
+one JSON line.
 """
 
 from __future__ import annotations
@@ -52,12 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run = load_run_config(args.config)
-    training = dict(run.pop("training", {}) or {})
-    training.update(parse_overrides(args.set))
-    summary = run_training(run, training=training)
-    if summary["rank"] == 0:
-        print(json.dumps(summary), flush=True)
+    overrides = {f"training#{k}": v for k, v in parse_overrides(args.set).items()}
+    summary = run_training(load_run_config(args.config, overrides))
+    print(json.dumps(summary), flush=True)
     return 0
 
 

@@ -6,8 +6,8 @@
 
 One iteration = one micro-batch: forward -> loss -> ``ds_engine.backward`` -> ``ds_engine.step``. DeepSpeed
 accumulates gradients and steps the optimizer and the LR scheduler every ``gradient_accumulation_steps``
-micro-batches. MONAI handlers attach as usual (``StatsHandler(output_transform=from_engine(["loss"],
-first=True))``, ``TensorBoardStatsHandler``, ``ValidationHandler``...); the iteration output is
+micro-batches. MONAI handlers attach as usual (``StatsHandler(output_transform=operator.itemgetter("loss"))``,
+``TensorBoardStatsHandler``, ``ValidationHandler``...); the iteration output is not decollated: it is
 ``{"loss": float, "lr": float, "tokens": int}``.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
@@ -25,7 +26,6 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Average
 from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
-from monai.handlers import from_engine
 from torch.utils.data import DataLoader
 
 from .checkpointing import (
@@ -200,7 +200,7 @@ class LlavaMedLossEvaluator(Evaluator):
         super().__init__(
             device=device,
             val_data_loader=val_data_loader,
-            key_val_metric={"val_loss": Average(output_transform=from_engine(["loss"], first=True))},
+            key_val_metric={"val_loss": Average(output_transform=operator.itemgetter("loss"))},
             metric_cmp_fn=lambda current, prev: prev < 0 or current < prev,
             val_handlers=handlers,
             decollate=False,
@@ -215,7 +215,7 @@ class LlavaMedLossEvaluator(Evaluator):
         with torch.no_grad():
             loss = self.network(**inputs).loss
         self.network.train(was_training)
-        return {"loss": [float(loss)]}
+        return {"loss": loss.detach().float()}
 
 
 class DeepSpeedCheckpointer:

@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..data import LengthGroupedBatchSampler, LlavaMedCollator
 from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, configure_stage, load_pretrained
-from .checkpointing import ResumableBatchSampler
+from .checkpointing import ResumableBatchSampler, parameter_checksum
 from .deepspeed_setup import (
     build_lr_scheduler,
     build_optimizer,
@@ -198,7 +198,8 @@ def build_trainer(
     rank, local_rank, world_size = dist_info()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    ds_config = resolve_deepspeed_config(config.deepspeed, config, world_size)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ds_config = resolve_deepspeed_config(config.deepspeed, config, world_size, trainable)
     collator = LlavaMedCollator(
         tokenizer.pad_token_id,
         "right",
@@ -252,15 +253,29 @@ def build_trainer(
     return trainer
 
 
-def load_run_config(path: str | PathLike) -> dict[str, Any]:
-    """Read a run description (JSON or YAML) for :func:`run_training`."""
-    import yaml
+def load_run_config(path: str | PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a run description (JSON or YAML) for :func:`run_training`, resolved by MONAI's ``ConfigParser``.
 
-    text = Path(path).read_text()
-    values = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    Components written as ``{"_target_": ...}``, ``@references`` and ``$expressions`` are instantiated, so a
+    run file can build its tokenizer and dataset like a bundle config does.
+
+    Args:
+        path: the JSON/YAML file.
+        overrides: ``{"training#max_steps": 10, ...}`` set before parsing (ConfigParser ids).
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(path))
+    for key, value in (overrides or {}).items():
+        head = key.split("#")[0]
+        if "#" in key and head not in parser.config:
+            parser[head] = {}
+        parser[key] = value
+    values = parser.get_parsed_content("", instantiate=True)
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a run config must be a mapping")
-    return values
+    return {k: v for k, v in values.items() if k != "_meta_"}  # ConfigParser adds an empty _meta_ section
 
 
 def run_training(run: Mapping[str, Any] | str | PathLike | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -273,7 +288,8 @@ def run_training(run: Mapping[str, Any] | str | PathLike | None = None, **kwargs
         kwargs: more :func:`build_trainer` arguments (override ``run``; unknown ones are training overrides).
 
     Returns:
-        ``{"output_dir", "exported", "iterations", "optimizer_steps", "final_loss", "resumed_from"}``.
+        ``{"output_dir", "exported", "iterations", "optimizer_steps", "final_loss", "resumed_from",
+        "weights_checksum", "rank"}`` (the checksum is computed on every rank from the full weights).
     """
     values: dict[str, Any] = {}
     if run is not None:
@@ -290,5 +306,6 @@ def run_training(run: Mapping[str, Any] | str | PathLike | None = None, **kwargs
         "optimizer_steps": trainer.optimizer_steps,
         "final_loss": output.get("loss"),
         "resumed_from": trainer.resumed_from,
+        "weights_checksum": parameter_checksum(trainer.ds_engine),
         "rank": int(os.environ.get("RANK", 0)),
     }
