@@ -143,3 +143,16 @@ def test_parse_overrides():
     }
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["oops"])
+
+
+def test_shipped_recipes_are_valid_run_files():
+    from monai_llava_med.engines.training import _resolve_training, load_run_config
+
+    recipes = sorted((DEEPSPEED_CONFIG_DIR.parent / "recipes").glob("*.json"))
+    assert [p.stem for p in recipes] == ["finetune", "stage1", "stage2"]
+    for path in recipes:
+        run = load_run_config(path, {"training#max_steps": 7})
+        cfg = _resolve_training(run.pop("training"), {})
+        assert cfg.stage == path.stem and cfg.max_steps == 7 and cfg.global_batch_size == 128
+        assert set(run) <= {"init_from", "data_json", "image_root", "export_name"}
+        load_deepspeed_config(cfg.deepspeed)
