@@ -304,3 +304,26 @@ def test_folder_errors(tmp_path, saved, v15_model, tiny_tokenizer):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot read JSON"):
         load_pretrained(folder)
+
+
+def test_assemble_stage1_start_from_clip_and_llm_folders(tiny_config, tiny_tokenizer, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+
+    from monai_llava_med.networks import assemble_from_parts
+
+    torch.manual_seed(4)
+    clip = CLIPVisionModel(CLIPVisionConfig(**tiny_config.vision_config))
+    clip.save_pretrained(tmp_path / "clip")
+    text = dict(tiny_config.text_config)
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(text.pop("model_type"), **text))
+    llm.save_pretrained(tmp_path / "llm")
+    tiny_tokenizer.save_pretrained(str(tmp_path / "llm"))
+    model, tokenizer = assemble_from_parts(tmp_path / "clip", tmp_path / "llm", out_dir=tmp_path / "init")
+    assert torch.equal(model.vision_tower.get_input_embeddings().weight, clip.get_input_embeddings().weight)
+    assert torch.equal(model.language_model.lm_head.weight, llm.lm_head.weight)
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
+    reloaded, _ = load_pretrained(tmp_path / "init")
+    ids, mask, pixels = make_batch(reloaded.config)
+    assert torch.equal(reloaded(ids, mask, pixels).logits, model(ids, mask, pixels).logits)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        assemble_from_parts(tmp_path / "nowhere", tmp_path / "llm")

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from .checkpoint import (
+    assemble_from_parts,
     config_from_folder,
     convert_state_dict,
     detect_layout,
@@ -34,6 +35,7 @@ __all__ = [
     "LlavaMedConfig",
     "LlavaMedNet",
     "STAGES",
+    "assemble_from_parts",
     "build_llava_med",
     "config_from_folder",
     "convert_state_dict",
