@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import pytest
@@ -148,7 +150,7 @@ def test_parse_overrides():
 def test_shipped_recipes_are_valid_run_files():
     from monai_llava_med.engines.training import _resolve_training, load_run_config
 
-    recipes = sorted((DEEPSPEED_CONFIG_DIR.parent / "recipes").glob("*.json"))
+    recipes = sorted((Path(__file__).resolve().parents[1] / "training" / "recipes").glob("*.json"))
     assert [p.stem for p in recipes] == ["finetune", "stage1", "stage2"]
     for path in recipes:
         run = load_run_config(path, {"training#max_steps": 7})

@@ -40,7 +40,9 @@ __all__ = [
 
 #: Where the named configs (``zero2``, ``zero3``, ``zero2_offload``, ``zero3_offload``) live; override with the
 #: ``LLAVA_MED_DEEPSPEED_DIR`` environment variable.
-DEEPSPEED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "training" / "deepspeed"
+# Shipped inside the package (``training/deepspeed`` in the repository links here), so named configs work
+# from an installed wheel too.
+DEEPSPEED_CONFIG_DIR = Path(__file__).resolve().parent / "deepspeed_configs"
 
 
 class DistributedSetupError(CheckpointError):
