@@ -108,7 +108,7 @@ def test_datalist_loading_and_sharding(tmp_path):
     (tmp_path / "bad.json").write_text("[{\"image\": \"a\"}]")
     with pytest.raises(RecordError, match="item 0"):
         load_datalist(tmp_path / "bad.json")
-    with pytest.raises(RecordError, match="cannot read"):
+    with pytest.raises(RecordError, match="cannot read the file"):
         load_datalist(tmp_path / "absent.json")
 
 

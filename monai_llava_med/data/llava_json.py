@@ -25,11 +25,12 @@ from .records import ConversationRecord
 __all__ = ["read_json_records", "resolve_image_path", "parse_llava_record", "load_llava_med_json"]
 
 
-def read_json_records(path: str | os.PathLike) -> list[Any]:
+def read_json_records(path: str | os.PathLike, list_keys: Sequence[str] = ()) -> list[Any]:
     """Read a JSON list (``.json``) or JSON lines (``.jsonl``) file.
 
     Args:
         path: the file.
+        list_keys: also accept a JSON object holding the list under the first of these keys present.
 
     Raises:
         RecordError: missing file, invalid JSON (with the line), or not a list.
@@ -52,6 +53,11 @@ def read_json_records(path: str | os.PathLike) -> list[Any]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}", p) from e
+    if isinstance(data, dict) and list_keys:
+        key = next((k for k in list_keys if isinstance(data.get(k), list)), None)
+        if key is None:
+            raise RecordError(f"expected a JSON list, or an object with a list under one of {tuple(list_keys)}", p)
+        data = data[key]
     if not isinstance(data, list):
         raise RecordError(f"expected a JSON list of records, got {type(data).__name__}", p)
     return data

@@ -17,6 +17,7 @@ from typing import Any
 
 from monai.utils import optional_import
 
+from ..data.llava_json import read_json_records
 from ..errors import RecordError
 from .inference import ERROR_KEY
 
@@ -59,11 +60,7 @@ def load_datalist(
         source = "command line"
     elif isinstance(datalist, (str, PathLike)):
         path = Path(datalist)
-        try:
-            loaded = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise RecordError(f"cannot read the datalist: {err}", path) from err
-        items = loaded.get("data", loaded.get("testing")) if isinstance(loaded, dict) else loaded
+        items = read_json_records(path, list_keys=("data", "testing", "validation"))
         base_dir = path.parent if base_dir is None else base_dir
         source = str(path)
     else:

@@ -24,12 +24,11 @@ unless ``missing="wrong"``, which scores it as wrong (reported under ``missing``
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from monai_llava_med.data.llava_json import read_json_records
 from monai_llava_med.errors import RecordError
 
 from .report import write_report
@@ -61,32 +60,7 @@ def read_json_list(path: str | os.PathLike) -> list[Any]:
     Raises:
         RecordError: unreadable file, invalid JSON (with its line) or no list of items.
     """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"cannot read the file: {e}", p) from e
-    if p.suffix == ".jsonl":
-        items = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise RecordError(f"line {n} is not valid JSON: {e.msg}", p) from e
-        return items
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RecordError(f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}", p) from e
-    if isinstance(data, Mapping):
-        key = next((k for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
-        if key is None:
-            raise RecordError(f"expected a JSON list, or an object with a list under one of {_LIST_KEYS}", p)
-        data = data[key]
-    if not isinstance(data, list):
-        raise RecordError(f"expected a JSON list of items, got {type(data).__name__}", p)
-    return data
+    return read_json_records(path, list_keys=_LIST_KEYS)
 
 
 def _items(source: Source, what: str) -> tuple[list[Any], str]:
