@@ -119,3 +119,32 @@ def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path)
     assert failed.returncode != 0 and "AllItemsFailedError" in failed.stderr + failed.stdout
     ok = subprocess.run([*cmd, "--max_new_tokens", "2"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+@pytest.mark.deepspeed
+def test_train_config_finetunes_and_exports(model_dir, tmp_path, monkeypatch):
+    from monai_llava_med.networks import load_pretrained
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    out = tmp_path / "run"
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(BUNDLE),
+        init_from=str(model_dir),
+        output_dir=str(out),
+        max_steps=2,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert len(workflow.train_dataset) == 3  # the three sample images of sample/train.json
+    workflow.run()
+    workflow.finalize()
+    model, _ = load_pretrained(out / "model")
+    before, _ = load_pretrained(model_dir)
+    assert not all(
+        (a == b).all() for a, b in zip(model.language_model.parameters(), before.language_model.parameters())
+    ), "fine-tuning must change the language model"
+    assert (out / "checkpoints").is_dir()
