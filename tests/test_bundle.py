@@ -135,11 +135,12 @@ def test_train_config_finetunes_and_exports(model_dir, tmp_path, monkeypatch):
         bundle_root=str(BUNDLE),
         init_from=str(model_dir),
         output_dir=str(out),
-        max_steps=2,
+        max_epochs=3,
+        learning_rate=1e-3,
     )
     workflow.initialize()
     assert workflow.check_properties() == []
-    assert len(workflow.train_dataset) == 3  # the three sample images of sample/train.json
+    assert len(workflow.train_dataset) == 3 and workflow.max_epochs == 3  # the three sample images of sample/train.json
     workflow.run()
     workflow.finalize()
     model, _ = load_pretrained(out / "model")

@@ -154,6 +154,7 @@ def build_trainer(
     tokenizer: Any = None,
     handlers: Sequence | None = None,
     export_name: str | None = None,
+    max_epochs: int | None = None,
     **overrides: Any,
 ) -> DeepSpeedTrainer:
     """Build a DeepSpeed-backed MONAI trainer for one stage of the recipe.
@@ -171,6 +172,7 @@ def build_trainer(
         tokenizer: the tokenizer (default: the one in ``init_from``).
         handlers: extra MONAI/Ignite handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``ValidationHandler``...).
         export_name: ``config.name`` written into the exported model.
+        max_epochs: MONAI's name for ``num_epochs`` (what bundle configs set); overrides it when given.
         overrides: :class:`TrainingConfig` fields overriding ``training``.
 
     Returns:
@@ -178,6 +180,8 @@ def build_trainer(
     """
     import deepspeed
 
+    if max_epochs is not None:
+        overrides = {**overrides, "num_epochs": int(max_epochs)}
     config = _resolve_training(training, overrides)
     init_distributed_env()
     seed_everything(config.seed)
