@@ -68,3 +68,4 @@ def make_batch(config, padding_side: str = "left", seed: int = 0):
         mask[1, len(second) :] = 0
     pixels = torch.randn(2, 3, config.image_size, config.image_size, generator=gen)
     return ids, mask, pixels
+

@@ -322,7 +322,8 @@ def test_vqa_metric_gathers_across_ranks(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    # spawn, not fork: a forked worker would inherit the process group an in-process DeepSpeed test left
+    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
     expected = evaluate_vqa(RECORDS)
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
