@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.valuerep import DSfloat
 
 from .generator import PhantomCase
 
@@ -80,6 +81,10 @@ def _base_dataset(case: PhantomCase, uid_seed: str) -> Dataset:
     return ds
 
 
+def _ds(value: float) -> DSfloat:
+    return DSfloat(float(value), auto_format=True)
+
+
 def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> list[Path]:
     """Write a phantom as DICOM: one file for an image, a folder of slice files for a volume.
 
@@ -110,10 +115,11 @@ def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> 
         ds = _base_dataset(case, uid_seed)
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, "instance", str(k)])
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * sz]
-        ds.SliceLocation = origin[2] + k * sz
-        ds.SliceThickness = sz
-        ds.PixelSpacing = [sy, sx]
+        # DS values are at most 16 characters: let pydicom format them (a raw float repr can be longer)
+        ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1]), _ds(origin[2] + k * sz)]
+        ds.SliceLocation = _ds(origin[2] + k * sz)
+        ds.SliceThickness = _ds(sz)
+        ds.PixelSpacing = [_ds(sy), _ds(sx)]
         ds.Rows, ds.Columns = int(vol.shape[1]), int(vol.shape[2])
         ds.PixelData = stored[k].tobytes()
         meta = FileMetaDataset()
