@@ -16,7 +16,7 @@ import torch
 from skimage.measure import label as connected_components
 
 from monai_llava_med.conversation import build_bpe_tokenizer
-from monai_llava_med.data import CLIP_MEAN, CLIP_STD, load_llava_med_json
+from monai_llava_med.data import load_llava_med_json
 from monai_llava_med.data.phantom import (
     PhantomVQADataset,
     case_rng,
@@ -27,6 +27,7 @@ from monai_llava_med.data.phantom import (
     write_nifti,
 )
 from monai_llava_med.data.phantom.__main__ import main as phantom_main
+from monai_llava_med.networks import CLIP_MEAN, CLIP_STD
 
 WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3}
 

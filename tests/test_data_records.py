@@ -17,8 +17,6 @@ from PIL import Image
 
 from monai_llava_med.conversation import IGNORE_INDEX, build_bpe_tokenizer, image_token_id_of
 from monai_llava_med.data import (
-    CLIP_MEAN,
-    CLIP_STD,
     LlavaMedDataset,
     PILImageToPixels,
     load_llava_med_json,
@@ -28,6 +26,7 @@ from monai_llava_med.data import (
     safe_load_pickle,
 )
 from monai_llava_med.errors import ImageReadError, RecordError
+from monai_llava_med.networks import CLIP_MEAN, CLIP_STD
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +161,9 @@ def test_pil_loader_pads_with_mean_and_normalises(tmp_path):
     out = PILImageToPixels(image_size=32)(tmp_path / "a.png")
     pv = out["pixel_values"]
     assert pv.shape == (1, 3, 32, 32) and out["views"] == 1
-    # top rows are padding: the mean colour, i.e. ~0 after normalisation (rounding to uint8 only)
-    assert pv[0, :, 0, :].abs().max() < 0.01
+    # top rows are padding: the reference's canvas colour int(mean * 255), i.e. (122, 116, 104), normalised
+    pad = (torch.floor(torch.tensor(CLIP_MEAN) * 255) / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    assert torch.allclose(pv[0, :, 0, :], pad.view(3, 1).expand(3, 32), atol=1e-5)
     # the centre is white: (1 - mean) / std
     centre = pv[0, :, 16, 16]
     expect = (1 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .collate import LlavaMedCollator
 from .datasets import ImageLoader, LlavaMedDataset, estimate_lengths, pixels_from_loader_output
-from .image_loading import CLIP_MEAN, CLIP_STD, PILImageToPixels, pad_to_square, pil_to_pixels
+from .image_loading import PILImageToPixels, read_rgb
 from .llava_json import load_llava_med_json, parse_llava_record, read_json_records, resolve_image_path
 from .packing import pack_indices, pack_samples
 from .phantom import PhantomVQADataset, generate_phantom, write_phantom_dataset
@@ -19,8 +19,6 @@ from .vqa_benchmarks import answer_to_str, load_pathvqa, load_slake, load_vqa_ra
 
 __all__ = [
     "ANSWER_TYPES",
-    "CLIP_MEAN",
-    "CLIP_STD",
     "ConversationRecord",
     "VQARecord",
     "closed_answer_type",
@@ -29,8 +27,7 @@ __all__ = [
     "estimate_lengths",
     "pixels_from_loader_output",
     "PILImageToPixels",
-    "pad_to_square",
-    "pil_to_pixels",
+    "read_rgb",
     "load_llava_med_json",
     "parse_llava_record",
     "read_json_records",

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from ..networks.config import CLIP_MEAN, CLIP_STD
+
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
@@ -34,9 +36,6 @@ __all__ = [
     "ImageToClipPixelsD",
     "ImageToClipPixelsDict",
 ]
-
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
