@@ -113,6 +113,23 @@ def test_logit_parity_with_transformers_llava(tiny_model, tiny_tokenizer, tiny_c
     assert (ours[real] - theirs[real]).abs().max().item() <= 1e-5
 
 
+def test_bf16_cast_keeps_rotary_frequencies_fp32_like_transformers(tiny_model, tiny_tokenizer, tiny_config, tmp_path):
+    export_hf_llava(tiny_model, tiny_tokenizer, tmp_path / "hf")
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf", dtype=torch.bfloat16).eval()
+    ours = build_llava_med(tiny_config, dtype=torch.bfloat16)
+    ours.load_state_dict(tiny_model.state_dict())
+    ours.eval()
+    rotary, hf_rotary = ours.language_model.model.rotary_emb, hf.model.language_model.rotary_emb
+    assert ours.projector[0].weight.dtype == torch.bfloat16
+    assert rotary.inv_freq.dtype == torch.float32 and torch.equal(rotary.inv_freq, hf_rotary.inv_freq)
+    assert ours.float().bfloat16().language_model.model.rotary_emb.inv_freq.dtype == torch.float32
+    ids, mask, pixels = make_batch(tiny_config)
+    with torch.no_grad():
+        a = ours(ids, mask, pixels.bfloat16()).logits.float()
+        b = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels.bfloat16()).logits.float()
+    assert (a[mask.bool()] - b[mask.bool()]).abs().max().item() <= 1e-2
+
+
 def test_greedy_generation_matches_transformers_and_is_batch_invariant(tiny_model, tiny_tokenizer, tiny_config, tmp_path):
     hf = _hf_twin(tiny_model, tiny_tokenizer, tmp_path)
     ids, mask, pixels = make_batch(tiny_config)

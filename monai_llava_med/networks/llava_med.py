@@ -87,6 +87,21 @@ class LlavaMedNet(nn.Module):
             config.projector_type, self.vision_tower.config.hidden_size, text_config.hidden_size
         )
 
+    def _apply(self, fn: Any, recurse: bool = True) -> LlavaMedNet:
+        """``nn.Module._apply`` (behind ``.to``, ``.bfloat16()``, DeepSpeed's casts) keeping rotary frequencies fp32.
+
+        Casting the whole module would round the rotary ``inv_freq`` buffers to bf16 (with v1.5's
+        ``rope_theta`` 1e6 the cos table then drifts by up to 1.8 over 2048 positions); transformers'
+        ``from_pretrained(dtype=...)`` keeps them in fp32, and so do we. Device moves still apply.
+        """
+        rotary = {n: b.float() for n, b in self.named_buffers() if n.endswith("inv_freq") and b.device.type != "meta"}
+        super()._apply(fn, recurse)
+        for name, fp32 in rotary.items():
+            owner, _, leaf = name.rpartition(".")
+            module = self.get_submodule(owner)
+            module._buffers[leaf] = fp32.to(device=module._buffers[leaf].device)
+        return self
+
     # --------------------------------------------------------------------------------------------- properties
     @property
     def device(self) -> torch.device:
