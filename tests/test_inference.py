@@ -105,11 +105,23 @@ def test_datalist_loading_and_sharding(tmp_path):
     assert load_datalist(None, image="/x.png", question="Q?") == [{"id": "0", "image": "/x.png", "question": "Q?"}]
     data = [{"question": str(i)} for i in range(5)]
     assert [d["question"] for d in shard_datalist(data, 1, 2)] == ["1", "3"]
-    (tmp_path / "bad.json").write_text("[{\"image\": \"a\"}]")
-    with pytest.raises(RecordError, match="item 0"):
-        load_datalist(tmp_path / "bad.json")
     with pytest.raises(RecordError, match="cannot read the file"):
         load_datalist(tmp_path / "absent.json")
+    with pytest.raises(RecordError, match="non-empty list"):
+        load_datalist([])
+
+
+def test_datalist_keeps_bad_items_and_refuses_duplicate_ids(tmp_path, tiny_model, tiny_tokenizer):
+    # question_id wins over id (the order the metrics use): one image, several questions
+    items = load_datalist([{"id": "ct", "question_id": 1, "question": "q1"}, {"id": "ct", "qid": 2, "question": "q2"},
+                           ["not", "a", "dict"], {"image": "a.dcm"}])
+    assert [it["id"] for it in items[:2]] == ["1", "2"]
+    assert items[2] == {"id": "2", ERROR_KEY: "RecordError: item 2 is a list, not a dict"}
+    prepare = PrepareVqaItem(tiny_tokenizer, tiny_model)
+    assert prepare(items[2]) == items[2]  # refused at reading: passed through untouched
+    assert "'question' must be a non-empty string" in prepare(items[3])[ERROR_KEY]
+    with pytest.raises(RecordError, match="items 0 and 1 share the id '7'"):
+        load_datalist([{"id": 7, "question": "q"}, {"id": "7", "question": "q"}])
 
 
 def test_answer_writer_files_and_all_failed(tmp_path):
@@ -122,6 +134,55 @@ def test_answer_writer_files_and_all_failed(tmp_path):
     writer.results = [{"id": "1", ERROR_KEY: "x"}]
     with pytest.raises(AllItemsFailedError):
         writer.write()
+
+
+def _writer_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        writer = VqaAnswerWriter(out_dir)
+        # rank 1's whole shard failed, rank 0 answered: the run as a whole did not fail
+        writer.results = [{"id": "0", "answer": "yes"}] if rank == 0 else [{"id": "1", ERROR_KEY: "x"}]
+        writer.write()
+        writer.results = [{"id": str(rank), ERROR_KEY: "x"}]  # now every item of every rank failed
+        try:
+            writer.write()
+            outcome = "no error"
+        except AllItemsFailedError as err:
+            outcome = str(err)
+        with open(f"{out_dir}/outcome{rank}.txt", "w") as f:
+            f.write(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_answer_writer_judges_all_ranks_together(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_writer_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        assert (tmp_path / f"outcome{rank}.txt").read_text().startswith("all 2 item(s) failed")
+        assert (tmp_path / f"answers.rank{rank}.json").exists()
+
+
+def test_answer_entries_keep_dataset_and_ground_truth(predictor, tmp_path):
+    items = [{"question_id": "q1", "dataset": "vqa_rad", "image": None, "question": "Is it?", "answer": "yes",
+              "answer_type": "CLOSED"}]
+    entry = predictor.ask_batch(items)[0]
+    assert (entry["dataset"], entry["question_id"], entry["ground_truth"]) == ("vqa_rad", "q1", "yes")
+    writer = VqaAnswerWriter(tmp_path)
+    writer.results = [entry]
+    row = next(csv.DictReader(writer.write()[1].open()))
+    assert (row["dataset"], row["ground_truth"], row["answer_type"]) == ("vqa_rad", "yes", "CLOSED")
 
 
 def test_image_errors_are_typed(predictor, tmp_path):

@@ -123,6 +123,10 @@ def test_token_scores_are_multiset_counts():
         ("left", "right, not left", False),
         ("left lung", "left", False),
         ("liver", "spleen", False),
+        ("Yes, there is", "Yes.", True),  # a sentence-form yes/no ground truth is read by its yes/no token
+        ("No, there is not", "no", True),
+        ("No, there is not", "Yes, there is", False),
+        ("Normal", "no", False),  # "normal" is no yes/no: compared as the choice it is
     ],
 )
 def test_closed_scoring(gt, pred, correct):

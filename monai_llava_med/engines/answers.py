@@ -15,6 +15,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from monai.utils import optional_import
 
 from ..data.llava_json import read_json_records
@@ -24,10 +26,13 @@ from .inference import ERROR_KEY
 Events, _ = optional_import("ignite.engine", name="Events")
 Engine, _ = optional_import("ignite.engine", name="Engine")
 
-__all__ = ["load_datalist", "shard_datalist", "VqaAnswerWriter", "AllItemsFailedError"]
+__all__ = ["item_id", "load_datalist", "shard_datalist", "VqaAnswerWriter", "AllItemsFailedError"]
 
 logger = logging.getLogger(__name__)
-_CSV_FIELDS = ("id", "image", "question", "answer", "model", "modality", "source", "views", "latency_s", "error")
+_CSV_FIELDS = (
+    "id", "dataset", "image", "question", "answer_type", "ground_truth", "answer",
+    "model", "modality", "source", "views", "latency_s", "error",
+)
 
 
 class AllItemsFailedError(RuntimeError):
@@ -50,10 +55,11 @@ def load_datalist(
         question: a single question.
 
     Returns:
-        Items with an ``id`` (given, or the position) and resolved image paths.
+        Items with a unique ``id`` (see :func:`item_id`) and resolved image paths. An item that is not a dict
+        is kept as an error entry (the run goes on and reports it); one without a question fails when prepared.
 
     Raises:
-        RecordError: for an unreadable file or items that are not dicts with a question.
+        RecordError: for an unreadable file, an empty datalist or two items with the same id.
     """
     if question is not None:
         items: list[Any] = [{"id": "0", "image": image, "question": question}]
@@ -68,16 +74,34 @@ def load_datalist(
     if not isinstance(items, list) or not items:
         raise RecordError("the datalist must be a non-empty list of {image, question} items", source)
     out = []
+    first_seen: dict[str, int] = {}
     for position, item in enumerate(items):
-        if not isinstance(item, dict) or "question" not in item:
-            raise RecordError(f"item {position} is not a dict with a 'question'", source)
+        if not isinstance(item, dict):  # kept as an error entry: the other items still run
+            kind = type(item).__name__
+            out.append({"id": str(position), ERROR_KEY: f"RecordError: item {position} is a {kind}, not a dict"})
+            continue
         entry = dict(item)
-        entry["id"] = str(entry.get("id", entry.get("question_id", position)))
+        entry["id"] = item_id(entry, position)
+        if entry["id"] in first_seen:
+            raise RecordError(
+                f"items {first_seen[entry['id']]} and {position} share the id {entry['id']!r}; ids must be unique "
+                "(answers and metrics are keyed by them)",
+                source,
+            )
+        first_seen[entry["id"]] = position
         if entry.get("image"):
             img = Path(str(entry["image"]))
             entry["image"] = str(img if img.is_absolute() or base_dir is None else Path(base_dir) / img)
         out.append(entry)
     return out
+
+
+def item_id(item: dict[str, Any], position: int) -> str:
+    """The id of a datalist item: ``question_id``, ``qid`` or ``id`` (the order the metrics use), else its position."""
+    for key in ("question_id", "qid", "id"):
+        if item.get(key) is not None:
+            return str(item[key])
+    return str(position)
 
 
 def shard_datalist(items: Sequence[dict[str, Any]], rank: int | None = None, world_size: int | None = None) -> list:
@@ -94,7 +118,8 @@ class VqaAnswerWriter:
 
     With several processes (``WORLD_SIZE`` > 1) each writes ``answers.rank{R}.json``/``.csv``. When every item
     failed the run ends with :class:`AllItemsFailedError`, so the command exits non-zero; otherwise failed
-    items appear as entries with an ``error`` and the run succeeds.
+    items appear as entries with an ``error`` and the run succeeds. With a ``torch.distributed`` process group
+    "every item" means every item of every rank; processes started without one judge their own shard.
 
     Args:
         output_dir: destination folder (created).
@@ -141,6 +166,18 @@ class VqaAnswerWriter:
                 writer.writerow({**entry, "views": json.dumps(entry.get("views", []))})
         failed = sum(ERROR_KEY in entry for entry in self.results)
         logger.info("wrote %d answers (%d failed) to %s", len(self.results), failed, json_path)
-        if self.results and failed == len(self.results):
-            raise AllItemsFailedError(f"all {failed} item(s) failed; see {json_path}")
+        total, answered = _run_totals(len(self.results), len(self.results) - failed)
+        if total and not answered:
+            raise AllItemsFailedError(f"all {total} item(s) failed; see {json_path}")
         return [json_path, csv_path]
+
+
+def _run_totals(items: int, answered: int) -> tuple[int, int]:
+    """Items and answered items summed over all ranks when a process group is up (else this process's)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items, answered
+    counts = torch.tensor([items, answered], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        counts = counts.cuda()
+    dist.all_reduce(counts)
+    return int(counts[0]), int(counts[1])

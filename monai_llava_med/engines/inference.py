@@ -44,6 +44,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 ERROR_KEY = "error"
+#: Item fields copied into each answer entry (``dataset`` and ``question_id`` key the metrics).
+_ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type")
 #: Longest question accepted (characters); longer text is refused rather than silently cut.
 MAX_QUESTION_CHARS = 4000
 #: Context tokens :func:`build_preprocess` keeps free for the question and the answer.
@@ -151,6 +153,8 @@ class PrepareVqaItem:
     def __call__(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """Prepare one item (a dict with the image path and the question)."""
         result = dict(item)
+        if ERROR_KEY in item:  # already refused when the datalist was read
+            return result
         try:
             result.update(self._prepare(item))
         except _ITEM_ERRORS as err:
@@ -250,7 +254,7 @@ class LlavaMedInferer(Inferer):
         name = self.model_name or network.config.name
         results, good = [], iter(answers)
         for item in inputs["items"]:
-            entry = {k: item.get(k) for k in ("id", "image", "question", "answer_type") if k in item}
+            entry = {k: item.get(k) for k in _ENTRY_KEYS if k in item}
             if "answer" in item:  # a datalist with ground truth (evaluation)
                 entry["ground_truth"] = item["answer"]
             entry["model"] = name

@@ -6,8 +6,9 @@
 
 Closed questions:
 
-- ground truth "yes" / "no" (after normalisation): the prediction's first yes/no token
-  (:func:`closed_answer`) must equal it; a prediction with no yes/no token is wrong;
+- a yes/no ground truth (its first normalised token is "yes" or "no": "yes", "No.", "Yes, there is"):
+  the prediction's first yes/no token (:func:`closed_answer`) must equal that token; a prediction with no
+  yes/no token is wrong;
 - any other closed ground truth (SLAKE "left" / "right", "liver or spleen" choices): the normalised
   prediction must start with the normalised ground-truth tokens ("The left lung" is right for "left",
   "right, not left" is wrong, "left" is wrong for "left lung"). This rewards answers that state the choice
@@ -26,9 +27,15 @@ from typing import Any
 
 from .normalization import YES_NO, answer_tokens, closed_answer
 
-__all__ = ["ANSWER_TYPES", "QuestionScore", "infer_answer_type", "score_question", "token_scores"]
+__all__ = ["ANSWER_TYPES", "QuestionScore", "infer_answer_type", "score_question", "token_scores", "yes_no_of"]
 
 ANSWER_TYPES = ("OPEN", "CLOSED")
+
+
+def yes_no_of(ground_truth_normalized: str) -> str | None:
+    """"yes" / "no" when a normalised closed ground truth starts with that token ("yes there is"), else None."""
+    first = ground_truth_normalized.split(" ", 1)[0]
+    return first if first in YES_NO else None
 
 
 def infer_answer_type(ground_truth: Any) -> str:
@@ -97,7 +104,7 @@ class QuestionScore:
         return (
             self.status == "ok"
             and self.answer_type == "CLOSED"
-            and self.gt_normalized in YES_NO
+            and yes_no_of(self.gt_normalized) is not None
             and self.closed_pred is None
         )
 
@@ -138,9 +145,10 @@ def score_question(
     recall, precision, f1 = token_scores(pred_tokens, gt_tokens)
     closed_pred = None
     if answer_type == "CLOSED":
-        if gt_norm in YES_NO:
+        gt_yes_no = yes_no_of(gt_norm)
+        if gt_yes_no is not None:
             closed_pred = closed_answer(prediction)
-            correct = closed_pred == gt_norm
+            correct = closed_pred == gt_yes_no
         else:
             correct = pred_tokens[: len(gt_tokens)] == gt_tokens
     else:
