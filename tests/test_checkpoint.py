@@ -327,3 +327,114 @@ def test_assemble_stage1_start_from_clip_and_llm_folders(tiny_config, tiny_token
     assert torch.equal(reloaded(ids, mask, pixels).logits, model(ids, mask, pixels).logits)
     with pytest.raises(CheckpointError, match="no config.json"):
         assemble_from_parts(tmp_path / "nowhere", tmp_path / "llm")
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+def test_assemble_grows_embeddings_for_a_tokenizer_without_unk(tiny_config, tmp_path):
+    """A Llama-3 style tokenizer (no <unk>) gets <pad> after <image>: its id must have an embedding row."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+    from transformers import PreTrainedTokenizerFast
+
+    from monai_llava_med.networks import assemble_from_parts
+
+    torch.manual_seed(5)
+    CLIPVisionModel(CLIPVisionConfig(**tiny_config.vision_config)).save_pretrained(tmp_path / "clip")
+    text = dict(tiny_config.text_config)
+    llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(text.pop("model_type"), **text))
+    llm.save_pretrained(tmp_path / "llm")
+    vocab = {"<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, text["vocab_size"])}, "w0": 0}
+    core = Tokenizer(models.WordLevel(vocab))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>").save_pretrained(tmp_path / "llm")
+    model, tokenizer = assemble_from_parts(tmp_path / "clip", tmp_path / "llm", out_dir=tmp_path / "init")
+    rows = model.language_model.get_input_embeddings().num_embeddings
+    assert tokenizer.unk_token is None and tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id < rows
+    assert model.language_model.lm_head.weight.shape[0] == rows == model.config.text_config["vocab_size"]
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[1, 5, 6, 7], [pad, pad, 1, 5]])
+    with torch.no_grad():
+        logits = model(ids, (ids != pad).long()).logits  # IndexError before the fix
+    reloaded, _ = load_pretrained(tmp_path / "init")
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids, (ids != pad).long()).logits, logits)
+
+
+def test_released_v15_tokenizer_keeps_unk_as_pad(v15_model, tiny_tokenizer, tmp_path):
+    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "ref")
+    model, tokenizer = load_pretrained(folder)
+    assert tokenizer.pad_token == "<unk>" and tokenizer.pad_token_id == 0
+    assert model.language_model.get_input_embeddings().num_embeddings == model.config.image_token_id
+
+
+def test_original_llava_config_is_the_native_layout(v15_model, tiny_tokenizer, tmp_path):
+    """model_type "llava" + LlavaLlamaForCausalLM (original LLaVA) keeps model.mm_projector.* names."""
+    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "llava-llama")
+    raw = json.loads((folder / "config.json").read_text())
+    llama = {**raw, "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"]}
+    (folder / "config.json").write_text(json.dumps(llama))
+    assert detect_layout(folder) == "llava_med_v15"
+    model, _ = load_pretrained(folder)
+    assert model.config.text_model_type == "llama"
+    for key, value in v15_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    without_arch = {k: v for k, v in raw.items() if k != "architectures"}
+    (folder / "config.json").write_text(json.dumps({**without_arch, "model_type": "llava"}))
+    assert detect_layout(folder) == "llava_med_v15"  # mm_vision_tower alone decides
+    (folder / "config.json").write_text(json.dumps({**raw, "model_type": "llava", "mm_use_im_start_end": True}))
+    with pytest.raises(CheckpointError, match="v1.0"):
+        load_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava", "architectures": ["SomethingElse"]}))
+    with pytest.raises(CheckpointError, match="neither mm_vision_tower"):
+        detect_layout(folder)
+
+
+def test_legacy_torch_bin_is_read_and_legacy_payload_refused(tmp_path, tiny_model, tiny_tokenizer, capsys):
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    tiny_model.config.save(folder)
+    tiny_tokenizer.save_pretrained(str(folder))
+    torch.save(tiny_model.state_dict(), folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    model, _ = load_pretrained(folder)
+    assert torch.equal(model.projector[0].weight, tiny_model.projector[0].weight)
+    torch.save({"state_dict": tiny_model.state_dict(), "evil": _Payload()}, folder / "pytorch_model.bin",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="refused: this pickle needs arbitrary code"):
+        load_pretrained(folder)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_hf_llava_export_keeps_preprocessing_and_context(tiny_tokenizer, tmp_path):
+    from monai_llava_med.networks.checkpoint import config_from_folder
+
+    config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"),
+                                 image_aspect_ratio="resize", image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25),
+                                 model_max_length=4096)
+    tokenizer = AutoTokenizer.from_pretrained(str(_save_plain_tokenizer(tiny_tokenizer, tmp_path / "tok")))
+    from monai_llava_med.conversation import prepare_tokenizer
+
+    prepare_tokenizer(tokenizer, model_max_length=4096)
+    out = export_hf_llava(build_llava_med(config).eval(), tokenizer, tmp_path / "export")
+    loaded = config_from_folder(out)
+    assert (loaded.image_aspect_ratio, loaded.image_mean, loaded.image_std) == ("resize", (0.5,) * 3, (0.25,) * 3)
+    assert loaded.model_max_length == 4096
+    _, back_tokenizer = load_pretrained(out)
+    assert back_tokenizer.model_max_length == 4096
+
+
+def test_hub_id_from_offline_cache_is_named_after_the_repo(v15_model, tiny_tokenizer, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--llava-med-tiny"
+    write_reference_checkpoint(v15_model, tiny_tokenizer, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import time; no request may go out
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    model, _ = load_pretrained("org/llava-med-tiny")
+    assert model.config.name == "llava-med-tiny"
+    for key, value in v15_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key

@@ -71,6 +71,10 @@ def prepare_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Add ``<image>`` (special) and a pad token when missing; idempotent.
 
+    The pad token is the unk token when there is one; otherwise ``<pad>`` is added after ``<image>``, so its id
+    lies beyond the language model's original vocabulary: the model's embeddings must be resized to cover it
+    (:func:`~monai_llava_med.networks.assemble_from_parts` does so).
+
     Args:
         tokenizer: a Hugging Face tokenizer.
         model_max_length: context length to record on the tokenizer (unchanged when None).

@@ -102,12 +102,28 @@ def detect_layout(folder: str | PathLike) -> str:
         return "llava_med"
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"neither {CONFIG_NAME} nor config.json found: not a model folder", folder)
-    model_type = str(_read_json(folder / "config.json").get("model_type", ""))
+    raw = _read_json(folder / "config.json")
+    model_type = str(raw.get("model_type", ""))
     if model_type in ("llava_mistral", "llava_llama", "llava_med"):
         return "llava_med_v15"
     if model_type == "llava":
-        return "hf_llava"
+        # original-LLaVA folders (LlavaLlamaForCausalLM) also say "llava" but keep the native key layout
+        architecture = _architecture(raw)
+        if "mm_vision_tower" in raw or "mm_projector_type" in raw or architecture.endswith("ForCausalLM"):
+            return "llava_med_v15"
+        if architecture == "LlavaForConditionalGeneration" or "vision_config" in raw or "text_config" in raw:
+            return "hf_llava"
+        raise CheckpointError(
+            "config.json has model_type 'llava' but neither mm_vision_tower (native LLaVA layout) nor "
+            "vision_config/text_config (HF Llava layout)",
+            folder,
+        )
     raise CheckpointError(f"config.json has model_type {model_type!r}; expected llava_mistral or llava", folder)
+
+
+def _architecture(raw: Mapping[str, Any]) -> str:
+    architectures = raw.get("architectures") or [""]
+    return str(architectures[0]) if isinstance(architectures, list) else str(architectures)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -135,7 +151,10 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as err:  # safetensors raises its own SafetensorError / OSError
             raise CheckpointError(f"cannot read safetensors file: {err}", path) from err
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped; still weights_only
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             "refused: this pickle needs arbitrary code to load (torch.load(weights_only=True) failed); "
@@ -260,6 +279,31 @@ def _reference_vision_config(
     return _vision_config_from_weights(read_state_dict(folder) if state is None else state, folder)
 
 
+def _model_name(folder: Path) -> str:
+    """The folder's name; the repo name for a hub-cache snapshot ``models--{org}--{name}/snapshots/{sha}``."""
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.name.split("--", 2)[-1]
+    return folder.name
+
+
+def _hf_preprocessing(folder: Path) -> dict[str, Any]:
+    """Config fields recorded by an HF Llava folder's ``preprocessor_config.json`` / ``tokenizer_config.json``."""
+    out: dict[str, Any] = {}
+    if (folder / "preprocessor_config.json").is_file():
+        processor = _read_json(folder / "preprocessor_config.json")
+        if "do_pad" in processor:
+            out["image_aspect_ratio"] = "pad" if processor["do_pad"] else "resize"
+        for key in ("image_mean", "image_std"):
+            values = processor.get(key)
+            if isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values):
+                out[key] = tuple(float(v) for v in values)
+    if (folder / "tokenizer_config.json").is_file():
+        max_length = _read_json(folder / "tokenizer_config.json").get("model_max_length")
+        if isinstance(max_length, int) and 0 < max_length < 1_000_000_000:  # transformers writes 1e30 for "unset"
+            out["model_max_length"] = max_length
+    return out
+
+
 def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor] | None = None) -> LlavaMedConfig:
     """Build a :class:`LlavaMedConfig` from a checkpoint folder of any supported layout.
 
@@ -280,7 +324,8 @@ def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor]
                 folder,
             )
         text = {k: raw[k] for k in _TEXT_FIELDS if k in raw}
-        text["model_type"] = "mistral" if raw["model_type"] == "llava_mistral" else "llama"
+        mistral = raw["model_type"] == "llava_mistral" or "Mistral" in _architecture(raw)
+        text["model_type"] = "mistral" if mistral else "llama"
         return LlavaMedConfig(
             vision_config=_reference_vision_config(raw, state, folder),
             text_config=text,
@@ -290,7 +335,7 @@ def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor]
             image_token_id=int(raw.get("vocab_size", 32000)),  # replaced by the tokenizer's <image> id
             image_aspect_ratio="pad" if raw.get("image_aspect_ratio", "pad") == "pad" else "resize",
             model_max_length=int(raw.get("tokenizer_model_max_length", 2048)),
-            name=folder.name,
+            name=_model_name(folder),
         )
     from transformers import LlavaConfig
 
@@ -315,7 +360,8 @@ def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor]
         vision_feature_select_strategy="patch" if hf.vision_feature_select_strategy == "default" else "cls_patch",
         projector_type="mlp2x_gelu",
         image_token_id=int(hf.image_token_id),
-        name=folder.name,
+        name=_model_name(folder),
+        **_hf_preprocessing(folder),
     )
 
 
@@ -397,7 +443,7 @@ def load_pretrained(
     if load_tokenizer:
         from ..conversation import load_tokenizer as _load_tokenizer
 
-        tokenizer = _load_tokenizer(folder)
+        tokenizer = _load_tokenizer(folder, model_max_length=config.model_max_length)
         image_id = tokenizer.convert_tokens_to_ids(config.image_token)
         if layout == "llava_med" and image_id != config.image_token_id:
             raise CheckpointError(
@@ -563,7 +609,9 @@ def assemble_from_parts(
         vision_dir: a local CLIP folder (``CLIPModel`` or ``CLIPVisionModel`` weights, e.g.
             ``openai/clip-vit-large-patch14-336``); only the vision half is kept.
         language_dir: a local causal-LM folder (Mistral or Llama, e.g. ``Mistral-7B-Instruct-v0.2``) with its
-            tokenizer; ``<image>`` and a pad token are added to the tokenizer when absent.
+            tokenizer; ``<image>`` and a pad token are added to the tokenizer when absent. When the added pad
+            token (or any other token but ``<image>``) lies beyond the LLM's embedding rows, the embeddings and
+            LM head are resized to cover it (new rows = mean of the old ones).
         out_dir: when given, the result is written there with :func:`save_pretrained` (the ``init_from`` of
             stage 1).
         projector_type: ``linear`` or ``mlp{N}x_gelu``.
@@ -615,6 +663,14 @@ def assemble_from_parts(
         model.language_model = AutoModelForCausalLM.from_pretrained(str(language_dir), dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load the component weights: {err}", language_dir) from err
+    # a tokenizer without <unk> got a new <pad> (after <image>): every id it can emit except <image> (remapped by
+    # LlavaMedNet.embed) must have an embedding row, so grow the embeddings / LM head (new rows = mean of the old)
+    rows = model.language_model.get_input_embeddings().num_embeddings
+    needed = 1 + max(i for i in tokenizer.get_vocab().values() if i != config.image_token_id)
+    if needed > rows:
+        model.language_model.resize_token_embeddings(needed)
+        config.text_config["vocab_size"] = needed
+        logger.info("grew the language model's embeddings from %d to %d rows for the added tokens", rows, needed)
     model.eval()
     if out_dir is not None:
         save_pretrained(model, out_dir, tokenizer)
