@@ -132,6 +132,68 @@ def test_png_and_small_tiff_are_images(tmp_path, load):
     assert detect_input_kind(tmp_path / "slide.tif") == "slide"
 
 
+def test_photo_bit_depth_recorded(tmp_path, load):
+    from PIL import Image
+
+    arr = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16)
+    Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(arr.astype(np.uint8)).convert("P").save(tmp_path / "p.png")
+    Image.fromarray(arr * 300).save(tmp_path / "g16.png")
+    assert load(tmp_path / "g.png").meta["bit_depth"] == 8 and load(tmp_path / "p.png").meta["bit_depth"] == 8
+    assert load(tmp_path / "g16.png").meta["bit_depth"] is None
+
+
+def _functional_rescale(ds, frame):
+    seq = ds.PerFrameFunctionalGroupsSequence[frame].get("PixelValueTransformationSequence")
+    item = seq[0] if seq else ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+    return float(item.RescaleSlope), float(item.RescaleIntercept)
+
+
+def test_enhanced_ct_shared_functional_group_rescale(load):
+    path = shipped_file("eCT_Supplemental.dcm")
+    ds = pydicom.dcmread(path)
+    assert "RescaleIntercept" not in ds  # slope/intercept live in the shared functional groups only
+    img = load(path)
+    assert img.meta["layout"] == "frames" and tuple(img.shape) == (1, 512, 512, 2)
+    stored = ds.pixel_array.astype(np.float64)
+    for f in range(2):
+        np.testing.assert_allclose(img[0, :, :, f].numpy().T, stored[f] - 1024.0)
+    assert float(img.min()) == -1024.0
+
+
+def test_enhanced_ct_per_frame_rescale(tmp_path, load):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(shipped_file("eCT_Supplemental.dcm"))
+    item = Dataset()
+    item.RescaleSlope, item.RescaleIntercept, item.RescaleType = 2.0, -500.0, "US"
+    ds.PerFrameFunctionalGroupsSequence[1].PixelValueTransformationSequence = Sequence([item])  # frame 2 only
+    path = save_dicom(ds, tmp_path / "ect.dcm")
+    img = load(path)
+    stored = ds.pixel_array.astype(np.float64)
+    assert _functional_rescale(ds, 0) == (1.0, -1024.0) and _functional_rescale(ds, 1) == (2.0, -500.0)
+    np.testing.assert_allclose(img[0, :, :, 0].numpy().T, stored[0] - 1024.0)
+    np.testing.assert_allclose(img[0, :, :, 1].numpy().T, stored[1] * 2.0 - 500.0)
+
+
+def test_palette_color_expanded_to_rgb(load):
+    try:
+        from pydicom.pixels import apply_color_lut
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_color_lut
+    path = shipped_file("OBXXXX1A.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "PALETTE COLOR" and ds.RedPaletteColorLookupTableDescriptor[2] == 16
+    img = load(path)
+    assert tuple(img.shape) == (3, 600, 800) and img.meta["photometric"] == "RGB"
+    expected = np.moveaxis(apply_color_lut(ds.pixel_array, ds).astype(np.float64), -1, 0) * 255.0 / 65535.0
+    np.testing.assert_allclose(img.numpy(), expected, atol=1e-3)
+    assert float(img.max()) <= 255.0 and float((img[0] - img[2]).abs().max()) > 50  # real colour, not grey
+    out = MedicalImageToPixels(image_size=32)(path)
+    assert out["window"] is None and out["pixel_values"].shape == (1, 3, 32, 32)
+
+
 # ----------------------------------------------------------------------------------------------- malformed inputs
 
 
@@ -274,6 +336,60 @@ def _bad_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("nothing here")
     return tmp_path / "empty", ImageReadError, "no DICOM"
+
+
+def _bad_orientation_three_values(tmp_path):
+    files = _series(tmp_path, "iop")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [1, 0, 0]
+        save_dicom(ds, f)
+    return tmp_path / "iop", VolumeError, "malformed ImageOrientationPatient"
+
+
+def _bad_position_not_numeric(tmp_path):
+    files = _series(tmp_path, "ipp")
+    ds = pydicom.dcmread(files[1])
+    ds.ImagePositionPatient = [-10.0, -20.0, 123.25]
+    save_dicom(ds, files[1])
+    data = open(files[1], "rb").read()
+    assert data.count(b"123.25") == 1
+    open(files[1], "wb").write(data.replace(b"123.25", b"abc.de"))
+    return tmp_path / "ipp", VolumeError, "malformed ImagePositionPatient"
+
+
+def _bad_pixel_spacing_one_value(tmp_path):
+    return _ct_file(tmp_path, "ps.dcm", spacing=(0.5,)), VolumeError, "malformed PixelSpacing"
+
+
+def _bad_pixel_spacing_one_value_series(tmp_path):
+    files = _series(tmp_path, "ps")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = [0.5]
+        save_dicom(ds, f)
+    return tmp_path / "ps", VolumeError, "malformed PixelSpacing"
+
+
+def _nifti_with_sform(tmp_path, name, srows):
+    import struct
+
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 100, (8, 8, 6)).astype(np.float32), np.eye(4)),
+             str(path))
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<hh", data, 252, 0, 1)  # qform_code 0, sform_code 1
+    struct.pack_into("<12f", data, 280, *np.asarray(srows, np.float32).ravel())  # srow_x, srow_y, srow_z
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _bad_singular_nifti_affine(tmp_path):
+    return _nifti_with_sform(tmp_path, "sing.nii", np.diag([1.0, 1.0, 0.0, 1.0])[:3]), VolumeError, "singular"
+
+
+def _bad_nan_nifti_affine(tmp_path):
+    return _nifti_with_sform(tmp_path, "nanaff.nii", np.diag([1.0, np.nan, 1.0, 1.0])[:3]), VolumeError, "NaN/inf"
 
 
 def _bad_truncated_png(tmp_path):

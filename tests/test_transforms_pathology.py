@@ -62,6 +62,16 @@ def test_thumbnail_and_stain_normalisation(slide):
     assert not np.array_equal(tiles[1].numpy(), raw[0].numpy()) and tiles[1].dtype == raw[0].dtype
 
 
+def test_thumbnail_counts_against_the_view_budget(slide):
+    path, _ = slide
+    one = SlideTiles(tile_size=128, target_mpp=0.5, max_tiles=1, thumbnail=True)(path)
+    assert [t.meta["view"]["kind"] for t in one] == ["thumbnail"]
+    two = SlideTiles(tile_size=128, target_mpp=0.5, max_tiles=2, thumbnail=True)(path)
+    assert [t.meta["view"]["kind"] for t in two] == ["thumbnail", "tile"]
+    out = MedicalImageToPixels(image_size=32, token_budget=576, thumbnail=True, tile_size=128, target_mpp=0.5)(path)
+    assert out["pixel_values"].shape == (1, 3, 32, 32) and out["views"] == [{"kind": "thumbnail", "level": 2}]
+
+
 def test_pipeline_on_slide(slide):
     path, _ = slide
     out = MedicalImageToPixels(image_size=64, max_views=2, tile_size=128, target_mpp=1.0, min_tissue=0.5)(path)

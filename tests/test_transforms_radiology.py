@@ -16,6 +16,7 @@ import torch
 from _transforms_fixtures import shipped_file, write_ct_series
 from monai.data import MetaTensor
 
+from monai_llava_med.errors import VolumeError
 from monai_llava_med.transforms import (
     WINDOW_PRESETS,
     CanonicalOrientation,
@@ -62,6 +63,42 @@ def test_dicom_window_and_errors():
         resolve_window("nope")
     with pytest.raises(ValueError, match="positive"):
         resolve_window((0, 0))
+
+
+def test_dicom_window_missing_is_typed_and_names_the_file():
+    with pytest.raises(VolumeError, match="no usable WindowCenter") as info:
+        resolve_window("dicom", {"source": "x.dcm", "window_center": None})
+    assert info.value.path == "x.dcm"
+    with pytest.raises(VolumeError) as info:
+        RadiologyViews(window="dicom")(shipped_file("CT_small.dcm"))  # CT_small has no WindowCenter/Width
+    assert info.value.path == "CT_small.dcm"
+
+
+def test_composite_inverts_monochrome1():
+    values = [-1000, -600, 0, 50, 400, 1300]
+    mono2 = MultiWindow(("lung", "mediastinum", "bone"))(_hu(values))
+    for window in ("composite", ("lung", "mediastinum", "bone")):
+        out = ModalityIntensity(window)(_hu(values, photometric="MONOCHROME1"))
+        assert out.shape[0] == 3 and out.meta["photometric"] == "MONOCHROME2"
+        np.testing.assert_allclose(out.numpy(), 255.0 - mono2.numpy(), atol=1e-4)
+        same = ModalityIntensity(window)(_hu(values))  # MONOCHROME2 stays as it is
+        np.testing.assert_allclose(same.numpy(), mono2.numpy(), atol=1e-4)
+
+
+def test_8bit_grey_photo_passes_unchanged(tmp_path):
+    from PIL import Image
+
+    arr = np.clip(np.random.default_rng(0).normal(120, 30, (24, 32)), 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "g.png")
+    Image.fromarray(arr).convert("RGB").save(tmp_path / "c.png")
+    grey = ModalityIntensity()(LoadMedicalImage()(tmp_path / "g.png"))
+    colour = ModalityIntensity()(LoadMedicalImage()(tmp_path / "c.png"))
+    assert grey.meta["window"] is None and colour.meta["window"] is None
+    np.testing.assert_array_equal(grey[0].numpy(), arr.astype(np.float32))  # no percentile stretch
+    np.testing.assert_array_equal(colour[1].numpy(), grey[0].numpy())
+    wide = np.arange(24 * 32, dtype=np.uint16).reshape(24, 32) * 50
+    Image.fromarray(wide).save(tmp_path / "w.png")
+    assert ModalityIntensity()(LoadMedicalImage()(tmp_path / "w.png")).meta["window"].startswith("percentile")
 
 
 def test_composite_channels_are_the_three_windows():

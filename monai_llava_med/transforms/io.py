@@ -13,7 +13,10 @@ PNG/JPEG/single-page TIFF with :class:`monai.transforms.LoadImage` (``PydicomRea
 * multi-frame DICOM without per-slice geometry: ``(C, X, Y, F)``, ``meta["layout"] == "frames"``.
 
 Only non-identifying fields are kept in ``meta``: ``modality``, ``photometric``, ``window_center``,
-``window_width``, ``source`` (the file or folder name), the affine and spacing. DICOM series are validated from
+``window_width``, ``source`` (the file or folder name), the affine and spacing; photos also get ``bit_depth``
+(8 for 8-bit greyscale/colour files, ``None`` for 16-bit, integer or float ones). Rescale slope/intercept are
+applied, also when an enhanced multi-frame file keeps them in its functional groups, and PALETTE COLOR images
+are expanded to RGB through their colour lookup table. DICOM series are validated from
 their headers first (one series, same size/orientation/spacing, distinct positions) and sorted by position along
 the slice normal.
 """
@@ -39,6 +42,9 @@ from ..errors import DicomDecodeError, ImageReadError, VolumeError
 
 pydicom, _ = optional_import("pydicom")
 tifffile, _ = optional_import("tifffile")
+apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")  # pydicom >= 3
+if not _has_color_lut:  # pydicom 2.x
+    apply_color_lut, _ = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
 
 __all__ = [
     "InputKind",
@@ -81,11 +87,15 @@ _PLUGIN_HINTS = {
     "1.2.840.10008.1.2.4.203": "pylibjpeg + pylibjpeg-openjpeg",
 }
 _BITS_ALLOWED = (1, 8, 16, 32, 64)
+#: PIL modes (after the photo reader's conversion) that hold 8-bit samples.
+_PIL_8BIT_MODES = ("L", "RGB")
 #: Header fields a series scan reads (``specific_tags`` keeps the scan of hundreds of slices fast).
 _SCAN_TAGS = (
     "SeriesInstanceUID", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
     "InstanceNumber", "SliceThickness", "Modality", "PhotometricInterpretation", "WindowCenter", "WindowWidth",
 )
+#: Geometry elements and the number of values each must hold.
+_GEOMETRY_TAGS = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2}
 
 
 def _name(path: str | PathLike) -> str:
@@ -197,6 +207,7 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
     Raises:
         DicomDecodeError: no PixelData, bad BitsAllocated.
         ImageReadError: zero or absurd dimensions.
+        VolumeError: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing.
     """
     if "PixelData" not in ds:
         kind = "FloatPixelData" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else None
@@ -216,6 +227,7 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in _BITS_ALLOWED:
         raise DicomDecodeError(f"unsupported BitsAllocated={bits}", path)
+    _check_geometry(ds, path)
 
 
 def _decode_error(e: BaseException, ds: Any, path: str | PathLike) -> DicomDecodeError:
@@ -240,6 +252,110 @@ def _header_value(ds: Any, keyword: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def _tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str = "") -> tuple[float, ...] | None:
+    """A geometry element as exactly ``n`` finite floats, or None when it is absent or empty.
+
+    Args:
+        ds: a pydicom dataset.
+        keyword: the element, e.g. ``"ImageOrientationPatient"`` (6 values) or ``"PixelSpacing"`` (2).
+        n: number of values the element must hold.
+        path: the file or folder, for messages.
+        where: prefix naming the slice inside a folder, for messages.
+
+    Raises:
+        VolumeError: the element holds other than ``n`` values, or non-numeric or non-finite ones.
+    """
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return None
+        multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+        values = tuple(float(v) for v in (value if multi else [value]))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise VolumeError(f"{where}malformed {keyword}: values are not numbers", path) from e
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        raise VolumeError(f"{where}malformed {keyword}: expected {n} finite numbers, got {len(values)}", path)
+    return values
+
+
+def _check_geometry(ds: Any, path: str | PathLike, where: str = "") -> dict[str, tuple[float, ...] | None]:
+    """ImageOrientationPatient, ImagePositionPatient and PixelSpacing parsed by :func:`_tag_floats` (None: absent)."""
+    return {k: _tag_floats(ds, k, n, path, where) for k, n in _GEOMETRY_TAGS.items()}
+
+
+def _frame_rescale(ds: Any, frames: int, path: str | PathLike) -> list[tuple[float, float]] | None:
+    """Per-frame ``(slope, intercept)`` of an enhanced (multi-frame) file, from its functional groups.
+
+    None when the top-level RescaleSlope/RescaleIntercept exist (the reader applies them) or no functional group
+    holds a PixelValueTransformationSequence. A per-frame group overrides the shared one.
+
+    Raises:
+        DicomDecodeError: a non-numeric or non-finite slope/intercept, or a per-frame sequence of the wrong length.
+    """
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return None
+
+    def transform(group_seq: Any) -> Any:
+        item = group_seq[0] if group_seq else None
+        seq = item.get("PixelValueTransformationSequence") if item is not None else None
+        return seq[0] if seq else None
+
+    shared = transform(ds.get("SharedFunctionalGroupsSequence"))
+    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence") or []
+    per_frame = [transform([g]) for g in per_frame_seq]
+    if shared is None and not any(t is not None for t in per_frame):
+        return None
+    if per_frame and len(per_frame) != frames:
+        raise DicomDecodeError(
+            f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {frames} frames", path)
+    out = []
+    for f in range(frames):
+        item = (per_frame[f] if per_frame else None) or shared
+        if item is None:
+            out.append((1.0, 0.0))
+            continue
+        pair = []
+        for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+            try:
+                raw = item.get(keyword)
+                value = default if raw is None or raw == "" else _header_value(item, keyword)
+            except (TypeError, ValueError):
+                value = None
+            if value is None:
+                raise DicomDecodeError(f"invalid {keyword} in the functional groups of frame {f + 1}", path)
+            pair.append(value)
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def _apply_frame_rescale(img: MetaTensor, ds: Any, frames: int, path: str | PathLike) -> MetaTensor:
+    """Apply functional-group rescale to a ``(C, ..., F)`` (or single-frame ``(C, ...)``) image."""
+    rescale = _frame_rescale(ds, frames, path)
+    if rescale is None or all(r == (1.0, 0.0) for r in rescale):
+        return img
+    img = img.float()
+    if frames == 1:
+        return img * rescale[0][0] + rescale[0][1]
+    slope = torch.tensor([r[0] for r in rescale], dtype=img.dtype)
+    intercept = torch.tensor([r[1] for r in rescale], dtype=img.dtype)
+    return img * slope + intercept
+
+
+def _apply_palette(img: MetaTensor, ds: Any, path: str | PathLike) -> MetaTensor:
+    """PALETTE COLOR: ``(1, ...)`` index image -> ``(3, ...)`` RGB in ``[0, 255]`` through the colour LUT."""
+    if img.shape[0] != 1:
+        raise DicomDecodeError(f"PALETTE COLOR image decoded with {img.shape[0]} channels (1 expected)", path)
+    try:
+        index = img[0].as_subclass(torch.Tensor).round().numpy().astype(np.int64)
+        rgb = np.asarray(apply_color_lut(index, ds))
+    except Exception as e:
+        raise DicomDecodeError(f"cannot apply the PALETTE COLOR lookup table ({type(e).__name__}: {_short(e)})",
+                               path) from e
+    scale = 255.0 / 65535.0 if rgb.dtype.itemsize > 1 else 1.0  # 16-bit LUT entries -> 8-bit display range
+    out = torch.as_tensor(np.moveaxis(rgb, -1, 0).astype(np.float32) * scale)
+    return MetaTensor(out, meta=dict(img.meta))
 
 
 def _dicom_meta(ds: Any, source: str) -> dict[str, Any]:
@@ -297,7 +413,8 @@ def scan_dicom_series(
     Raises:
         ImageReadError: no DICOM files, absurd size.
         DicomDecodeError: an unreadable slice header.
-        VolumeError: several series, mixed size/orientation/pixel spacing, duplicate or unevenly spaced positions.
+        VolumeError: several series, mixed size/orientation/pixel spacing, duplicate or unevenly spaced positions,
+            malformed ImageOrientationPatient/ImagePositionPatient/PixelSpacing.
     """
     paths = sorted(str(f) for f in Path(folder).iterdir() if f.is_file() and _is_dicom_file(f))
     if not paths:
@@ -315,26 +432,25 @@ def scan_dicom_series(
         raise ImageReadError(f"zero-size slices: Rows={rows}, Columns={cols}", folder)
     if rows * cols * len(paths) > max_voxels:
         raise ImageReadError(f"absurd series size {rows}x{cols}x{len(paths)} (limit {max_voxels})", folder)
+    geometry = [_check_geometry(h, folder, f"slice {_name(p)}: ") for h, p in zip(headers, paths)]
     if len(paths) == 1:
-        iop = tuple(float(v) for v in (first.get("ImageOrientationPatient") or (1, 0, 0, 0, 1, 0)))
-        ps = [float(v) for v in (first.get("PixelSpacing") or (1.0, 1.0))]
+        iop = geometry[0]["ImageOrientationPatient"] or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        ps = geometry[0]["PixelSpacing"] or (1.0, 1.0)
         thick = _header_value(first, "SliceThickness") or 1.0
         return DicomSeriesInfo(
             paths, [0.0], iop, (ps[0], ps[1], thick), (rows, cols), _dicom_meta(first, _name(folder))
         )
-    for h, p in zip(headers, paths):
-        if h.get("ImageOrientationPatient") is None or h.get("ImagePositionPatient") is None:
+    for g, p in zip(geometry, paths):
+        if g["ImageOrientationPatient"] is None or g["ImagePositionPatient"] is None:
             raise VolumeError(f"slice {_name(p)} lacks ImageOrientationPatient/ImagePositionPatient", folder)
-    iops = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
+    iops = np.array([g["ImageOrientationPatient"] for g in geometry])
     if not np.allclose(iops, iops[0], atol=1e-4):
         raise VolumeError("series has slices with different orientations (mixed geometry)", folder)
-    spacings = np.array([[float(v) for v in (h.get("PixelSpacing") or (1.0, 1.0))] for h in headers])
+    spacings = np.array([g["PixelSpacing"] or (1.0, 1.0) for g in geometry])
     if not np.allclose(spacings, spacings[0], rtol=1e-4):
         raise VolumeError("series has slices with different pixel spacings (mixed geometry)", folder)
     normal = np.cross(iops[0][:3], iops[0][3:])
-    ipps = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
-    if not np.isfinite(ipps).all() or not np.isfinite(iops).all():
-        raise VolumeError("series has non-finite ImagePositionPatient/ImageOrientationPatient", folder)
+    ipps = np.array([g["ImagePositionPatient"] for g in geometry])
     pos = ipps @ normal
     order = np.argsort(pos, kind="stable")
     pos_sorted = pos[order]
@@ -416,7 +532,11 @@ def load_dicom_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS)
         img = img[0].movedim(-1, 0)[:3]
     if img.ndim != 3:
         raise VolumeError(f"DICOM slice decoded to unexpected shape {tuple(img.shape)}", path)
-    return _clean_meta(img.transpose(1, 2), {**_dicom_meta(ds, _name(path)), "layout": "image"})
+    meta = _dicom_meta(ds, _name(path))
+    img = _apply_frame_rescale(img, ds, 1, path)
+    if meta["photometric"] == "PALETTE COLOR":
+        img, meta["photometric"] = _apply_palette(img, ds, path), "RGB"
+    return _clean_meta(img.transpose(1, 2), {**meta, "layout": "image"})
 
 
 def _check_values(img: torch.Tensor, path: str | PathLike) -> None:
@@ -485,10 +605,15 @@ class LoadMedicalImage(Transform):
             # PydicomReader swaps the first two axes of (F, R, C): (ch, R, F, C) -> (ch, C, R, F) = (ch, X, Y, F)
             if img.ndim != 4:
                 raise VolumeError(f"multi-frame DICOM decoded to unexpected shape {tuple(img.shape)}", path)
-            return _clean_meta(img.permute(0, 3, 1, 2).contiguous(), {**meta, "layout": "frames"})
-        if img.ndim != 3:
-            raise VolumeError(f"DICOM image decoded to unexpected shape {tuple(img.shape)}", path)
-        return _clean_meta(img.transpose(1, 2).contiguous(), {**meta, "layout": "image"})
+            img, layout = img.permute(0, 3, 1, 2).contiguous(), "frames"
+        else:
+            if img.ndim != 3:
+                raise VolumeError(f"DICOM image decoded to unexpected shape {tuple(img.shape)}", path)
+            img, layout = img.transpose(1, 2).contiguous(), "image"
+        img = _apply_frame_rescale(img, ds, frames, path)  # enhanced files: slope/intercept of each frame
+        if meta["photometric"] == "PALETTE COLOR":
+            img, meta["photometric"] = _apply_palette(img, ds, path), "RGB"
+        return _clean_meta(img, {**meta, "layout": layout})
 
     def _load_series(self, folder: str | PathLike) -> MetaTensor:
         info = scan_dicom_series(folder, self.max_voxels)
@@ -509,9 +634,16 @@ class LoadMedicalImage(Transform):
     def _load_nifti(self, path: str | PathLike) -> MetaTensor:
         nib, _ = optional_import("nibabel")
         try:
-            shape = tuple(int(s) for s in nib.load(str(path)).shape)
+            nii = nib.load(str(path))
+            shape = tuple(int(s) for s in nii.shape)
+            affine = np.asarray(nii.affine, dtype=np.float64)
         except Exception as e:
             raise ImageReadError(f"not a readable NIfTI file ({type(e).__name__}: {_short(e)})", path) from e
+        if not np.isfinite(affine).all():
+            raise VolumeError("NIfTI affine (sform/qform/pixdim) holds NaN/inf values", path)
+        sv = np.linalg.svd(affine[:3, :3], compute_uv=False)
+        if not sv[0] > 0 or sv[-1] <= 1e-8 * sv[0]:
+            raise VolumeError("NIfTI affine (sform/qform/pixdim) is singular (zero voxel size or collapsed axes)", path)
         if len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
             raise VolumeError(f"unexpected {len(shape)}D data of shape {shape}; expected one 3D volume", path)
         if len(shape) < 2 or min(shape) <= 0:
@@ -531,6 +663,7 @@ class LoadMedicalImage(Transform):
 
     def _load_photo(self, path: str | PathLike) -> MetaTensor:
         img = _run_loader(_loader("photo"), path)
+        bit_depth = 8 if img.meta.get("mode") in _PIL_8BIT_MODES else None  # mode after the reader's conversion
         if img.ndim != 3 or min(img.shape[1:]) <= 0:
             raise ImageReadError(f"unexpected image shape {tuple(img.shape)}", path)
         if img.numel() > self.max_voxels:
@@ -538,7 +671,7 @@ class LoadMedicalImage(Transform):
         channels = img.shape[0]
         meta = {"modality": "OT", "photometric": "RGB" if channels == 3 else "MONOCHROME2"}
         return _clean_meta(img, {**meta, "window_center": None, "window_width": None, "source": _name(path),
-                                 "layout": "image"})
+                                 "layout": "image", "bit_depth": bit_depth})
 
 
 class LoadMedicalImaged(MapTransform):

@@ -118,7 +118,8 @@ class SlideTiles(Transform):
         tile_size: tile side in pixels at the chosen level.
         target_mpp: wanted microns per pixel (0.5 ~ 20x); None, or no mpp in the file -> ``level`` is used.
         level: level used when ``target_mpp`` is None or unusable.
-        max_tiles: keep at most this many tiles (top tissue fraction first).
+        max_tiles: return at most this many views, the thumbnail included (top tissue fraction first); with
+            ``thumbnail`` and ``max_tiles=1`` only the thumbnail is returned.
         min_tissue: smallest tissue fraction of a kept tile.
         thumbnail: add the lowest-resolution level as a first view ``{"kind": "thumbnail", "level": L}``.
         stain_normalize: normalise H&E stains of each tile (MONAI ``NormalizeHEStains``).
@@ -223,14 +224,14 @@ class SlideTiles(Transform):
         if not kept:
             best = max((c[0] for c in candidates), default=0.0)
             raise SlideError(f"no tissue found (best tile tissue fraction {best:.2f} < {self.min_tissue})", path)
-        n_tiles = self.max_tiles - (1 if self.thumbnail and self.max_tiles > 1 else 0)
+        n_tiles = self.max_tiles - (1 if self.thumbnail else 0)  # the thumbnail counts against the budget
         kept = sorted(kept, key=lambda c: (-c[0], c[1], c[2]))[:n_tiles]
         views: list[MetaTensor] = []
         meta = {"modality": "PATHOLOGY", "window": None, "source": Path(path).name}
         if self.thumbnail:
             views.append(self._view(thumb, {"kind": "thumbnail", "level": low}, meta))
         region = None
-        if backend == "tifffile":
+        if backend == "tifffile" and kept:
             lh, lw = reader.get_size(wsi, level)
             if lh * lw > self.max_level_pixels:
                 raise SlideError(

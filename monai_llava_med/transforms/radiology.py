@@ -79,7 +79,8 @@ def resolve_window(window: WindowSpec, meta: dict[str, Any] | None = None) -> tu
         meta: image metadata with ``window_center`` / ``window_width`` (for ``"dicom"``).
 
     Raises:
-        ValueError: unknown preset, non-positive width, or ``"dicom"`` when the file has no window.
+        ValueError: unknown preset, non-positive width.
+        VolumeError: ``"dicom"`` when the file has no window (names ``meta["source"]``).
     """
     if isinstance(window, str):
         key = window.lower()
@@ -87,7 +88,8 @@ def resolve_window(window: WindowSpec, meta: dict[str, Any] | None = None) -> tu
             meta = meta or {}
             c, w = meta.get("window_center"), meta.get("window_width")
             if c is None or w is None or w <= 0:
-                raise ValueError("window='dicom' but the file has no usable WindowCenter/WindowWidth")
+                raise VolumeError("window='dicom' but the file has no usable WindowCenter/WindowWidth",
+                                  meta.get("source"))
             return float(c), float(w), f"dicom L{float(c):g} W{float(w):g}"
         if key not in WINDOW_PRESETS:
             raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)} or 'dicom'")
@@ -194,6 +196,8 @@ class ModalityIntensity(Transform):
     * other grey-level modalities (``MR``, ``PT``, ``NM``, ``US`` grey...): percentiles ``percentiles`` of the
       whole image/volume mapped to ``[0, 255]``.
     * colour images (3 channels, 8-bit): unchanged; other colour depths: min-max scaled.
+    * 8-bit grey photos (``modality`` ``"OT"``, ``meta["bit_depth"] == 8``): unchanged, like colour ones.
+    * composites and windows alike: MONOCHROME1 is inverted after display scaling.
 
     Args:
         window: ``"auto"``, ``"composite"``, a preset, ``"dicom"``, ``(centre, width)`` or a sequence of three
@@ -230,16 +234,16 @@ class ModalityIntensity(Transform):
             return _with_meta(out, img, window="minmax")
         window = self.window
         if isinstance(window, (list, tuple)) and len(window) == 3:
-            return MultiWindow(window)(img)
+            return InvertMonochrome1()(MultiWindow(window)(img))
         if window == "composite":
-            return MultiWindow(DEFAULT_COMPOSITE)(img)
+            return InvertMonochrome1()(MultiWindow(DEFAULT_COMPOSITE)(img))
         has_file_window = meta.get("window_center") is not None and (meta.get("window_width") or 0) > 0
         if window == "auto":
             if modality == "CT":
                 out = CTWindow("dicom" if has_file_window else "soft_tissue")(img)
             elif modality in _PROJECTION and has_file_window:
                 out = CTWindow("dicom")(img)
-            elif modality == "OT" and img.dtype == torch.uint8:
+            elif modality == "OT" and (meta.get("bit_depth") == 8 or img.dtype == torch.uint8):
                 out = _with_meta(img.float(), img, window=None)
             else:
                 out = self._percentile(img)
