@@ -69,3 +69,17 @@ def make_batch(config, padding_side: str = "left", seed: int = 0):
     pixels = torch.randn(2, 3, config.image_size, config.image_size, generator=gen)
     return ids, mask, pixels
 
+
+def spawn_ranks(worker, out_dir, nprocs: int = 2) -> None:
+    """Run ``worker(rank, port, out_dir)`` in ``nprocs`` spawned processes that meet on a free loopback port.
+
+    Spawn, not fork: a forked worker would inherit the process group an in-process DeepSpeed test left.
+    """
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(worker, args=(port, str(out_dir)), nprocs=nprocs, start_method="spawn")

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from conftest import spawn_ranks
 from pydicom.data import get_testdata_file
 
 from monai_llava_med.engines import (
@@ -161,14 +162,7 @@ def _writer_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_answer_writer_judges_all_ranks_together(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_writer_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn_ranks(_writer_worker, tmp_path)
     for rank in (0, 1):
         assert (tmp_path / f"outcome{rank}.txt").read_text().startswith("all 2 item(s) failed")
         assert (tmp_path / f"answers.rank{rank}.json").exists()

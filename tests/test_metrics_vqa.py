@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import spawn_ranks
 
 from monai_llava_med.errors import RecordError
 from monai_llava_med.metrics import (
@@ -315,15 +316,7 @@ def _gather_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_vqa_metric_gathers_across_ranks(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # spawn, not fork: a forked worker would inherit the process group an in-process DeepSpeed test left
-    mp.start_processes(_gather_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    spawn_ranks(_gather_worker, tmp_path)
     expected = evaluate_vqa(RECORDS)
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
