@@ -6,9 +6,9 @@
 
 Arrays are in index order ``(y, x)`` or ``(z, y, x)``. Geometry follows DICOM LPS with an identity
 orientation: x (columns) points to the patient's **left**, so a lesion in the image's right half is on
-the patient's left (radiological display convention). Lesions lie fully inside the organ, fully on one
-side of the midline, and at least 3 voxels apart, so every lesion is one connected component of the label
-map. Intensities: CT in Hounsfield units (air -1000, organ 30-70, bright lesions +60..+150, dark lesions
+the patient's left (radiological display convention). Lesions lie inside the organ (in 2D fully; in 3D a
+sphere near the organ's edge can reach past it), fully on one side of the midline, and at least 3 voxels
+apart, so every lesion is one connected component of the label map, from which the answers are read. Intensities: CT in Hounsfield units (air -1000, organ 30-70, bright lesions +60..+150, dark lesions
 -50..-120 relative to the organ, Gaussian noise 8 HU, floor -1024); MR in arbitrary units (background ~0, organ
 400-700, lesions +250..+500 / -200..-350, Rician noise). Values are rounded to integers so that DICOM
 and NIfTI files store them exactly.

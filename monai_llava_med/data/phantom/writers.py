@@ -37,10 +37,19 @@ def window_to_uint8(case: PhantomCase) -> np.ndarray:
     return (np.clip((case.image - lo) / (hi - lo), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
+def _spacing_and_origin(case: PhantomCase) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(sz, sy, sx)`` voxel spacing and the LPS position of the first voxel (the volume is centred on 0)."""
+    sz, sy, sx = case.spacing if case.ndim == 3 else (1.0, *case.spacing)
+    nz, ny, nx = (1, *case.image.shape) if case.ndim == 2 else case.image.shape
+    return (sz, sy, sx), (-(nx - 1) * sx / 2.0, -(ny - 1) * sy / 2.0, -(nz - 1) * sz / 2.0)
+
+
 def nifti_affine(case: PhantomCase) -> np.ndarray:
     """RAS affine for NIfTI arrays stored as (x, y, z), matching the DICOM geometry of :func:`write_dicom`."""
-    sz, sy, sx = case.spacing if case.ndim == 3 else (1.0, *case.spacing)
-    return np.diag([-sx, -sy, sz, 1.0])
+    (sz, sy, sx), (ox, oy, oz) = _spacing_and_origin(case)
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = (-ox, -oy, oz)  # LPS -> RAS flips x and y
+    return affine
 
 
 def _base_dataset(case: PhantomCase, uid_seed: str) -> Dataset:
@@ -98,7 +107,7 @@ def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> 
     """
     out = Path(out)
     vol = case.image[None] if case.ndim == 2 else case.image
-    sz, sy, sx = case.spacing if case.ndim == 3 else (1.0, *case.spacing)
+    (sz, sy, sx), origin = _spacing_and_origin(case)
     uid_seed = f"{case.case_id}-{seed}"
     intercept = _CT_INTERCEPT if case.modality == "CT" else 0.0
     stored = vol - intercept
@@ -109,7 +118,6 @@ def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> 
         out.mkdir(parents=True, exist_ok=True)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-    origin = (-(vol.shape[2] - 1) * sx / 2.0, -(vol.shape[1] - 1) * sy / 2.0, -(vol.shape[0] - 1) * sz / 2.0)
     files = []
     for k in range(vol.shape[0]):
         ds = _base_dataset(case, uid_seed)
