@@ -158,3 +158,142 @@ def test_shipped_recipes_are_valid_run_files():
         assert cfg.stage == path.stem and cfg.max_steps == 7 and cfg.global_batch_size == 128
         assert set(run) <= {"init_from", "data_json", "image_root", "export_name"}
         load_deepspeed_config(cfg.deepspeed)
+
+
+def test_resumable_sampler_max_batches_cuts_every_pass():
+    def make():
+        base = DistributedSampler(range(20), num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+        return BatchSampler(base, 2, drop_last=True)  # 10 batches a pass
+
+    full = ResumableBatchSampler(make())
+    epochs = [_batches(full) for _ in range(3)]
+    cut = ResumableBatchSampler(make(), max_batches=4)
+    assert len(cut) == 4 and [_batches(cut) for _ in range(3)] == [e[:4] for e in epochs]
+    cut.resume_at(epoch=1, batches_done=3)
+    assert _batches(cut) == epochs[1][3:4] and _batches(cut) == epochs[2][:4]
+    with pytest.raises(ValueError, match="max_batches"):
+        ResumableBatchSampler(make(), max_batches=0)
+
+
+class _Output:
+    loss: torch.Tensor
+
+
+class _FakeDeepSpeedEngine:
+    """Just enough of a DeepSpeedEngine for the trainer's loop: records the batches, steps every 2 micro-batches."""
+
+    device = torch.device("cpu")
+    optimizer = lr_scheduler = None
+
+    def __init__(self) -> None:
+        self.module = torch.nn.Linear(1, 1)
+        self.seen: list[list[int]] = []
+        self.micro_steps = self.global_steps = 0
+
+    def gradient_accumulation_steps(self) -> int:
+        return 2
+
+    def train(self) -> None:
+        pass
+
+    def __call__(self, **inputs) -> _Output:
+        self.seen.append(inputs["input_ids"].tolist())
+        out = _Output()
+        out.loss = torch.tensor(0.0, requires_grad=True)
+        return out
+
+    def backward(self, loss) -> None:
+        pass
+
+    def step(self) -> None:
+        self.micro_steps += 1
+        self.global_steps = self.micro_steps // 2
+
+    def get_lr(self) -> list[float]:
+        return [0.0]
+
+
+def _fake_trainer(num_samples=10, max_epochs=3, epoch_length=4, max_steps=None):
+    from torch.utils.data import DataLoader
+
+    from monai_llava_med.engines import DeepSpeedTrainer
+
+    data = [{"input_ids": torch.tensor(i)} for i in range(num_samples)]
+    sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    batches = ResumableBatchSampler(BatchSampler(sampler, 2, drop_last=True))
+    def collate(items):
+        return {"input_ids": torch.stack([x["input_ids"] for x in items])}
+
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=collate)
+    engine = _FakeDeepSpeedEngine()
+    return DeepSpeedTrainer(engine, max_epochs, loader, epoch_length=epoch_length, max_steps=max_steps), engine
+
+
+def _sampler_epoch(epoch, num_samples=10):
+    sampler = DistributedSampler(range(num_samples), num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    sampler.set_epoch(epoch)
+    return [list(b) for b in BatchSampler(sampler, 2, drop_last=True)]
+
+
+def test_epochs_cut_to_whole_steps_are_fresh_sampler_passes():
+    # 10 samples / micro-batch 2 = 5 micro-batches; accumulation 2 -> epochs of 4 (as build_trainer cuts them)
+    trainer, engine = _fake_trainer()
+    trainer.run()
+    assert trainer.state.iteration == 12 and len(engine.seen) == 12
+    for e in range(3):
+        assert engine.seen[4 * e : 4 * e + 4] == _sampler_epoch(e)[:4], e
+    resumed, resumed_engine = _fake_trainer()
+    resumed._restore_position(6, 4)  # what a checkpoint after 6 iterations restores
+    resumed.run()
+    assert resumed_engine.seen == engine.seen[6:]
+
+
+def test_finished_run_is_not_trained_again():
+    from monai.engines import Trainer
+
+    trainer, engine = _fake_trainer()
+    trainer._restore_position(12, 4)  # the final checkpoint of 3 epochs x 4
+    trainer.run()
+    assert engine.seen == [] and trainer.state.iteration == 12 and trainer.finished
+
+    stopped, engine = _fake_trainer(max_steps=3)
+    stopped.run()
+    assert len(engine.seen) == 6 and stopped.optimizer_steps == 3
+    relaunched, engine = _fake_trainer(max_steps=3)
+    relaunched._restore_position(6, 4)
+    engine.global_steps, engine.micro_steps = 3, 6  # as restored from its final checkpoint
+    relaunched.run()
+    assert engine.seen == [] and relaunched.optimizer_steps == 3
+    Trainer.run(relaunched)  # bypassing the check in run(): max_steps is checked before a batch is fetched
+    assert engine.seen == [] and relaunched.state.iteration == 6
+
+
+def test_rng_state_includes_the_cuda_generator_when_present(monkeypatch):
+    from monai_llava_med.engines import checkpointing
+
+    assert ("cuda" in checkpointing._rng_state()) is torch.cuda.is_available()
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7, device], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.append((s.tolist(), device)))
+    state = checkpointing._rng_state()
+    assert state["cuda"].tolist() == [7, 1]
+    checkpointing._set_rng_state(state)
+    assert restored == [([7, 1], 1)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    checkpointing._set_rng_state(state)  # a GPU checkpoint resumed without CUDA: the rest is restored
+    assert len(restored) == 1 and "cuda" not in checkpointing._rng_state()
+
+
+def test_train_bundle_epochs_follow_the_stage_preset():
+    from monai.bundle import ConfigParser
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "llava_med" / "configs"
+    for files in (["train.json"], ["train.json", "multi_gpu_train.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        assert parser.get_parsed_content("max_epochs") == stage_preset(parser["stage"]).num_epochs == 3
+        assert parser["train"]["trainer"]["max_views"] == "@max_views"  # reaches the default image loader
+        parser["stage"] = "stage1"
+        assert parser.get_parsed_content("max_epochs") == 1

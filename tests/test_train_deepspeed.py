@@ -157,14 +157,14 @@ def test_finetune_lora_is_merged_on_export(phantom_tokenizer, tmp_path):
     assert _fixed_loss(model, phantom_tokenizer, config) == pytest.approx(loss_after, abs=1e-4)
 
 
-def _run_config(path: Path, out: Path, **training) -> Path:
+def _run_config(path: Path, out: Path, num_samples: int = 32, **training) -> Path:
     image_id = "$@tokenizer.convert_tokens_to_ids('<image>')"
     values = {
         "tokenizer": {"_target_": "monai_llava_med.conversation.build_bpe_tokenizer", "texts": TEXTS * 4, "vocab_size": 300},
         "model_config": {"_target_": "monai_llava_med.networks.LlavaMedConfig.tiny", "image_token_id": image_id},
         "train_data": {
-            "_target_": "monai_llava_med.data.PhantomVQADataset", "num_samples": 32, "size": 32, "tokenizer": "@tokenizer",
-            "num_image_tokens": 16, "image_token_id": image_id, "max_length": 128,
+            "_target_": "monai_llava_med.data.PhantomVQADataset", "num_samples": num_samples, "size": 32,
+            "tokenizer": "@tokenizer", "num_image_tokens": 16, "image_token_id": image_id, "max_length": 128,
         },
         "training": {
             "preset": "stage2", "output_dir": str(out), "micro_batch_size": 4, "global_batch_size": 8, "num_epochs": 2,
@@ -188,16 +188,20 @@ trainer.run()
 """
 
 
-def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
-    # 32 samples / micro 4 = 8 iterations per epoch, 2 epochs, accumulation 2: checkpoints every 3 steps (6 iterations)
-    ref_cfg = _run_config(tmp_path / "ref.json", tmp_path / "ref")
-    killed_cfg = _run_config(tmp_path / "killed.json", tmp_path / "killed")
+@pytest.mark.parametrize("num_samples, kill_at", [(32, 10), (36, 14)])
+def test_sigkill_and_resume_ends_with_identical_weights(tmp_path, num_samples, kill_at):
+    # 32 samples / micro 4 = 8 iterations per epoch, 2 epochs, accumulation 2: checkpoints every 3 steps (6 iterations);
+    # 36 samples = 9 micro-batches, cut to 8 (whole steps): resumed in epoch 2, which must be a fresh sampler pass
+    ref_cfg = _run_config(tmp_path / "ref.json", tmp_path / "ref", num_samples)
+    killed_cfg = _run_config(tmp_path / "killed.json", tmp_path / "killed", num_samples)
     env = _env()
     ref = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(ref_cfg), "0"], env=env, capture_output=True, text=True, timeout=240)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    killed = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(killed_cfg), "10"], env=env, capture_output=True, text=True, timeout=240)
+    killed = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(killed_cfg), str(kill_at)],
+                            env=env, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text().strip() == "step00000006"
+    resume_at = kill_at // 6 * 6
+    assert (tmp_path / "killed" / "checkpoints" / "latest").read_text().strip() == f"step{resume_at:08d}"
     assert not (tmp_path / "killed" / "model").exists()
     resumed = subprocess.run(
         [sys.executable, "-m", "monai_llava_med.engines.launch", "--config", str(killed_cfg)],
@@ -205,7 +209,7 @@ def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["resumed_from"] == 6 and summary["iterations"] == 16 and summary["optimizer_steps"] == 8
+    assert summary["resumed_from"] == resume_at and summary["iterations"] == 16 and summary["optimizer_steps"] == 8
     a, _ = load_pretrained(tmp_path / "ref" / "model", dtype=torch.float32)
     b, _ = load_pretrained(tmp_path / "killed" / "model", dtype=torch.float32)
     sb = b.state_dict()
@@ -218,6 +222,39 @@ def test_sigkill_and_resume_ends_with_identical_weights(tmp_path):
     init = build_llava_med(b.config, dtype=torch.float32).state_dict()
     assert all(torch.equal(init[k], v) for k, v in sb.items() if k.startswith("vision_tower."))
     assert not torch.equal(init["projector.0.weight"], sb["projector.0.weight"])
+
+
+def test_relaunching_a_finished_run_trains_nothing(phantom_tokenizer, tmp_path):
+    config = _config(phantom_tokenizer)
+
+    def launch(out, **kwargs):
+        trainer = build_trainer(
+            "stage1", train_data=_data(phantom_tokenizer, config), model_config=config, tokenizer=phantom_tokenizer,
+            output_dir=str(out), micro_batch_size=4, global_batch_size=8, num_epochs=2, learning_rate=1e-2,
+            gradient_checkpointing=False, save_every_n_steps=0, deepspeed="zero2", **kwargs,
+        )
+        iterations = []
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: iterations.append(e.state.iteration))
+        trainer.run()
+        return trainer, len(iterations)
+
+    first, n = launch(tmp_path / "done")  # 16 samples / micro 4 = 4 iterations, accumulation 2: 2 steps an epoch
+    assert n == 8 and first.optimizer_steps == 4
+    weights, lr = _snapshot(first.network), first.ds_engine.get_lr()[0]
+    export = tmp_path / "done" / "model" / "model.safetensors"
+    export.unlink()  # as if killed after the final checkpoint, before the export was complete
+    again, n = launch(tmp_path / "done")
+    assert n == 0 and again.resumed_from == 8 and again.state.iteration == 8 and again.optimizer_steps == 4
+    assert all(torch.equal(v, again.network.state_dict()[k]) for k, v in weights.items())
+    assert again.ds_engine.get_lr()[0] == lr and export.is_file()  # LR schedule not restarted; export written
+    stamp = export.stat().st_mtime_ns
+    launch(tmp_path / "done")
+    assert export.stat().st_mtime_ns == stamp  # a complete export is left alone
+
+    stopped, n = launch(tmp_path / "stopped", max_steps=3, export=False)
+    assert n == 6 and stopped.optimizer_steps == 3
+    relaunched, n = launch(tmp_path / "stopped", max_steps=3, export=False)
+    assert n == 0 and relaunched.resumed_from == 6 and relaunched.optimizer_steps == 3
 
 
 def test_two_rank_torchrun_gloo_ranks_agree(tmp_path):

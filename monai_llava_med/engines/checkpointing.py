@@ -5,7 +5,7 @@
 """Exact resume and consolidated export for DeepSpeed training.
 
 A checkpoint is a DeepSpeed checkpoint folder ``checkpoints/step{N:08d}`` (module, ZeRO optimizer partitions,
-the client LR scheduler) plus ``rng_state_rank{r}.pt`` per rank (python, numpy, torch RNG) and, in
+the client LR scheduler) plus ``rng_state_rank{r}.pt`` per rank (python, numpy, torch CPU and CUDA RNG) and, in
 DeepSpeed's client state, the data position (``iteration``, ``epoch_length``). The RNG files are written
 before DeepSpeed writes the folder and updates ``latest``, so a run killed at any instant resumes from the
 last complete checkpoint. The batch order of an epoch depends only on ``(seed, epoch)``
@@ -58,10 +58,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     Args:
         batch_sampler: the batch sampler to wrap.
+        max_batches: yield at most this many batches per pass (the first ones of the epoch's order), so that
+            a pass is exactly one engine epoch when the epoch is cut to whole optimizer steps (None: all).
     """
 
-    def __init__(self, batch_sampler: Any) -> None:
+    def __init__(self, batch_sampler: Any, max_batches: int | None = None) -> None:
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
         self.batch_sampler = batch_sampler
+        self.max_batches = max_batches
         self.next_epoch = 0
         self._skip = 0
 
@@ -76,13 +81,16 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 return
 
     def __len__(self) -> int:
-        return len(self.batch_sampler)
+        n = len(self.batch_sampler)
+        return n if self.max_batches is None else min(n, self.max_batches)
 
     def __iter__(self) -> Iterator[list[int]]:
         self._set_epoch(self.next_epoch)
         self.next_epoch += 1
         skip, self._skip = self._skip, 0
         for i, batch in enumerate(self.batch_sampler):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
             if i >= skip:
                 yield batch
 
@@ -102,13 +110,23 @@ def latest_checkpoint(checkpoint_dir: str | PathLike) -> str | None:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states: python, numpy, torch CPU and, with CUDA, the current CUDA device's generator."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():  # dropout on GPU draws from the device generator, not the CPU one
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore :func:`_rng_state` output (the CUDA state on the current device, when saved and CUDA is present)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
+        else:
+            logger.warning("the checkpoint holds a CUDA RNG state but CUDA is not available: not restored")
 
 
 def _barrier() -> None:

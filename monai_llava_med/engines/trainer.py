@@ -28,6 +28,7 @@ from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
+from ..networks import CONFIG_NAME
 from .checkpointing import (
     ResumableBatchSampler,
     export_consolidated,
@@ -76,6 +77,15 @@ def _module_dtype(module: torch.nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def _on_any_rank(flag: bool, device: torch.device) -> bool:
+    """``flag`` OR-ed over all ranks (collective when torch.distributed is initialised)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
 class DeepSpeedTrainer(Trainer):
     """MONAI ``Trainer`` driving a ``deepspeed.DeepSpeedEngine`` wrapping a ``LlavaMedNet``.
 
@@ -84,10 +94,11 @@ class DeepSpeedTrainer(Trainer):
         max_epochs: passes over the data.
         train_data_loader: loader of collated batches; use a :class:`ResumableBatchSampler` as its batch sampler
             for exact resume.
-        epoch_length: iterations per epoch (default ``len(train_data_loader)``).
+        epoch_length: iterations per epoch (default ``len(train_data_loader)``). When shorter than the loader,
+            a :class:`ResumableBatchSampler` is limited to it, so every epoch is one fresh pass over the data.
         max_steps: stop after this many optimizer steps (None: ``max_epochs`` epochs).
         checkpointer: optional :class:`DeepSpeedCheckpointer`; with ``resume`` its latest checkpoint is loaded
-            when :meth:`run` starts.
+            when :meth:`run` starts (a finished run is not trained again).
         handlers: MONAI/Ignite handlers (objects with ``attach(engine)``).
         key_train_metric: optional Ignite metrics computed on the iteration outputs.
         additional_metrics: more such metrics.
@@ -105,6 +116,12 @@ class DeepSpeedTrainer(Trainer):
         key_train_metric: dict | None = None,
         additional_metrics: dict | None = None,
     ) -> None:
+        batches = getattr(train_data_loader, "batch_sampler", None)
+        if isinstance(batches, ResumableBatchSampler) and epoch_length is not None and epoch_length < len(batches):
+            # Ignite does not restart the data iterator when an epoch ends before it is used up: the next epoch
+            # would start with this one's leftover batches and drift from the sampler epoch exact resume assumes.
+            batches.max_batches = int(epoch_length)
+        self.exporters: list[ConsolidatedExport] = []  # filled by ConsolidatedExport.attach (handlers below)
         super().__init__(
             device=ds_engine.device,
             max_epochs=max_epochs,
@@ -126,6 +143,7 @@ class DeepSpeedTrainer(Trainer):
         if checkpointer is not None:
             checkpointer.attach(self)
         if max_steps is not None:
+            self.add_event_handler(Events.GET_BATCH_STARTED, self._stop_at_max_steps)  # before a new iteration
             self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_at_max_steps)
 
     @property
@@ -155,12 +173,33 @@ class DeepSpeedTrainer(Trainer):
             "tokens": int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel()),
         }
 
+    @property
+    def finished(self) -> bool:
+        """Whether training is over: ``max_steps`` optimizer steps taken, or ``max_epochs`` epochs done."""
+        if self.max_steps is not None and self.optimizer_steps >= self.max_steps:
+            return True
+        epoch_length, max_epochs = self.state.epoch_length, self.state.max_epochs
+        return epoch_length is not None and max_epochs is not None and self.state.iteration >= epoch_length * max_epochs
+
     def run(self) -> None:  # type: ignore[override]
-        """Resume from the latest checkpoint (when a checkpointer with ``resume`` is attached), then train."""
+        """Resume from the latest checkpoint (when a checkpointer with ``resume`` is attached), then train.
+
+        A run whose checkpoint is already finished is not trained again (Ignite would restart it from epoch 1
+        on top of the final weights); only a missing export is written.
+        """
         if self.checkpointer is not None and self.checkpointer.resume and self.state.iteration == 0:
             position = load_training_checkpoint(self.ds_engine, self.checkpointer.checkpoint_dir)
             if position is not None:
                 self._restore_position(int(position["iteration"]), int(position["epoch_length"]))
+        if self.finished:
+            logger.info(
+                "training already finished (iteration %d, %d optimizer steps): nothing to train",
+                self.state.iteration, self.optimizer_steps,
+            )
+            for exporter in self.exporters:
+                if _on_any_rank(not exporter.is_complete() if self.state.rank == 0 else False, self.state.device):
+                    exporter(self)
+            return
         super().run()
 
     def _restore_position(self, iteration: int, epoch_length: int) -> None:
@@ -286,8 +325,17 @@ class ConsolidatedExport:
         self.exported: Path | None = None
 
     def attach(self, engine: DeepSpeedTrainer) -> None:
-        """Register on ``COMPLETED``."""
+        """Register on ``COMPLETED`` (and with the trainer, which exports a finished run whose export is missing)."""
         engine.add_event_handler(Events.COMPLETED, self)
+        exporters = getattr(engine, "exporters", None)
+        if isinstance(exporters, list) and self not in exporters:
+            exporters.append(self)
+
+    def is_complete(self) -> bool:
+        """Whether ``out_dir`` holds a finished export (config, weights and tokenizer, written in that order)."""
+        weights = ("model.safetensors", "model.safetensors.index.json")
+        done = (self.out_dir / CONFIG_NAME).is_file() and any((self.out_dir / w).is_file() for w in weights)
+        return done and (self.tokenizer is None or (self.out_dir / "tokenizer_config.json").is_file())
 
     def __call__(self, engine: DeepSpeedTrainer) -> None:
         if self.name is not None:

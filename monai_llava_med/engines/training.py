@@ -120,7 +120,7 @@ def _build_model(
 
 def _dataset_from_json(
     data_json: str | PathLike, image_root: str | PathLike | None, tokenizer: Any, model: LlavaMedNet,
-    config: TrainingConfig, image_loader: Callable | None,
+    config: TrainingConfig, image_loader: Callable | None, max_views: int = 1,
 ) -> Dataset:
     from ..data import LlavaMedDataset, load_llava_med_json
 
@@ -128,7 +128,7 @@ def _dataset_from_json(
         from ..transforms import MedicalImageToPixels
 
         mc = model.config
-        image_loader = MedicalImageToPixels(mc.image_size, mc.image_mean, mc.image_std, max_views=1)
+        image_loader = MedicalImageToPixels(mc.image_size, mc.image_mean, mc.image_std, max_views=max_views)
     records = load_llava_med_json(data_json, image_root)
     return LlavaMedDataset(
         records,
@@ -148,6 +148,7 @@ def build_trainer(
     data_json: str | PathLike | None = None,
     image_root: str | PathLike | None = None,
     image_loader: Callable | None = None,
+    max_views: int = 1,
     model: LlavaMedNet | None = None,
     model_config: LlavaMedConfig | Mapping[str, Any] | str | None = None,
     init_from: str | PathLike | None = None,
@@ -166,6 +167,7 @@ def build_trainer(
         data_json: instead of ``train_data``: a LLaVA-Med JSON (alignment / instruct format).
         image_root: folder of the JSON's images (default: the JSON's folder).
         image_loader: ``path -> pixels`` for ``data_json`` (default ``MedicalImageToPixels`` sized for the model).
+        max_views: views per image file (slices of a volume, tiles of a slide) of the default ``image_loader``.
         model: a network to train (else built from ``init_from`` or ``model_config``).
         model_config: config, dict, preset name or path, for a network initialised at random.
         init_from: a pretrained folder (any layout ``load_pretrained`` reads), e.g. the stage-1 export.
@@ -196,7 +198,7 @@ def build_trainer(
     if train_data is None:
         if data_json is None:
             raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
-        train_data = _dataset_from_json(data_json, image_root, tokenizer, model, config, image_loader)
+        train_data = _dataset_from_json(data_json, image_root, tokenizer, model, config, image_loader, max_views)
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, local_rank, world_size = dist_info()
@@ -216,7 +218,7 @@ def build_trainer(
     steps_per_epoch = epoch_length // accumulation
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch of {epoch_length} micro-batches is shorter than one accumulation of {accumulation}")
-    epoch_length = steps_per_epoch * accumulation  # whole optimizer steps per epoch
+    epoch_length = steps_per_epoch * accumulation  # whole optimizer steps; the trainer cuts each pass to it
     total_steps = steps_per_epoch * config.num_epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
