@@ -19,7 +19,7 @@ from monai_llava_med.apps.monailabel import (
     validate_id,
 )
 from monai_llava_med.apps.monailabel.guard import RequestGuard, install_request_guard
-from monai_llava_med.apps.monailabel.request_checks import check_file_content
+from monai_llava_med.apps.monailabel.request_checks import check_file_content, parse_json_object
 from monai_llava_med.errors import LlavaMedInputError
 
 
@@ -69,6 +69,45 @@ def test_bad_params_are_refused_with_status(params, status):
     with pytest.raises(RequestError) as info:
         parse_infer_params(params)
     assert info.value.status_code == status
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ('{"question": "q", "temperature": ' + "9" * 400 + "}", "temperature=an integer of about"),
+        ('{"question": "q", "top_p": ' + "1" * 400 + "}", "top_p=an integer of about"),
+        ('{"question": "q", "max_new_tokens": -' + "9" * 400 + "}", "max_new_tokens=an integer of about"),
+        ('{"question": "q", "max_new_tokens": ' + "9" * 4301 + "}", "a number with too many digits"),
+        ('{"question": "q", "temperature": 1e400}', "numbers beyond 1.8e308 are not allowed (got 1e400)"),
+        ('{"question": "q", "temperature": NaN}', "NaN, Infinity"),
+        ('{"question": "q", "x": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+        ('{"question": "q", "x": ' + "[" * 40 + "]" * 40 + "}", "nests more than 32 levels"),
+        ('{"question": "q", "do_sample": "' + "y" * 500 + '"}', "must be true or false"),
+    ],
+)
+def test_huge_and_deep_numbers_are_400_not_500(params, words):
+    """Python refuses int(str) over 4300 digits (ValueError), math.isfinite overflows on huge ints, json recursion."""
+    with pytest.raises(RequestError) as info:
+        parse_infer_params(params)
+    assert info.value.status_code == 400
+    assert words in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(RequestError):
+        parse_infer_params({"question": "q", "temperature": 10**5000})  # repr of this int is refused, too
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["notjson", "[1, 2]", '"text"', "3", "null", "{" * 3, "1" * 4301, '{"a": -Infinity}', '{"a": [1e999]}',
+     '{"a": ' + "[" * 32 + "]" * 32 + "}", {"a": {"b": [[[]]]}}],
+)
+def test_json_object_fields_are_checked(text):
+    """Values the datastore would store but could not copy or send back (NaN, deep nesting) are refused too."""
+    with pytest.raises(RequestError) as info:
+        parse_json_object(text, "info", max_depth=32 if isinstance(text, str) else 3)
+    assert info.value.status_code == 400 and "info" in str(info.value)
+    assert parse_json_object("", "info") == {} and parse_json_object(None) == {}
+    assert parse_json_object('{"a": [1, 2.5, {"b": null}]}', "info") == {"a": [1, 2.5, {"b": None}]}
+    assert parse_json_object('{"a": ' + "[" * 31 + "]" * 31 + "}", "info")["a"]
 
 
 def test_limits_from_conf():

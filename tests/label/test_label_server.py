@@ -76,11 +76,18 @@ def workspace(tmp_path_factory, tiny_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def server(workspace):
+def server_tmp(tmp_path_factory):
+    """The server's ``TMPDIR``: no request may leave a file there."""
+    return tmp_path_factory.mktemp("server_tmp")
+
+
+@pytest.fixture(scope="module")
+def server(workspace, server_tmp):
     """Start ``monailabel.main start_server`` on 127.0.0.1, wait for ``/info/``, stop it (process group SIGTERM)."""
     port = _free_port()
     env = dict(os.environ)
     env.update(
+        TMPDIR=str(server_tmp),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
@@ -300,6 +307,127 @@ def test_stored_images_download_and_info_hide_server_paths(server, uploaded, wor
     assert r.status_code == 200 and r.content == uploaded["photo"].read_bytes()
     info = requests.get(f"{server}/datastore/image/info", params={"image": "ct"}).json()
     assert info["name"] == "ct.dcm" and "path" not in info
+
+
+NII_GZ = b"\x1f\x8b\x08\x00" + b"\0" * 60  # passes the label content check (gzip magic)
+
+
+@pytest.mark.parametrize(
+    "method, path, query, form, files, status, words",
+    [
+        ("PUT", "/datastore/label", {"image": "nosuch", "tag": "final"}, None, {"label": ("l.nii.gz", NII_GZ)}, 404,
+         "'nosuch' is not in the datastore"),
+        ("DELETE", "/datastore/image", {"id": "nosuch"}, None, None, 404, "'nosuch' is not in the datastore"),
+        ("PUT", "/datastore/image/info", {"image": "nosuch"}, {"info": "{}"}, None, 404, "not in the datastore"),
+        ("GET", "/datastore/image/info", {"image": "nosuch"}, None, None, 404, "not in the datastore"),
+        ("GET", "/datastore/label/info", {"label": "photo", "tag": "final"}, None, None, 404, "no label 'final'"),
+        ("PUT", "/datastore/label/info", {"label": "photo", "tag": "final"}, {"info": "{}"}, None, 404, "no label"),
+        ("DELETE", "/datastore/label", {"id": "photo", "tag": "final"}, None, None, 404, "no label 'final'"),
+        ("PUT", "/datastore/image", {"image": "img2"}, {"params": "notjson"}, "png", 400, "params is not valid JSON"),
+        ("PUT", "/datastore/image", {"image": "img2"}, {"params": "[1, 2]"}, "png", 400, "must be a JSON object"),
+        ("PUT", "/datastore/image", {"image": "img2"}, {"params": '{"strategy": 1}'}, "png", 400, "may not set"),
+        ("PUT", "/datastore/label", {"image": "ct", "tag": "final"}, {"params": "notjson"},
+         {"label": ("l.nii.gz", NII_GZ)}, 400, "params is not valid JSON"),
+        ("PUT", "/datastore/label", {"image": "nosuch", "tag": "final"}, {"params": "{"},
+         {"label": ("l.nii.gz", NII_GZ)}, 400, "params is not valid JSON"),
+        ("PUT", "/datastore/image/info", {"image": "ct"}, {"info": "notjson"}, None, 400, "info is not valid JSON"),
+        ("PUT", "/datastore/image/info", {"image": "ct"}, {"info": "[1, 2]"}, None, 400, "info must be a JSON object"),
+        ("PUT", "/datastore/image/info", {"image": "ct"}, {"info": '{"a": ' + "7" * 4400 + "}"}, None, 400,
+         "too many digits"),
+        ("PUT", "/datastore/image/info", {"image": "ct"}, {"info": '{"strategy": "x"}'}, None, 400,
+         "may not set strategy"),
+        ("PUT", "/datastore/image/info", {"image": "ct"}, {"info": '{"a": NaN}'}, None, 400, "NaN, Infinity"),
+        ("PUT", "/datastore/image/info", {"image": "ct"}, {"info": '{"a": ' + "[" * 300 + "]" * 300 + "}"}, None,
+         400, "nests more than 32 levels"),
+        ("PUT", "/datastore/label/info", {"label": "ct", "tag": "review"}, {"info": "notjson"}, None, 400,
+         "info is not valid JSON"),
+    ],
+)
+def test_datastore_requests_on_unknown_ids_and_bad_json_are_4xx(
+    server, uploaded, workspace, method, path, query, form, files, status, words
+):
+    """Stock 0.8.5 answers these with 500 (ImageNotFoundException, JSONDecodeError) or 200 {} for unknown info."""
+    if files == "png":
+        files = {"file": ("x.png", (workspace / "files" / "photo.png").read_bytes())}
+    # a label under tag "review" exists for the label-info requests (tag "final" stays unused: ct stays unlabelled)
+    r = requests.put(f"{server}/datastore/label", params={"image": "ct", "tag": "review"},
+                     files={"label": ("l.nii.gz", NII_GZ)})
+    assert r.status_code == 200 and r.json()["label"] == "ct", r.text
+    r = requests.request(method, server + path, params=query, data=form, files=files, timeout=30)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"], r.text
+    assert str(workspace) not in r.text
+    assert set(requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]) <= {
+        "ct", "photo", "broken"
+    }
+
+
+def test_datastore_info_round_trip_and_delete(server, uploaded, workspace):
+    png = (workspace / "files" / "photo.png").read_bytes()
+    r = requests.put(f"{server}/datastore/image", params={"image": "scratch"}, data={"params": '{"site": "A"}'},
+                     files={"file": ("x.png", png)})
+    assert r.status_code == 200 and r.json() == {"image": "scratch"}, r.text
+    assert requests.get(f"{server}/datastore/image/info", params={"image": "scratch"}).json()["site"] == "A"
+    r = requests.put(f"{server}/datastore/image/info", params={"image": "scratch"}, data={"info": '{"site": "B"}'})
+    assert r.status_code == 200, r.text
+    info = requests.get(f"{server}/datastore/image/info", params={"image": "scratch"}).json()
+    assert info["site"] == "B" and info["name"] == "scratch.png" and "path" not in info
+    r = requests.put(f"{server}/datastore/label", params={"image": "scratch", "tag": "review"},
+                     data={"params": '{"label_info": [{"name": "lesion", "idx": 1}]}'},
+                     files={"label": ("seg.nii.gz", NII_GZ)})
+    assert r.status_code == 200 and r.json() == {"image": "scratch", "label": "scratch"}, r.text
+    r = requests.put(f"{server}/datastore/label/info", params={"label": "scratch", "tag": "review"},
+                     data={"info": '{"checked": true}'})
+    assert r.status_code == 200, r.text
+    info = requests.get(f"{server}/datastore/label/info", params={"label": "scratch", "tag": "review"}).json()
+    assert info["checked"] is True and info["label_info"][0]["name"] == "lesion"
+    assert requests.delete(f"{server}/datastore/label", params={"id": "scratch", "tag": "review"}).status_code == 200
+    assert requests.delete(f"{server}/datastore/image", params={"id": "scratch"}).status_code == 200
+    assert requests.get(f"{server}/datastore/image/info", params={"image": "scratch"}).status_code == 404
+    assert not (workspace / "studies" / "scratch.png").exists()
+    schema = requests.get(f"{server}/openapi.json").json()["paths"]  # the replaced routes keep their docs
+    assert {"put", "delete", "get", "head"} <= set(schema["/datastore/image"]) and "put" in schema["/datastore/label"]
+
+
+def test_failed_uploads_leave_no_temporary_files(server, uploaded, workspace, server_tmp):
+    """Stock 0.8.5 copies the upload to TMPDIR/tmpXXXX.<ext> first and only removes it after a success."""
+    png = (workspace / "files" / "photo.png").read_bytes()
+    before = _tree(server_tmp, skip=())
+    attempts = [
+        ("/datastore/image", {"image": "tmp1"}, {"params": "notjson"}, {"file": ("x.png", png)}),
+        ("/datastore/image", {"image": "tmp1"}, {"params": "[1]"}, {"file": ("x.png", png)}),
+        ("/datastore/image", {"image": "tmp1"}, None, {"file": ("x.png", b"#!/bin/sh\n")}),
+        ("/datastore/image", {"image": "tmp1"}, None, {"file": ("x.txt", png)}),
+        ("/datastore/image", {"image": "tmp1"}, None, {"file": ("x.nii", b"\0" * 400)}),
+        ("/datastore/label", {"image": "nosuch", "tag": "final"}, None, {"label": ("l.nii.gz", NII_GZ)}),
+        ("/datastore/label", {"image": "ct", "tag": "final"}, {"params": "notjson"}, {"label": ("l.nii.gz", NII_GZ)}),
+        ("/datastore/label", {"image": "ct", "tag": "final"}, None, {"label": ("l.nii.gz", b"not gzip")}),
+    ]
+    for path, query, form, files in attempts:
+        r = requests.put(server + path, params=query, data=form, files=files, timeout=30)
+        assert _tree(server_tmp, skip=()) == before, (path, query, r.status_code)
+        assert 400 <= r.status_code < 500, (path, query, r.status_code, r.text[:300])
+    with open(workspace / "files" / "photo.png", "rb") as f:  # a success leaves nothing behind either
+        assert requests.put(f"{server}/datastore/image", params={"image": "photo"},
+                            files={"file": ("photo.png", f)}).status_code == 200
+    assert _tree(server_tmp, skip=()) == before
+    assert "tmp1" not in requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]
+
+
+def test_active_learning_sample_hides_the_server_path(server, uploaded, workspace):
+    r = requests.post(f"{server}/activelearning/random", json={})
+    assert r.status_code == 200, r.text
+    sample = r.json()
+    assert sample["id"] in {"ct", "photo", "broken"} and sample["name"].startswith(sample["id"])
+    assert "path" not in sample and str(workspace) not in r.text
+    assert requests.get(f"{server}/datastore/image", params={"image": sample["id"]}).status_code == 200
+    for strategy, body in (("nosuch", {}), ("random", {"strategy": "nosuch"}), ("random", {"strategy": [1]})):
+        r = requests.post(f"{server}/activelearning/{strategy}", json=body)
+        assert r.status_code == 404 and "unknown active-learning strategy" in r.json()["detail"], r.text
+    r = requests.post(f"{server}/activelearning/random", data='{"client_id": {"a": NaN}}',
+                      headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "client_id must be a string" in r.json()["detail"], r.text
+    assert requests.get(f"{server}/datastore/", params={"output": "all"}).status_code == 200
 
 
 def test_default_model_dir_is_the_bundle_models_folder_above_the_app(tmp_path):

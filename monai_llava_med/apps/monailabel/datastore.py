@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 from monailabel.utils.others.generic import remove_file
 
 from ...errors import LlavaMedInputError
@@ -33,7 +34,7 @@ from .request_checks import (
     validate_id,
 )
 
-__all__ = ["LlavaMedDatastore"]
+__all__ = ["LlavaMedDatastore", "image_not_found", "label_not_found"]
 
 
 def _checked(value: Any, what: str) -> str:
@@ -41,6 +42,16 @@ def _checked(value: Any, what: str) -> str:
         return validate_id(value, what)
     except RequestError as err:
         raise as_http_error(err) from err
+
+
+def image_not_found(image_id: str) -> HTTPException:
+    """The 404 for an image id the datastore does not hold."""
+    return HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+
+
+def label_not_found(label_id: str, label_tag: str) -> HTTPException:
+    """The 404 for a label (image id and tag) the datastore does not hold."""
+    return HTTPException(status_code=404, detail=f"no label {label_tag!r} for image {label_id!r} in the datastore")
 
 
 class LlavaMedDatastore(LocalDatastore):
@@ -107,46 +118,85 @@ class LlavaMedDatastore(LocalDatastore):
         return super().add_image(image_id, image_filename, image_info)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Store a label for an existing image under a validated tag."""
+        """Store a label for an existing image under a validated tag.
+
+        Raises:
+            HTTPException: 400 for a bad id or tag, 404 for an image the datastore does not hold, 413/415 as for
+                images. The uploaded file is removed on every refusal.
+        """
         try:
             image_id, label_tag = _checked(image_id, "image"), _checked(label_tag, "tag")
             ext = self._check_upload(label_filename, image_id, check_content=False)
             self._inside(os.path.join(self._datastore.label_path(label_tag), image_id + ext), image_id)
+            try:
+                return super().save_label(image_id, label_filename, label_tag, label_info)
+            except ImageNotFoundException as err:
+                raise image_not_found(image_id) from err
         except HTTPException:
             remove_file(label_filename)
             raise
-        return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def get_image_uri(self, image_id: str) -> str:
         """The image file of a validated id ("" when unknown)."""
         return super().get_image_uri(_checked(image_id, "image"))
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
-        """The stored info of a validated id, without the server path."""
+        """The stored info of a validated id, without the server path ({} when unknown)."""
         info = super().get_image_info(_checked(image_id, "image"))
         info.pop("path", None)
         return info
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
-        """Update the info of a validated id."""
-        super().update_image_info(_checked(image_id, "image"), info)
+        """Update the info of a validated id.
+
+        Raises:
+            HTTPException: 400 for a bad id, 404 for an image the datastore does not hold.
+        """
+        image_id = _checked(image_id, "image")
+        try:
+            super().update_image_info(image_id, info)
+        except ImageNotFoundException as err:
+            raise image_not_found(image_id) from err
 
     def remove_image(self, image_id: str) -> None:
-        """Remove a validated id and its labels."""
-        super().remove_image(_checked(image_id, "image"))
+        """Remove a validated id and its labels.
+
+        Raises:
+            HTTPException: 400 for a bad id, 404 for an image the datastore does not hold.
+        """
+        image_id = _checked(image_id, "image")
+        try:
+            super().remove_image(image_id)
+        except ImageNotFoundException as err:
+            raise image_not_found(image_id) from err
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         """The label file of a validated id and tag ("" when unknown)."""
         return super().get_label_uri(_checked(label_id, "label"), _checked(label_tag, "tag"))
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
-        """The stored info of a validated label."""
+        """The stored info of a validated label ({} when unknown)."""
         return super().get_label_info(_checked(label_id, "label"), _checked(label_tag, "tag"))
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
-        """Update the info of a validated label."""
-        super().update_label_info(_checked(label_id, "label"), _checked(label_tag, "tag"), info)
+        """Update the info of a validated label.
+
+        Raises:
+            HTTPException: 400 for a bad id or tag, 404 for a label the datastore does not hold.
+        """
+        label_id, label_tag = _checked(label_id, "label"), _checked(label_tag, "tag")
+        try:
+            super().update_label_info(label_id, label_tag, info)
+        except LabelNotFoundException as err:
+            raise label_not_found(label_id, label_tag) from err
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        """Remove a validated label."""
-        super().remove_label(_checked(label_id, "label"), _checked(label_tag, "tag"))
+        """Remove a validated label.
+
+        Raises:
+            HTTPException: 400 for a bad id or tag, 404 for a label the datastore does not hold.
+        """
+        label_id, label_tag = _checked(label_id, "label"), _checked(label_tag, "tag")
+        if self._datastore.label(label_id, label_tag) is None:
+            raise label_not_found(label_id, label_tag)
+        super().remove_label(label_id, label_tag)

@@ -30,7 +30,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from ... import __version__
 from ...errors import CheckpointError, LlavaMedInputError
 from .datastore import LlavaMedDatastore
-from .endpoints import install_infer_route
+from .endpoints import install_datastore_routes, install_infer_route
 from .guard import install_request_guard
 from .http_errors import as_http_error
 from .infer_task import TASK_KEYS, LlavaMedInferTask
@@ -66,8 +66,9 @@ def resolve_model_dir(value: str | None, app_dir: str | os.PathLike) -> Path:
 class LlavaMedLabelApp(MONAILabelApp):
     """MONAI Label app serving :class:`LlavaMedInferTask` under :data:`MODEL_NAME`.
 
-    On construction inside a running server it replaces the stock infer route (:mod:`.endpoints`) and puts a
-    :class:`~.guard.RequestGuard` in front of the API; the local datastore is a :class:`LlavaMedDatastore`.
+    On construction inside a running server it replaces the stock infer, upload and datastore-info routes
+    (:mod:`.endpoints`) and puts a :class:`~.guard.RequestGuard` in front of the API; the local datastore is a
+    :class:`LlavaMedDatastore`.
 
     Args:
         app_dir: the app folder.
@@ -95,7 +96,7 @@ class LlavaMedLabelApp(MONAILabelApp):
         self.install_server_hooks()
 
     def install_server_hooks(self) -> bool:
-        """Replace the infer route and install the request guard on the running server, if there is one.
+        """Replace the infer and datastore routes and install the request guard on the running server, if any.
 
         Returns:
             whether a server (``monailabel.app``) was found.
@@ -105,6 +106,7 @@ class LlavaMedLabelApp(MONAILabelApp):
             return False
         prefix = settings.MONAI_LABEL_API_STR
         install_infer_route(server.app, prefix)
+        install_datastore_routes(server.app, prefix)
         install_request_guard(server.app, self.limits, list(self._infers), prefix)
         return True
 
@@ -130,6 +132,29 @@ class LlavaMedLabelApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, Any]:
         """No scoring methods."""
         return {}
+
+    def next_sample(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The active-learning pick (``POST /activelearning/{strategy}``) without the server path of the image.
+
+        Clients fetch the image by its ``id`` (``GET /datastore/image?image=<id>``), as 3D Slicer does when the
+        path is not on its own disk.
+
+        Raises:
+            HTTPException: 404 for a strategy the app does not offer (stock 0.8.5 answers 500); 400 for a
+                ``client_id`` that is not a short string (it is stored in the image info and sent back).
+        """
+        strategy = request.get("strategy") or "random"
+        if not isinstance(strategy, str) or strategy not in self._strategies:
+            shown = repr(strategy)[:64]
+            raise as_http_error(RequestError(
+                f"unknown active-learning strategy {shown}; this server offers {sorted(self._strategies)}", None, 404
+            ))
+        client_id = request.get("client_id")
+        if client_id is not None and not (isinstance(client_id, str) and len(client_id) <= 128):
+            raise as_http_error(RequestError("client_id must be a string of at most 128 characters", "client_id"))
+        result = super().next_sample(request)
+        result.pop("path", None)
+        return result
 
     def image_path(self, image_id: Any, datastore: Datastore | None = None) -> str:
         """The file or folder of a datastore image, for a validated id that the datastore holds.

@@ -29,6 +29,7 @@ __all__ = [
     "ID_PATTERN",
     "IMAGE_EXTENSIONS",
     "GENERATION_KEYS",
+    "MAX_JSON_DEPTH",
     "RESERVED_PARAMS",
     "RequestError",
     "RequestLimits",
@@ -36,6 +37,7 @@ __all__ = [
     "validate_id",
     "image_extension",
     "check_file_content",
+    "parse_json_object",
     "parse_infer_params",
 ]
 
@@ -199,17 +201,102 @@ def check_file_content(path: str | PathLike, ext: str) -> None:
         raise RequestError(f"the uploaded file's content is not {ext} (its leading bytes do not match)", "file", 415)
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to 64 characters; a huge integer (whose ``repr`` may even be refused) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 64 else text[:64] + "..."
+
+
 def _number(params: Mapping[str, Any], key: str, low: float, high: float, integer: bool) -> int | float:
-    """``params[key]`` checked to be an int (or a number) in ``[low, high]``; ``(low, high]`` for floats."""
+    """``params[key]`` checked to be an int (or a number) in ``[low, high]``; ``(low, high]`` for floats.
+
+    Integers are compared exactly (no float conversion), so a 400-digit integer is refused as out of range rather
+    than overflowing.
+    """
     value = params[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
-        raise RequestError(f"params.{key} must be {kind}, got {value!r}", key)
-    inside = low <= value <= high if integer else low < value <= high
-    if not (math.isfinite(value) and inside):
+        raise RequestError(f"params.{key} must be {kind}, got {_shown(value)}", key)
+    finite = isinstance(value, int) or math.isfinite(value)
+    inside = finite and (low <= value <= high if integer else low < value <= high)
+    if not inside:
         bounds = f"[{low}, {high}]" if integer else f"({low}, {high}]"
-        raise RequestError(f"params.{key}={value!r} is outside the allowed range {bounds}", key)
+        raise RequestError(f"params.{key}={_shown(value)} is outside the allowed range {bounds}", key)
     return value
+
+
+#: Deepest nesting of objects/arrays accepted in a JSON form field (deeper values break copying and responses).
+MAX_JSON_DEPTH = 32
+
+
+class _NotFinite(Exception):
+    """Raised by the JSON number hooks for NaN, Infinity and floats beyond the double range."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise _NotFinite(text)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether objects/arrays nest more than ``limit`` levels in ``value`` (iterative: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_json_object(
+    text: str | Mapping[str, Any] | None, name: str = "params", max_depth: int = MAX_JSON_DEPTH
+) -> dict[str, Any]:
+    """Decode a form field that must hold a JSON object (``params``, ``info``); empty or missing means ``{}``.
+
+    Args:
+        text: the field's JSON text, or an already decoded mapping.
+        name: the field's name, for the message.
+        max_depth: the deepest nesting of objects/arrays accepted.
+
+    Raises:
+        RequestError: (400) for text that is not JSON, holds NaN/Infinity, a float beyond the double range or an
+            integer with more digits than Python converts (4300), nests deeper than ``max_depth``, or is not an
+            object.
+    """
+    if text is None or text == "":
+        return {}
+    if isinstance(text, str):
+        try:
+            text = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+        except json.JSONDecodeError as err:
+            raise RequestError(f"{name} is not valid JSON ({err.msg} at position {err.pos})", name) from err
+        except _NotFinite as err:
+            raise RequestError(f"{name} is not usable JSON: NaN, Infinity and numbers beyond 1.8e308 are not "
+                               f"allowed (got {str(err)[:32]})", name) from err
+        except ValueError as err:  # an integer literal over sys.get_int_max_str_digits()
+            raise RequestError(f"{name} is not usable JSON: it holds a number with too many digits", name) from err
+        except RecursionError as err:
+            raise RequestError(f"{name} is not usable JSON: it is nested too deeply", name) from err
+    if not isinstance(text, Mapping):
+        raise RequestError(f"{name} must be a JSON object, got {type(text).__name__}", name)
+    if _too_deep(text, max_depth):
+        raise RequestError(f"{name} is not usable JSON: it nests more than {max_depth} levels deep", name)
+    return dict(text)
 
 
 def _flag(params: Mapping[str, Any], key: str) -> bool:
@@ -218,7 +305,7 @@ def _flag(params: Mapping[str, Any], key: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise RequestError(f"params.{key} must be true or false, got {value!r}", key)
+    raise RequestError(f"params.{key} must be true or false, got {_shown(value)}", key)
 
 
 def parse_infer_params(params: str | Mapping[str, Any] | None, limits: RequestLimits | None = None) -> InferParams:
@@ -237,19 +324,11 @@ def parse_infer_params(params: str | Mapping[str, Any] | None, limits: RequestLi
             or params text over the limits.
     """
     limits = limits or RequestLimits()
-    if params is None or params == "":
-        params = {}
-    if isinstance(params, str):
-        if len(params) > limits.max_params_chars:
-            raise RequestError(
-                f"params has {len(params)} characters; the limit is {limits.max_params_chars}", "params", 413
-            )
-        try:
-            params = json.loads(params)
-        except json.JSONDecodeError as err:
-            raise RequestError(f"params is not valid JSON ({err.msg} at position {err.pos})", "params") from err
-    if not isinstance(params, Mapping):
-        raise RequestError(f"params must be a JSON object, got {type(params).__name__}", "params")
+    if isinstance(params, str) and len(params) > limits.max_params_chars:
+        raise RequestError(
+            f"params has {len(params)} characters; the limit is {limits.max_params_chars}", "params", 413
+        )
+    params = parse_json_object(params, "params")
     reserved = sorted(k for k in params if k in RESERVED_PARAMS)
     if reserved:
         raise RequestError(
