@@ -389,6 +389,24 @@ def test_datastore_info_round_trip_and_delete(server, uploaded, workspace):
     assert {"put", "delete", "get", "head"} <= set(schema["/datastore/image"]) and "put" in schema["/datastore/label"]
 
 
+def test_datastore_listings_hide_server_paths(server, uploaded, workspace):
+    png = (workspace / "files" / "photo.png").read_bytes()
+    assert requests.put(f"{server}/datastore/image", params={"image": "pair"}, files={"file": ("x.png", png)}).ok
+    r = requests.put(f"{server}/datastore/label", params={"image": "pair", "tag": "final"},
+                     files={"label": ("seg.nii.gz", NII_GZ)})
+    assert r.status_code == 200, r.text
+    try:
+        train = requests.get(f"{server}/datastore/", params={"output": "train"})
+        assert train.status_code == 200 and {"image": "pair.png", "label": "pair.nii.gz"} in train.json(), train.text
+        for output in ("train", "all", "stats"):
+            text = requests.get(f"{server}/datastore/", params={"output": output}).text
+            assert str(workspace) not in text and "/tmp" not in text, (output, text[:300])
+        assert requests.get(f"{server}/datastore/", params={"output": "nosuch"}).status_code == 422
+    finally:
+        requests.delete(f"{server}/datastore/label", params={"id": "pair", "tag": "final"})
+        requests.delete(f"{server}/datastore/image", params={"id": "pair"})
+
+
 def test_failed_uploads_leave_no_temporary_files(server, uploaded, workspace, server_tmp):
     """Stock 0.8.5 copies the upload to TMPDIR/tmpXXXX.<ext> first and only removes it after a success."""
     png = (workspace / "files" / "photo.png").read_bytes()

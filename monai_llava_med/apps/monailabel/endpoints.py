@@ -37,6 +37,7 @@ from typing import IO, Any
 from fastapi import Depends, File, Form, UploadFile
 from fastapi.routing import APIRoute
 from monailabel.config import settings
+from monailabel.endpoints.datastore import ResultType
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.utils.app import app_instance
@@ -67,6 +68,7 @@ __all__ = [
     "get_label_info_endpoint",
     "put_label_info_endpoint",
     "install_datastore_routes",
+    "datastore_endpoint",
 ]
 
 INFER_PATH = "/infer/{model}"
@@ -300,8 +302,24 @@ async def put_label_info_endpoint(
     store.update_label_info(label, tag, update)
 
 
+async def datastore_endpoint(
+    output: ResultType | None = None, user: User = Depends(RBAC(_ROLE_USER))
+) -> Any:
+    """``GET /datastore/``: ``stats`` (default), ``all`` or ``train``; the ``train`` pairs name files, not server paths.
+
+    The stock route answers ``output=train`` with the absolute paths of every image/label pair on the server.
+    """
+    store = app_instance().datastore()
+    if output == ResultType.all:
+        return store.json()
+    if output == ResultType.train:
+        return [{key: Path(value).name for key, value in pair.items()} for pair in store.datalist()]
+    return store.status()
+
+
 #: (method, path, endpoint, summary) of the datastore routes :func:`install_datastore_routes` replaces.
 _DATASTORE_ROUTES: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
+    ("GET", "/datastore/", datastore_endpoint, "Get Datastore Status"),
     ("PUT", "/datastore/image", add_image_endpoint, "Upload new Image"),
     ("PUT", "/datastore/label", save_label_endpoint, "Save Finished Label"),
     ("GET", "/datastore/image/info", get_image_info_endpoint, "Get Image Info"),
