@@ -34,10 +34,11 @@ from .request_checks import (
     validate_id,
 )
 
-__all__ = ["LlavaMedDatastore", "image_not_found", "label_not_found"]
+__all__ = ["LlavaMedDatastore", "checked_id", "image_not_found", "label_not_found"]
 
 
-def _checked(value: Any, what: str) -> str:
+def checked_id(value: Any, what: str) -> str:
+    """``value`` validated as a datastore id (see :func:`~.request_checks.validate_id`), or a 400."""
     try:
         return validate_id(value, what)
     except RequestError as err:
@@ -110,7 +111,7 @@ class LlavaMedDatastore(LocalDatastore):
         """
         try:
             ext = self._check_upload(image_filename, str(image_id or "upload"), check_content=True)
-            image_id = _checked(image_id or os.path.basename(image_filename)[: -len(ext)], "image")
+            image_id = checked_id(image_id or os.path.basename(image_filename)[: -len(ext)], "image")
             self._inside(os.path.join(self._datastore.image_path(), image_id + ext), image_id)
         except HTTPException:
             remove_file(image_filename)  # the endpoint's temporary copy; its clean-up task only runs on success
@@ -125,7 +126,7 @@ class LlavaMedDatastore(LocalDatastore):
                 images. The uploaded file is removed on every refusal.
         """
         try:
-            image_id, label_tag = _checked(image_id, "image"), _checked(label_tag, "tag")
+            image_id, label_tag = checked_id(image_id, "image"), checked_id(label_tag, "tag")
             ext = self._check_upload(label_filename, image_id, check_content=False)
             self._inside(os.path.join(self._datastore.label_path(label_tag), image_id + ext), image_id)
             try:
@@ -138,11 +139,11 @@ class LlavaMedDatastore(LocalDatastore):
 
     def get_image_uri(self, image_id: str) -> str:
         """The image file of a validated id ("" when unknown)."""
-        return super().get_image_uri(_checked(image_id, "image"))
+        return super().get_image_uri(checked_id(image_id, "image"))
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
         """The stored info of a validated id, without the server path ({} when unknown)."""
-        info = super().get_image_info(_checked(image_id, "image"))
+        info = super().get_image_info(checked_id(image_id, "image"))
         info.pop("path", None)
         return info
 
@@ -152,7 +153,7 @@ class LlavaMedDatastore(LocalDatastore):
         Raises:
             HTTPException: 400 for a bad id, 404 for an image the datastore does not hold.
         """
-        image_id = _checked(image_id, "image")
+        image_id = checked_id(image_id, "image")
         try:
             super().update_image_info(image_id, info)
         except ImageNotFoundException as err:
@@ -164,7 +165,7 @@ class LlavaMedDatastore(LocalDatastore):
         Raises:
             HTTPException: 400 for a bad id, 404 for an image the datastore does not hold.
         """
-        image_id = _checked(image_id, "image")
+        image_id = checked_id(image_id, "image")
         try:
             super().remove_image(image_id)
         except ImageNotFoundException as err:
@@ -172,11 +173,11 @@ class LlavaMedDatastore(LocalDatastore):
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         """The label file of a validated id and tag ("" when unknown)."""
-        return super().get_label_uri(_checked(label_id, "label"), _checked(label_tag, "tag"))
+        return super().get_label_uri(checked_id(label_id, "label"), checked_id(label_tag, "tag"))
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
         """The stored info of a validated label ({} when unknown)."""
-        return super().get_label_info(_checked(label_id, "label"), _checked(label_tag, "tag"))
+        return super().get_label_info(checked_id(label_id, "label"), checked_id(label_tag, "tag"))
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         """Update the info of a validated label.
@@ -184,7 +185,7 @@ class LlavaMedDatastore(LocalDatastore):
         Raises:
             HTTPException: 400 for a bad id or tag, 404 for a label the datastore does not hold.
         """
-        label_id, label_tag = _checked(label_id, "label"), _checked(label_tag, "tag")
+        label_id, label_tag = checked_id(label_id, "label"), checked_id(label_tag, "tag")
         try:
             super().update_label_info(label_id, label_tag, info)
         except LabelNotFoundException as err:
@@ -196,7 +197,7 @@ class LlavaMedDatastore(LocalDatastore):
         Raises:
             HTTPException: 400 for a bad id or tag, 404 for a label the datastore does not hold.
         """
-        label_id, label_tag = _checked(label_id, "label"), _checked(label_tag, "tag")
+        label_id, label_tag = checked_id(label_id, "label"), checked_id(label_tag, "tag")
         if self._datastore.label(label_id, label_tag) is None:
             raise label_not_found(label_id, label_tag)
         super().remove_label(label_id, label_tag)

@@ -43,7 +43,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.utils.app import app_instance
 
 from ...errors import LlavaMedInputError
-from .datastore import image_not_found, label_not_found
+from .datastore import checked_id, image_not_found, label_not_found
 from .http_errors import as_http_error
 from .request_checks import (
     ID_PATTERN,
@@ -52,7 +52,6 @@ from .request_checks import (
     image_extension,
     parse_infer_params,
     parse_json_object,
-    validate_id,
 )
 
 __all__ = [
@@ -182,13 +181,6 @@ def _json_field(text: str | None, name: str, refused: frozenset[str] = frozenset
     return value
 
 
-def _valid(value: Any, what: str) -> str:
-    try:
-        return validate_id(value, what)
-    except RequestError as err:
-        raise as_http_error(err) from err
-
-
 def _upload_extension(upload: UploadFile) -> str:
     try:
         return image_extension(Path(upload.filename or "").name)
@@ -231,7 +223,7 @@ async def add_image_endpoint(
     """
     info = _json_field(params, "params", SERVER_INFO_KEYS)
     ext = _upload_extension(file)
-    image_id = _valid(image or Path(file.filename or "").name[: -len(ext)], "image")
+    image_id = checked_id(image or Path(file.filename or "").name[: -len(ext)], "image")
     if user.username:
         info["user"] = user.username
     store = app_instance().datastore()
@@ -251,7 +243,7 @@ async def save_label_endpoint(
     for bad JSON or ids, 404 for an unknown image, 413/415 for the file. No temporary file outlives the request.
     """
     info = _json_field(params, "params")
-    image, tag = _valid(image, "image"), _valid(tag or DefaultLabelTag.FINAL.value, "tag")
+    image, tag = checked_id(image, "image"), checked_id(tag or DefaultLabelTag.FINAL.value, "tag")
     ext = _upload_extension(label)
     instance = app_instance()
     store = instance.datastore()
@@ -265,7 +257,7 @@ async def save_label_endpoint(
 async def get_image_info_endpoint(image: str, user: User = Depends(RBAC(_ROLE_USER))) -> dict[str, Any]:
     """``GET /datastore/image/info``: the stored info of a datastore image (no server path); 404 when unknown."""
     store = app_instance().datastore()
-    _require_image(store, _valid(image, "image"))
+    _require_image(store, checked_id(image, "image"))
     info = store.get_image_info(image)
     info.pop("path", None)
     return info
@@ -277,7 +269,7 @@ async def put_image_info_endpoint(
     """``PUT /datastore/image/info``: merge the JSON object ``info`` into an image's info; 400 bad JSON, 404 unknown."""
     update = _json_field(info, "info", SERVER_INFO_KEYS)
     store = app_instance().datastore()
-    _require_image(store, _valid(image, "image"))
+    _require_image(store, checked_id(image, "image"))
     if user.username:
         update["user"] = user.username
     store.update_image_info(image, update)
@@ -286,7 +278,7 @@ async def put_image_info_endpoint(
 async def get_label_info_endpoint(label: str, tag: str, user: User = Depends(RBAC(_ROLE_USER))) -> dict[str, Any]:
     """``GET /datastore/label/info``: the stored info of a label (image id and tag); 404 when unknown."""
     store = app_instance().datastore()
-    _require_label(store, _valid(label, "label"), _valid(tag, "tag"))
+    _require_label(store, checked_id(label, "label"), checked_id(tag, "tag"))
     return store.get_label_info(label, tag)
 
 
@@ -296,7 +288,7 @@ async def put_label_info_endpoint(
     """``PUT /datastore/label/info``: merge the JSON object ``info`` into a label's info; 400 bad JSON, 404 unknown."""
     update = _json_field(info, "info")
     store = app_instance().datastore()
-    _require_label(store, _valid(label, "label"), _valid(tag, "tag"))
+    _require_label(store, checked_id(label, "label"), checked_id(tag, "tag"))
     if user.username:
         update["user"] = user.username
     store.update_label_info(label, tag, update)
