@@ -17,39 +17,102 @@ from monai_llava_med.conversation import (
 )
 from monai_llava_med.errors import TemplateError
 
+# LLaVA-Med's conv_vicuna_v1 system prompt (v1, "curious user"; v0 said "curious human")
 VICUNA_SYS = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
+# Every built-in template, each with literal renderings written by hand from the reference code
+# (REFERENCE.md and issue 10): (turns, kwargs, expected string).
+LITERAL_RENDERINGS = {
+    "mistral_instruct": [
+        ([("user", "<image>\nWhat is shown?")], {}, "[INST] <image>\nWhat is shown? [/INST]"),
+        (
+            [("user", "<image>\nWhat is shown?"), ("assistant", "A chest X-ray.")],
+            {},
+            "[INST] <image>\nWhat is shown? [/INST] A chest X-ray. </s>",
+        ),
+        (
+            [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "A1"}, {"from": "human", "value": "Q2"}],
+            {},
+            "[INST] <image>\nQ1 [/INST] A1 </s>[INST] Q2 [/INST]",
+        ),
+        (
+            [("user", "<image>\nQ1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")],
+            {},
+            "[INST] <image>\nQ1 [/INST] A1 </s>[INST] Q2 [/INST] A2 </s>",
+        ),
+        ([("user", "Q")], {"system": "Be brief."}, "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nQ [/INST]"),
+    ],
+    "vicuna_v1": [
+        (
+            [("user", "<image>\nIs there a fracture?")],
+            {},
+            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, and polite answers to the user's questions. USER: <image>\nIs there a fracture? ASSISTANT:",
+        ),
+        (
+            [
+                ("user", "<image>\nWhat modality is this?"),
+                ("assistant", "CT"),
+                ("user", "Is there a lesion?"),
+                ("assistant", "Yes"),
+            ],
+            {},
+            "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, and polite answers to the user's questions. USER: <image>\nWhat modality is this? "
+            "ASSISTANT: CT</s> USER: Is there a lesion? ASSISTANT: Yes</s>",
+        ),
+        (
+            [("user", "<image>\nQ1"), ("assistant", "A1"), ("user", "Q2")],
+            {"system": "S"},
+            "S USER: <image>\nQ1 ASSISTANT: A1</s> USER: Q2 ASSISTANT:",
+        ),
+        # the reference strips every message (separator style TWO)
+        (
+            [("user", "  <image>\nQ1  "), ("assistant", " A1 \n"), ("user", " Q2 ")],
+            {"system": "S"},
+            "S USER: <image>\nQ1 ASSISTANT: A1</s> USER: Q2 ASSISTANT:",
+        ),
+        # an empty system prompt leaves no leading space (the reference strips the string)
+        ([("user", "Q")], {"system": ""}, "USER: Q ASSISTANT:"),
+    ],
+    "plain": [
+        (
+            [("user", "Describe the figure.\n<image>"), ("assistant", "Axial CT of the abdomen.")],
+            {"num_images": 1},
+            "<image>Axial CT of the abdomen.\n",
+        ),
+        ([("user", "<image>"), ("assistant", "A")], {}, "<image>A\n"),
+    ],
+}
 
-def test_mistral_single_and_multi_turn_exact():
-    assert render_conversation("<image>\nWhat is shown?") == "[INST] <image>\nWhat is shown? [/INST]"
-    single = [("user", "<image>\nWhat is shown?"), ("assistant", "A chest X-ray.")]
-    assert render_conversation(single) == "[INST] <image>\nWhat is shown? [/INST] A chest X-ray. </s>"
-    multi = [
-        {"from": "human", "value": "<image>\nQ1"},
-        {"from": "gpt", "value": "A1"},
-        {"from": "human", "value": "Q2"},
-    ]
-    assert render_conversation(multi, "mistral_instruct") == "[INST] <image>\nQ1 [/INST] A1 </s>[INST] Q2 [/INST]"
+
+@pytest.mark.parametrize(
+    "name, turns, kwargs, expected",
+    [(name, *case) for name, cases in LITERAL_RENDERINGS.items() for case in cases],
+)
+def test_template_renders_reference_string(name, turns, kwargs, expected):
+    assert render_conversation(turns, name, **kwargs) == expected
 
 
-def test_vicuna_exact():
-    turns = [("user", "<image>\nQ1"), ("assistant", "A1"), ("user", "Q2")]
-    expected = f"{VICUNA_SYS} USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:"
-    assert render_conversation(turns, "vicuna_v1") == expected
-    assert render_conversation(turns, "vicuna_v1", system="S") == expected.replace(VICUNA_SYS, "S")
+def test_every_builtin_template_has_literal_renderings():
+    builtin = {n for n in list_templates() if not n.startswith("test_")}
+    assert builtin == set(LITERAL_RENDERINGS)
 
 
-def test_plain_drops_question_keeps_image():
-    turns = [("user", "Describe the figure.\n<image>"), ("assistant", "Axial CT of the abdomen.")]
-    assert render_conversation(turns, "plain", num_images=1) == "<image>Axial CT of the abdomen.\n"
+def test_vicuna_system_is_v1_text():
+    assert get_template("vicuna_v1").system == VICUNA_SYS
 
 
-def test_mistral_system_prompt_goes_inside_first_inst():
-    s = render_conversation([("user", "Q")], "mistral_instruct", system="Be brief.")
-    assert s == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nQ [/INST]"
+def test_generation_prompt_flag_checks_last_turn():
+    with pytest.raises(TemplateError, match="ends with a user turn"):
+        render_conversation([("user", "Q"), ("assistant", "A")], "vicuna_v1", add_generation_prompt=True)
+    s = render_conversation(
+        [("user", "Q"), ("assistant", "A"), ("user", "R")], "vicuna_v1", system="S", add_generation_prompt=True
+    )
+    assert s == "S USER: Q ASSISTANT: A</s> USER: R ASSISTANT:"
 
 
 def test_image_placeholder_placement():

@@ -11,7 +11,10 @@ supervised (the assistant answers and their end token) and where the generation 
 Reference strings (see ``REFERENCE.md``):
 
 - ``mistral_instruct``: ``[INST] <image>\\nQ1 [/INST] A1 </s>[INST] Q2 [/INST]``
-- ``vicuna_v1``: ``{system} USER: <image>\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT:``
+- ``vicuna_v1`` (LLaVA-Med v1.0, the reference's ``conv_vicuna_v1``, separator style TWO):
+  ``{system} USER: <image>\\nQ1 ASSISTANT: A1</s> USER: Q2 ASSISTANT:``; the reference writes ``"</s> "``
+  after each answer and strips the end, so a conversation that ends with an answer ends in ``</s>``, and it
+  strips every message.
 - ``plain``: ``<image>{caption}\\n`` (stage-1 alignment: the human text is dropped, only the caption and
   its ``\\n`` end are supervised).
 """
@@ -77,7 +80,8 @@ class ConversationTemplate:
     """A conversation format.
 
     A round renders as ``user_format.format(content=question)`` + ``assistant_prefix`` (end of the
-    generation prompt) + ``answer_format.format(content=answer, eos=eos_token)`` (supervised).
+    generation prompt) + ``answer_format.format(content=answer, eos=eos_token)`` (supervised). Rounds after
+    the first start with ``round_separator`` (not supervised).
 
     Args:
         name: registry key.
@@ -94,6 +98,10 @@ class ConversationTemplate:
         stop_str: the string that ends an answer in generated text (the EOS token for chat templates).
         add_bos: prepend the tokenizer's BOS token when tokenising.
         drop_user_text: keep only the image placeholders of user messages (the ``plain`` template).
+        round_separator: text written before the user message of every round but the first (``vicuna_v1``:
+            the space of the reference's ``"</s> "``; a trailing one is never written).
+        strip_messages: strip surrounding whitespace from every message before formatting (the reference
+            does so for separator style TWO).
     """
 
     name: str
@@ -106,6 +114,8 @@ class ConversationTemplate:
     stop_str: str = "</s>"
     add_bos: bool = True
     drop_user_text: bool = False
+    round_separator: str = ""
+    strip_messages: bool = False
 
 
 _REGISTRY: dict[str, ConversationTemplate] = {}
@@ -278,15 +288,19 @@ def render_segments(
         segments.append(Segment(sys_text, False, -1))
     for i, turn in enumerate(norm):
         rnd = i // 2
+        text = turn.text.strip() if tpl.strip_messages else turn.text
         if turn.role == "user":
-            content = turn.text
+            content = text
             if tpl.drop_user_text:
                 content = IMAGE_PLACEHOLDER * content.count(IMAGE_PLACEHOLDER)
             if i == 0 and sys_text and tpl.system_in_first_user:
                 content = sys_text + content
-            segments.append(Segment(tpl.user_format.format(content=content) + tpl.assistant_prefix, False, rnd))
+            sep = tpl.round_separator if rnd > 0 else ""
+            segments.append(
+                Segment(sep + tpl.user_format.format(content=content) + tpl.assistant_prefix, False, rnd)
+            )
         else:
-            segments.append(Segment(tpl.answer_format.format(content=turn.text, eos=eos), True, rnd))
+            segments.append(Segment(tpl.answer_format.format(content=text, eos=eos), True, rnd))
     return segments
 
 
@@ -340,14 +354,16 @@ register_template(
     ConversationTemplate(
         name="vicuna_v1",
         system=(
-            "A chat between a curious human and an artificial intelligence assistant. "
-            "The assistant gives helpful, detailed, and polite answers to the human's questions."
+            "A chat between a curious user and an artificial intelligence assistant. "
+            "The assistant gives helpful, detailed, and polite answers to the user's questions."
         ),
         system_format="{system} ",
         user_format="USER: {content} ",
         assistant_prefix="ASSISTANT:",
         answer_format=" {content}{eos}",
         stop_str="</s>",
+        round_separator=" ",
+        strip_messages=True,
     )
 )
 register_template(
