@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from monai_llava_med.errors import RecordError
 from monai_llava_med.metrics import (
     answer_to_text,
     closed_answer,
@@ -86,10 +87,14 @@ def test_closed_answer_reads_tokens_not_substrings(pred, expected):
 
 def test_answer_to_text_rejects_non_scalars():
     assert answer_to_text(None) == ""
-    with pytest.raises(TypeError, match="list"):
+    assert answer_to_text("  Yes \n") == "Yes"
+    assert (answer_to_text(2), answer_to_text(2.0), answer_to_text(2.5), answer_to_text(True)) == ("2", "2", "2.5", "yes")
+    with pytest.raises(RecordError, match="list"):
         answer_to_text(["yes"])
-    with pytest.raises(TypeError, match="finite"):
-        answer_to_text(float("nan"))
+    with pytest.raises(RecordError, match="q7: .*finite"):
+        answer_to_text(float("nan"), "q7")
+    with pytest.raises(RecordError, match="q7: missing or invalid answer"):
+        answer_to_text("  ", "q7", required=True)
 
 
 def test_infer_answer_type():

@@ -13,15 +13,28 @@ from .image_loading import PILImageToPixels, read_rgb
 from .llava_json import load_llava_med_json, parse_llava_record, read_json_records, resolve_image_path
 from .packing import pack_indices, pack_samples
 from .phantom import PhantomVQADataset, generate_phantom, write_phantom_dataset
-from .records import ANSWER_TYPES, ConversationRecord, VQARecord, closed_answer_type
+from .records import (
+    ANSWER_TYPES,
+    ID_KEYS,
+    YES_NO,
+    ConversationRecord,
+    VQARecord,
+    answer_to_text,
+    closed_answer_type,
+    question_id_of,
+)
 from .samplers import LengthGroupedBatchSampler
-from .vqa_benchmarks import answer_to_str, load_pathvqa, load_slake, load_vqa_rad, safe_load_pickle
+from .vqa_benchmarks import load_pathvqa, load_slake, load_vqa_rad, safe_load_pickle
 
 __all__ = [
     "ANSWER_TYPES",
     "ConversationRecord",
     "VQARecord",
     "closed_answer_type",
+    "ID_KEYS",
+    "YES_NO",
+    "answer_to_text",
+    "question_id_of",
     "ImageLoader",
     "LlavaMedDataset",
     "estimate_lengths",
@@ -35,7 +48,6 @@ __all__ = [
     "load_vqa_rad",
     "load_slake",
     "load_pathvqa",
-    "answer_to_str",
     "safe_load_pickle",
     "PhantomVQADataset",
     "generate_phantom",

@@ -26,11 +26,11 @@ from monai.utils import optional_import
 from monai_llava_med.errors import RecordError
 
 from .llava_json import read_json_records, resolve_image_path
-from .records import ANSWER_TYPES, VQARecord, closed_answer_type
+from .records import ANSWER_TYPES, VQARecord, answer_to_text, closed_answer_type
 
 pq, _has_pyarrow = optional_import("pyarrow.parquet")
 
-__all__ = ["answer_to_str", "safe_load_pickle", "load_vqa_rad", "load_slake", "load_pathvqa"]
+__all__ = ["safe_load_pickle", "load_vqa_rad", "load_slake", "load_pathvqa"]
 
 _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
@@ -39,27 +39,6 @@ def _split(split: str) -> str:
     if split not in _SPLIT_ALIASES and split != "all":
         raise ValueError(f"unknown split {split!r}: use train, val (validation), test or all")
     return split if split == "all" else _SPLIT_ALIASES[split]
-
-
-def answer_to_str(value: Any, record_id: str) -> str:
-    """Answers as strings: JSON numbers become ``"2"`` / ``"2.5"``, strings are stripped.
-
-    Args:
-        value: the answer from the file.
-        record_id: named in errors.
-
-    Raises:
-        RecordError: missing, empty or non-scalar answers.
-    """
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    raise RecordError(f"missing or invalid answer {value!r}", record_id)
 
 
 def _field(raw: Any, key: str, rid: str) -> str:
@@ -93,7 +72,7 @@ def load_vqa_rad(root: str | os.PathLike, split: str = "test") -> list[VQARecord
     for i, raw in enumerate(read_json_records(root / "VQA_RAD Dataset Public.json")):
         rid = str(raw.get("qid", f"record #{i}")) if isinstance(raw, Mapping) else f"record #{i}"
         question = _field(raw, "question", rid)
-        answer = answer_to_str(raw.get("answer"), rid)
+        answer = answer_to_text(raw.get("answer"), rid, required=True)
         phrase = str(raw.get("phrase_type", "")).strip().lower()
         rec_split = "test" if phrase.startswith("test") else "train"
         if split != "all" and rec_split != split:
@@ -137,7 +116,7 @@ def load_slake(root: str | os.PathLike, split: str = "test", language: str | Non
         if language is not None and isinstance(raw, Mapping) and raw.get("q_lang") != language:
             continue
         question = _field(raw, "question", rid)
-        answer = answer_to_str(raw.get("answer"), rid)
+        answer = answer_to_text(raw.get("answer"), rid, required=True)
         out.append(
             VQARecord(
                 qid=rid,
@@ -227,7 +206,7 @@ def load_pathvqa(
         rid = f"{split}_{i:06d}"
         image = _field(raw, "image", rid)
         question = _field(raw, "question", rid)
-        answer = answer_to_str(raw.get("answer"), rid)
+        answer = answer_to_text(raw.get("answer"), rid, required=True)
         out.append(
             VQARecord(
                 qid=rid,
@@ -255,7 +234,7 @@ def _load_pathvqa_parquet(files: list[Path], split: str, cache: Path) -> list[VQ
         for i, raw in enumerate(rows):
             rid = f"{f.stem}_{i:06d}"
             question = _field(raw, "question", rid)
-            answer = answer_to_str(raw.get("answer"), rid)
+            answer = answer_to_text(raw.get("answer"), rid, required=True)
             img = raw.get("image")
             data = img.get("bytes") if isinstance(img, Mapping) else img
             if not isinstance(data, (bytes, bytearray)) or not data:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from monai.utils import optional_import
 
 from ..data.llava_json import read_json_records
+from ..data.records import question_id_of
 from ..errors import RecordError
 from .inference import ERROR_KEY
 
@@ -98,10 +99,8 @@ def load_datalist(
 
 def item_id(item: dict[str, Any], position: int) -> str:
     """The id of a datalist item: ``question_id``, ``qid`` or ``id`` (the order the metrics use), else its position."""
-    for key in ("question_id", "qid", "id"):
-        if item.get(key) is not None:
-            return str(item[key])
-    return str(position)
+    qid = question_id_of(item)
+    return str(position) if qid is None else str(qid)
 
 
 def shard_datalist(items: Sequence[dict[str, Any]], rank: int | None = None, world_size: int | None = None) -> list:

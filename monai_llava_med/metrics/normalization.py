@@ -24,10 +24,11 @@ Ordinals ("first") and words like "none" or "single" are left as words: "no" is 
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from typing import Any
+
+from monai_llava_med.data.records import ARTICLES, YES_NO, answer_to_text
 
 __all__ = [
     "ARTICLES",
@@ -40,8 +41,6 @@ __all__ = [
     "normalize_answer",
 ]
 
-ARTICLES = frozenset({"a", "an", "the"})
-YES_NO = ("yes", "no")
 
 _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -93,30 +92,6 @@ _LEADING_POINT_RE = re.compile(r"(?<![\w.])\.(?=\d)")
 _NON_DECIMAL_POINT_RE = re.compile(r"(?<!\d)\.|\.(?!\d)")
 _PUNCT_RE = re.compile(r"[^\w\s.]|_")
 _NUMBER_RE = re.compile(r"^\d+(?:\.\d+)?$")
-
-
-def answer_to_text(value: Any) -> str:
-    """A ground truth or prediction as text: numbers and booleans are written out, ``None`` is empty.
-
-    Args:
-        value: a string, an int/float (VQA-RAD has numeric answers), a bool or None.
-
-    Raises:
-        TypeError: a value that is not a scalar (a list, a dict...) or a non-finite float.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TypeError(f"answer {value!r} is not a finite number")
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"answer must be a string or a number, got {type(value).__name__}")
 
 
 def _canonical_number(token: str) -> str:

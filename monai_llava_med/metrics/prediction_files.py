@@ -29,10 +29,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai_llava_med.data.llava_json import read_json_records
+from monai_llava_med.data.records import ID_KEYS, first_key
 from monai_llava_med.errors import RecordError
 
 from .report import write_report
-from .vqa_evaluation import evaluate_vqa, first_key
+from .vqa_evaluation import evaluate_vqa
 
 __all__ = [
     "evaluate_prediction_files",
@@ -42,7 +43,6 @@ __all__ = [
     "read_json_list",
 ]
 
-_ID_KEYS = ("question_id", "qid", "id")
 _PRED_KEYS = ("prediction", "answer", "text", "output")
 _GT_KEYS = ("answer", "gt_answer", "ground_truth")
 _LIST_KEYS = ("predictions", "results", "items", "answers")
@@ -72,7 +72,7 @@ def _items(source: Source, what: str) -> tuple[list[Any], str]:
 
 
 def _item_id(item: Mapping, index: int, where: str) -> str:
-    key = first_key(item, _ID_KEYS)
+    key = first_key(item, ID_KEYS)
     value = None if key is None else item[key]
     if value is None or isinstance(value, (bool, float)) or not str(value).strip():
         raise RecordError(f"item {index} has no usable question_id/qid/id", where)

@@ -25,26 +25,18 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .normalization import YES_NO, answer_tokens, closed_answer
+from monai_llava_med.data.records import ANSWER_TYPES, YES_NO
+from monai_llava_med.data.records import closed_answer_type as infer_answer_type
+
+from .normalization import answer_tokens, closed_answer
 
 __all__ = ["ANSWER_TYPES", "QuestionScore", "infer_answer_type", "score_question", "token_scores", "yes_no_of"]
-
-ANSWER_TYPES = ("OPEN", "CLOSED")
 
 
 def yes_no_of(ground_truth_normalized: str) -> str | None:
     """"yes" / "no" when a normalised closed ground truth starts with that token ("yes there is"), else None."""
     first = ground_truth_normalized.split(" ", 1)[0]
     return first if first in YES_NO else None
-
-
-def infer_answer_type(ground_truth: Any) -> str:
-    """"CLOSED" when the normalised ground truth is exactly "yes" or "no", else "OPEN".
-
-    Args:
-        ground_truth: the reference answer (string or number).
-    """
-    return "CLOSED" if answer_tokens(ground_truth) in (["yes"], ["no"]) else "OPEN"
 
 
 def token_scores(prediction_tokens: list[str], truth_tokens: list[str]) -> tuple[float, float, float]:

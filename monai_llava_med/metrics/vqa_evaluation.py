@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from monai_llava_med.data.records import ANSWER_TYPES, ID_KEYS, answer_to_text, closed_answer_type, first_key
 from monai_llava_med.errors import RecordError
 
-from .normalization import answer_to_text
-from .scoring import ANSWER_TYPES, QuestionScore, infer_answer_type, score_question
+from .scoring import QuestionScore, score_question
 
 __all__ = ["SUMMARY_KEYS", "evaluate_vqa", "parse_record", "summarize", "summarize_scores", "first_key"]
 
@@ -46,27 +46,13 @@ SUMMARY_KEYS = (
     "missing",
 )
 
-_ID_KEYS = ("question_id", "qid", "id")
 _GT_KEYS = ("ground_truth", "gt_answer", "gt")
 _STATUSES = ("ok", "failed", "missing")
 
 
-def first_key(record: Mapping, keys: Sequence[str]) -> str | None:
-    """The first of ``keys`` present in ``record`` with a non-None value, or None.
-
-    Args:
-        record: a mapping.
-        keys: candidate keys in order of preference.
-    """
-    for k in keys:
-        if record.get(k) is not None:
-            return k
-    return None
-
-
 def _record_id(record: Any, index: int) -> str:
     if isinstance(record, Mapping):
-        key = first_key(record, _ID_KEYS)
+        key = first_key(record, ID_KEYS)
         if key is not None:
             return str(record[key])
     return f"record #{index}"
@@ -87,16 +73,16 @@ def parse_record(record: Any, index: int = 0, default_dataset: str = "vqa") -> Q
     rid = _record_id(record, index)
     if not isinstance(record, Mapping):
         raise RecordError(f"expected an object, got {type(record).__name__}", rid)
-    id_key = first_key(record, _ID_KEYS)
+    id_key = first_key(record, ID_KEYS)
     if id_key is None or isinstance(record[id_key], (bool, float)) or not str(record[id_key]).strip():
         raise RecordError("missing question_id (or an id that is not a string or an integer)", rid)
     gt_key = first_key(record, _GT_KEYS)
     if gt_key is None:
         raise RecordError(f"missing ground truth (one of {', '.join(_GT_KEYS)})", rid)
     try:
-        gt = answer_to_text(record[gt_key]).strip()
-    except TypeError as e:
-        raise RecordError(f"unusable ground truth: {e}", rid) from e
+        gt = answer_to_text(record[gt_key], rid)
+    except RecordError as e:
+        raise RecordError(f"unusable ground truth: {e.reason}", rid) from e
     status = str(record.get("status", "ok"))
     if status not in _STATUSES:
         raise RecordError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}", rid)
@@ -109,11 +95,11 @@ def parse_record(record: Any, index: int = 0, default_dataset: str = "vqa") -> Q
         if not isinstance(pred_value, (str, int, float)):
             raise RecordError(f"prediction must be a string, got {type(pred_value).__name__}", rid)
     try:
-        pred = answer_to_text(pred_value) if status == "ok" else ""
-    except TypeError as e:
-        raise RecordError(f"unusable prediction: {e}", rid) from e
+        pred = answer_to_text(pred_value, rid) if status == "ok" else ""
+    except RecordError as e:
+        raise RecordError(f"unusable prediction: {e.reason}", rid) from e
     raw_type = record.get("answer_type")
-    answer_type = infer_answer_type(gt) if raw_type is None else str(raw_type).strip().upper()
+    answer_type = closed_answer_type(gt) if raw_type is None else str(raw_type).strip().upper()
     if answer_type not in ANSWER_TYPES:
         raise RecordError(f"answer_type must be OPEN or CLOSED, got {raw_type!r}", rid)
     dataset = str(record.get("dataset") or default_dataset)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from monai.metrics import Metric
 from monai.utils import string_list_all_gather
 
+from monai_llava_med.data.records import question_id_of
 from monai_llava_med.errors import RecordError
 
 from .report import write_report
@@ -55,7 +56,8 @@ def vqa_output_transform(output: Any, pred_key: str = "pred") -> tuple[list[str 
     preds: list[str | None] = []
     labels: list[dict[str, Any]] = []
     for n, entry in enumerate(entries):
-        rid = str(entry.get("question_id", entry.get("id", f"item #{n}")))
+        qid = question_id_of(entry)
+        rid = f"item #{n}" if qid is None else str(qid)
         if entry.get("ground_truth") is None:
             raise RecordError("answer entry without 'ground_truth': evaluate a datalist that has answers", rid)
         key = next((k for k in _ANSWER_KEYS if entry.get(k) is not None), None)
