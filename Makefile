@@ -21,7 +21,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
+# lint-imports checks the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md)
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not label" tests
 
 # MONAI Label needs its own venv (numpy<2, pydicom 2.4); recipe verified in ENVIRONMENT notes / docs/monailabel.md

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from monai_llava_med.constants import IGNORE_INDEX
 from monai_llava_med.errors import TemplateError
 
 from .templates import ConversationTemplate, Turn, get_template, render_segments
@@ -33,8 +34,6 @@ from .tokenizer import image_token_id_of
 __all__ = ["IGNORE_INDEX", "tokenize_conversation", "build_generation_inputs"]
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 TurnsLike = str | Sequence[Turn | Mapping[str, str] | tuple[str, str]]
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from monai_llava_med.errors import ImageReadError
-from monai_llava_med.networks.config import CLIP_MEAN, CLIP_STD
+from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
 from monai_llava_med.transforms.pixels import ImageToClipPixels
 
 __all__ = ["PILImageToPixels", "read_rgb"]

@@ -2,86 +2,37 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""MONAI engines for LLaVA-Med: DeepSpeed training workflows and question answering."""
+"""MONAI engines for LLaVA-Med: DeepSpeed training workflows and question answering.
+
+Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
+costs nothing until one of them is needed. The training names need the ``train`` extra (DeepSpeed,
+pytorch-ignite); without it, using one of them raises the ``ImportError`` naming the missing package, while
+the question-answering names keep working.
+"""
 
 from __future__ import annotations
 
-from .train_config import STAGE_DEFAULTS, LoraSettings, TrainingConfig, stage_preset
+import lazy_loader as _lazy
 
-__all__ = ["STAGE_DEFAULTS", "LoraSettings", "TrainingConfig", "stage_preset"]
-
-# Training needs deepspeed and pytorch-ignite (the ``train`` extra); inference does not.
-try:
-    from .checkpointing import (
-        ResumableBatchSampler,
-        export_consolidated,
-        export_from_checkpoint,
-        latest_checkpoint,
-        load_training_checkpoint,
-        save_training_checkpoint,
-    )
-    from .deepspeed_setup import init_distributed_env, load_deepspeed_config, resolve_deepspeed_config
-    from .lora import apply_lora, merge_lora
-    from .trainer import (
-        ConsolidatedExport,
-        DeepSpeedCheckpointer,
-        DeepSpeedTrainer,
-        LlavaMedLossEvaluator,
-        LossLogger,
-        prepare_llava_batch,
-    )
-    from .training import build_trainer, load_run_config, make_train_loader, run_training, seed_everything
-except ImportError as _err:  # pragma: no cover - depends on the installed extras
-    _TRAINING_IMPORT_ERROR: ImportError | None = _err
-else:
-    _TRAINING_IMPORT_ERROR = None
-    __all__ += [
-        "ResumableBatchSampler",
-        "export_consolidated",
-        "export_from_checkpoint",
-        "latest_checkpoint",
-        "load_training_checkpoint",
-        "save_training_checkpoint",
-        "init_distributed_env",
-        "load_deepspeed_config",
-        "resolve_deepspeed_config",
-        "apply_lora",
-        "merge_lora",
-        "ConsolidatedExport",
-        "DeepSpeedCheckpointer",
-        "DeepSpeedTrainer",
-        "LlavaMedLossEvaluator",
-        "LossLogger",
+_SUBMODULE_ATTRS = {
+    "train_config": ["STAGE_DEFAULTS", "LoraSettings", "TrainingConfig", "stage_preset"],
+    "checkpointing": [
+        "ResumableBatchSampler", "export_consolidated", "export_from_checkpoint", "latest_checkpoint",
+        "load_training_checkpoint", "save_training_checkpoint",
+    ],
+    "deepspeed_setup": ["init_distributed_env", "load_deepspeed_config", "resolve_deepspeed_config"],
+    "lora": ["apply_lora", "merge_lora"],
+    "trainer": [
+        "ConsolidatedExport", "DeepSpeedCheckpointer", "DeepSpeedTrainer", "LlavaMedLossEvaluator", "LossLogger",
         "prepare_llava_batch",
-        "build_trainer",
-        "load_run_config",
-        "make_train_loader",
-        "run_training",
-        "seed_everything",
-    ]
+    ],
+    "training": ["build_trainer", "load_run_config", "make_train_loader", "run_training", "seed_everything"],
+    "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
+    "inference": [
+        "ERROR_KEY", "LlavaMedInferer", "LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa",
+        "prepare_vqa_batch",
+    ],
+}
 
-# inference exports (lead)
-from .answers import AllItemsFailedError, VqaAnswerWriter, load_datalist, shard_datalist
-from .inference import (
-    ERROR_KEY,
-    LlavaMedInferer,
-    LlavaMedPredictor,
-    PrepareVqaItem,
-    build_preprocess,
-    collate_vqa,
-    prepare_vqa_batch,
-)
-
-__all__ += [
-    "AllItemsFailedError",
-    "VqaAnswerWriter",
-    "load_datalist",
-    "shard_datalist",
-    "ERROR_KEY",
-    "LlavaMedInferer",
-    "LlavaMedPredictor",
-    "PrepareVqaItem",
-    "build_preprocess",
-    "collate_vqa",
-    "prepare_vqa_batch",
-]
+__getattr__, __dir__, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)
+__all__ = list(_lazy_all)

@@ -2,52 +2,34 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""The LLaVA-Med network, its config and presets, and checkpoint I/O."""
+"""The LLaVA-Med network, its config and presets, and checkpoint I/O.
+
+Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
+costs nothing until one of them is needed.
+"""
 
 from __future__ import annotations
 
-from .checkpoint import (
-    assemble_from_parts,
-    config_from_folder,
-    convert_state_dict,
-    detect_layout,
-    export_hf_llava,
-    load_pretrained,
-    load_state_dict_strict,
-    read_state_dict,
-    save_pretrained,
-)
-from .config import CLIP_MEAN, CLIP_STD, CONFIG_NAME, LlavaMedConfig, projector_depth
-from .llava_med import (
-    STAGES,
-    LlavaMedNet,
-    build_llava_med,
-    build_projector,
-    configure_stage,
-    default_dtype,
-    set_trainable,
-)
+import lazy_loader as _lazy
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "CONFIG_NAME",
-    "LlavaMedConfig",
-    "LlavaMedNet",
-    "STAGES",
-    "assemble_from_parts",
-    "build_llava_med",
-    "config_from_folder",
-    "convert_state_dict",
-    "detect_layout",
-    "export_hf_llava",
-    "load_pretrained",
-    "load_state_dict_strict",
-    "read_state_dict",
-    "save_pretrained",
-    "build_projector",
-    "configure_stage",
-    "default_dtype",
-    "projector_depth",
-    "set_trainable",
-]
+from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
+
+_SUBMODULE_ATTRS = {
+    "checkpoint": [
+        "assemble_from_parts", "config_from_folder", "convert_state_dict", "detect_layout", "export_hf_llava",
+        "load_pretrained", "load_state_dict_strict", "read_state_dict", "save_pretrained",
+    ],
+    "config": ["CONFIG_NAME", "LlavaMedConfig", "projector_depth"],
+    "llava_med": [
+        "STAGES", "LlavaMedNet", "build_llava_med", "build_projector", "configure_stage", "default_dtype",
+        "set_trainable",
+    ],
+}
+
+__getattr__, _lazy_dir, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)
+__all__ = ["CLIP_MEAN", "CLIP_STD", *_lazy_all]
+
+
+def __dir__() -> list[str]:
+    """The public names, eager and lazy."""
+    return list(__all__)

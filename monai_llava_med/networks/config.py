@@ -14,6 +14,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from ..constants import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError
 
 __all__ = [
@@ -28,8 +29,6 @@ __all__ = [
 ]
 
 CONFIG_NAME = "llava_med_config.json"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: ``linear`` or ``mlp{N}x_gelu`` (N linear layers with GELU between them), the reference's projector names.
 PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d+)x_gelu)$")
 _SELECT_STRATEGIES = ("patch", "cls_patch")

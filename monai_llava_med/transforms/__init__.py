@@ -7,67 +7,44 @@
 The entry point most callers need is :class:`MedicalImageToPixels` (file -> CLIP pixels + view metadata) and
 its dictionary form :class:`MedicalImageToPixelsd`; :class:`ImageToClipPixels` turns an in-memory image into
 LLaVA "pad"-mode pixels.
+
+Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
+costs nothing until one of them is needed.
 """
 
 from __future__ import annotations
 
-from .io import (
-    DEFAULT_MAX_VOXELS,
-    DicomSeriesInfo,
-    LoadMedicalImage,
-    LoadMedicalImaged,
-    LoadMedicalImageD,
-    LoadMedicalImageDict,
-    detect_input_kind,
-    scan_dicom_series,
-)
-from .pathology import SlideTiles, SlideTilesd, SlideTilesD, SlideTilesDict, select_level, tissue_mask
-from .pipelines import (
-    MedicalImageToPixels,
-    MedicalImageToPixelsd,
-    MedicalImageToPixelsD,
-    MedicalImageToPixelsDict,
-    RadiologyViews,
-)
-from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels, ImageToClipPixelsd, ImageToClipPixelsD, ImageToClipPixelsDict
-from .radiology import (
-    DEFAULT_COMPOSITE,
-    WINDOW_PRESETS,
-    CanonicalOrientation,
-    CanonicalOrientationd,
-    CanonicalOrientationD,
-    CanonicalOrientationDict,
-    CTWindow,
-    CTWindowd,
-    CTWindowD,
-    CTWindowDict,
-    InvertMonochrome1,
-    InvertMonochrome1d,
-    InvertMonochrome1D,
-    InvertMonochrome1Dict,
-    ModalityIntensity,
-    ModalityIntensityd,
-    ModalityIntensityD,
-    ModalityIntensityDict,
-    MultiWindow,
-    MultiWindowd,
-    MultiWindowD,
-    MultiWindowDict,
-    resolve_window,
-)
-from .views import TOKENS_PER_VIEW, VolumeToViews, VolumeToViewsd, VolumeToViewsD, VolumeToViewsDict, views_for_budget
+import lazy_loader as _lazy
 
-__all__ = [
-    "DEFAULT_MAX_VOXELS", "DicomSeriesInfo", "LoadMedicalImage", "LoadMedicalImaged", "LoadMedicalImageD",
-    "LoadMedicalImageDict", "detect_input_kind", "scan_dicom_series",
-    "SlideTiles", "SlideTilesd", "SlideTilesD", "SlideTilesDict", "select_level", "tissue_mask",
-    "MedicalImageToPixels", "MedicalImageToPixelsd", "MedicalImageToPixelsD", "MedicalImageToPixelsDict",
-    "RadiologyViews",
-    "CLIP_MEAN", "CLIP_STD", "ImageToClipPixels", "ImageToClipPixelsd", "ImageToClipPixelsD", "ImageToClipPixelsDict",
-    "DEFAULT_COMPOSITE", "WINDOW_PRESETS", "CanonicalOrientation", "CanonicalOrientationd", "CanonicalOrientationD",
-    "CanonicalOrientationDict", "CTWindow", "CTWindowd", "CTWindowD", "CTWindowDict", "InvertMonochrome1",
-    "InvertMonochrome1d", "InvertMonochrome1D", "InvertMonochrome1Dict", "ModalityIntensity", "ModalityIntensityd",
-    "ModalityIntensityD", "ModalityIntensityDict", "MultiWindow", "MultiWindowd", "MultiWindowD", "MultiWindowDict",
-    "resolve_window",
-    "TOKENS_PER_VIEW", "VolumeToViews", "VolumeToViewsd", "VolumeToViewsD", "VolumeToViewsDict", "views_for_budget",
-]
+from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
+
+_SUBMODULE_ATTRS = {
+    "io": [
+        "DEFAULT_MAX_VOXELS", "DicomSeriesInfo", "LoadMedicalImage", "LoadMedicalImaged", "LoadMedicalImageD",
+        "LoadMedicalImageDict", "detect_input_kind", "scan_dicom_series",
+    ],
+    "pathology": ["SlideTiles", "SlideTilesd", "SlideTilesD", "SlideTilesDict", "select_level", "tissue_mask"],
+    "pipelines": [
+        "MedicalImageToPixels", "MedicalImageToPixelsd", "MedicalImageToPixelsD", "MedicalImageToPixelsDict",
+        "RadiologyViews",
+    ],
+    "pixels": ["ImageToClipPixels", "ImageToClipPixelsd", "ImageToClipPixelsD", "ImageToClipPixelsDict"],
+    "radiology": [
+        "DEFAULT_COMPOSITE", "WINDOW_PRESETS", "CanonicalOrientation", "CanonicalOrientationd", "CanonicalOrientationD",
+        "CanonicalOrientationDict", "CTWindow", "CTWindowd", "CTWindowD", "CTWindowDict", "InvertMonochrome1",
+        "InvertMonochrome1d", "InvertMonochrome1D", "InvertMonochrome1Dict", "ModalityIntensity", "ModalityIntensityd",
+        "ModalityIntensityD", "ModalityIntensityDict", "MultiWindow", "MultiWindowd", "MultiWindowD", "MultiWindowDict",
+        "resolve_window",
+    ],
+    "views": [
+        "TOKENS_PER_VIEW", "VolumeToViews", "VolumeToViewsd", "VolumeToViewsD", "VolumeToViewsDict", "views_for_budget",
+    ],
+}
+
+__getattr__, _lazy_dir, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)
+__all__ = ["CLIP_MEAN", "CLIP_STD", *_lazy_all]
+
+
+def __dir__() -> list[str]:
+    """The public names, eager and lazy."""
+    return list(__all__)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from ..networks.config import CLIP_MEAN, CLIP_STD
+from ..constants import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "CLIP_MEAN",

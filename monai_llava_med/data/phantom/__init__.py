@@ -5,37 +5,24 @@
 """Synthetic phantom VQA: seeded 2-D/3-D phantoms, questions with answers from the label map, DICOM/NIfTI
 export, and an in-memory data set. ``python -m monai_llava_med.data.phantom --out DIR --n N --seed S``
 writes a data set to disk.
+
+Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
+costs nothing until one of them is needed.
 """
 
 from __future__ import annotations
 
-from .dataset import PhantomVQADataset, phantom_sample, phantom_to_pixels
-from .export import split_sizes, write_phantom_dataset
-from .generator import MODALITIES, SPLIT_CODES, Lesion, PhantomCase, case_rng, generate_phantom
-from .questions import FAMILIES, LesionFinding, PhantomQA, findings_from_label_map, make_questions, sample_question
-from .writers import nifti_affine, window_to_uint8, write_dicom, write_nifti, write_png
+import lazy_loader as _lazy
 
-__all__ = [
-    "MODALITIES",
-    "SPLIT_CODES",
-    "FAMILIES",
-    "Lesion",
-    "PhantomCase",
-    "LesionFinding",
-    "PhantomQA",
-    "PhantomVQADataset",
-    "case_rng",
-    "generate_phantom",
-    "findings_from_label_map",
-    "make_questions",
-    "sample_question",
-    "phantom_sample",
-    "phantom_to_pixels",
-    "split_sizes",
-    "write_phantom_dataset",
-    "nifti_affine",
-    "window_to_uint8",
-    "write_dicom",
-    "write_nifti",
-    "write_png",
-]
+_SUBMODULE_ATTRS = {
+    "dataset": ["PhantomVQADataset", "phantom_sample", "phantom_to_pixels"],
+    "export": ["split_sizes", "write_phantom_dataset"],
+    "generator": ["MODALITIES", "SPLIT_CODES", "Lesion", "PhantomCase", "case_rng", "generate_phantom"],
+    "questions": [
+        "FAMILIES", "LesionFinding", "PhantomQA", "findings_from_label_map", "make_questions", "sample_question",
+    ],
+    "writers": ["nifti_affine", "window_to_uint8", "write_dicom", "write_nifti", "write_png"],
+}
+
+__getattr__, __dir__, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)
+__all__ = list(_lazy_all)

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from monai_llava_med.conversation.templates import ConversationTemplate, get_template
 from monai_llava_med.conversation.tokenization import build_generation_inputs, tokenize_conversation
 
-from monai_llava_med.networks.config import CLIP_MEAN, CLIP_STD
+from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
 from .generator import PhantomCase, case_rng, generate_phantom
 from .questions import PhantomQA, sample_question
 from .writers import window_to_uint8

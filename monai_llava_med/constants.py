@@ -1,0 +1,21 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Constants shared across layers; a leaf module (it imports nothing), at the bottom with ``errors``.
+
+The preprocessing (``transforms``), the data sets (``data``) and the model config (``networks``) all need the
+CLIP normalisation the released LLaVA-Med vision tower was trained with; keeping it here lets each of them
+use it without importing the others (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX"]
+
+#: per-channel mean of OpenAI CLIP's image normalisation (RGB, on [0, 1] pixels); also LLaVA's "pad" colour.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+#: per-channel standard deviation of OpenAI CLIP's image normalisation.
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: label of a token that is not supervised (PyTorch's ``cross_entropy`` default ``ignore_index``).
+IGNORE_INDEX = -100
