@@ -27,7 +27,7 @@ SECRET = "not for clients: 7f3c9a0e-secret"
 #: Links planted in ``studies/`` before the server starts (name -> target, relative to the workspace).
 PLANTED_LINKS = {
     "studies/leak.png": "outside/secret.txt",
-    "studies/passwd.nii": "/etc/passwd",
+    "studies/passwd.nii": "/etc/passwd",  # absolute (dangling where the file is missing: left out all the same)
     "studies/rel.png": "../outside/secret.txt",  # a relative link
     "studies/outct.dcm": "outside/outside_ct.dcm",  # a real DICOM outside the folder
     "studies/victim.png": "outside/target.png",  # an upload destination that is a link

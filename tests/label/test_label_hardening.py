@@ -11,6 +11,7 @@ it found it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -59,7 +60,7 @@ def test_planted_links_are_left_out_and_never_served(server, uploaded, workspace
         assert "leak" not in text and "outct" not in text and "passwd" not in text
 
 
-@pytest.mark.parametrize("target", ["outside/secret.txt", "/etc/passwd", "outside/outside_ct.dcm"])
+@pytest.mark.parametrize("target", ["outside/secret.txt", "pydicom:MR_small.dcm", "outside/outside_ct.dcm"])
 def test_entries_turned_into_links_after_the_scan_are_refused(server, uploaded, workspace, target):
     """A datastore file replaced by a link to a file outside: download, check, infer, archive, delete all refused."""
     studies = workspace / "studies"
@@ -69,7 +70,12 @@ def test_entries_turned_into_links_after_the_scan_are_refused(server, uploaded, 
     assert r.status_code == 200, r.text
     image, label = studies / "swap.dcm", studies / "labels" / "final" / "swap.nii.gz"
     kept = {p: p.read_bytes() for p in (image, label)}
-    outside = target if target.startswith("/") else str(workspace / target)
+    if target.startswith("pydicom:"):  # an absolute link to a DICOM elsewhere on the server
+        from pydicom.data import get_testdata_file
+
+        outside = get_testdata_file(target.split(":", 1)[1])
+    else:
+        outside = str(workspace / target)
     before = open(outside, "rb").read()
     try:
         for path in (image, label):
@@ -231,6 +237,18 @@ def test_parameter_probes_are_4xx_with_a_clear_detail(server, uploaded):
     assert sample.status_code == 400 and "client_id" in sample.json()["detail"], sample.text
     assert ask(server, "ct", {"question": "q", "max_new_tokens": 2}).status_code == 200
     assert max(statuses) < 500
+
+
+def test_image_check_sum_is_checked_not_a_500(server, uploaded):
+    """Stock 0.8.5 answers 500 for ``md5:`` or an unknown algorithm and 404 even for the right digest."""
+    data = uploaded["ct"].read_bytes()
+    sha, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
+    cases = [(sha, 200), ("SHA256:" + sha, 200), ("md5:" + md5, 200), ("MD5:" + md5.upper(), 200),
+             ("SHA256:" + "0" * 64, 404), ("FOO:" + md5, 400), ("md5:xyz", 400), ("x" * 5000, 400), (":", 400)]
+    for check_sum, status in cases:
+        r = requests.head(f"{server}/datastore/image", params={"image": "ct", "check_sum": check_sum})
+        assert r.status_code == status, (check_sum[:20], r.status_code)
+    assert requests.head(f"{server}/datastore/image", params={"image": "nosuch"}).status_code == 404
 
 
 #: Malformed DICOMs (id -> extra raw elements): each fails to read; all carry the planted identifiers.

@@ -21,8 +21,8 @@ and unknown ids with 500 or ``200 {}``. The replacements (same parameters, same 
 * decode ``params``/``info`` as a JSON object and check ids, extension and (for labels) the image first, then copy
   the upload into a private temporary folder with a size cap, removed whatever happens;
 * answer an unknown image or label with 404 and a field that is not a JSON object with 400;
-* ``GET /datastore/dataset`` builds the ZIP archive in an anonymous temporary file (no name in ``$TMPDIR``, gone
-  when closed) and streams it; the stock route leaves a full copy of the dataset in ``$TMPDIR`` on every call.
+* ``GET /datastore/dataset`` and ``HEAD /datastore/image`` come from :mod:`.downloads` (an archive streamed from an
+  anonymous temporary file; a checked ``check_sum``).
 
 Like the stock ones they are ``async`` (run on the event loop), so datastore updates stay serialised.
 
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from fastapi import Depends, File, Form, UploadFile
-from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.datastore import ResultType
@@ -47,6 +46,7 @@ from monailabel.interfaces.utils.app import app_instance
 
 from ...errors import LlavaMedInputError
 from .datastore import checked_id, image_not_found, label_not_found
+from .downloads import check_image_endpoint, dataset_endpoint
 from .http_errors import as_http_error
 from .request_checks import (
     ID_PATTERN,
@@ -71,7 +71,6 @@ __all__ = [
     "put_label_info_endpoint",
     "install_datastore_routes",
     "datastore_endpoint",
-    "dataset_endpoint",
 ]
 
 INFER_PATH = "/infer/{model}"
@@ -313,36 +312,6 @@ async def datastore_endpoint(
     return store.status()
 
 
-def _stream_and_close(stream: IO[bytes]) -> Any:
-    try:
-        while chunk := stream.read(_CHUNK):
-            yield chunk
-    finally:
-        stream.close()
-
-
-def dataset_endpoint(limit_cases: int | None = None, user: User = Depends(RBAC(_ROLE_ANNOTATOR))) -> Any:
-    """``GET /datastore/dataset``: the images with a final label, their labels and the datastore record as a ZIP.
-
-    The archive is written to an anonymous temporary file (``tempfile.TemporaryFile``: on Linux it never has a
-    name) and streamed from it; closing it, at the end of the response or when the client goes away, frees it.
-    Only files that resolve inside the studies folder go in. A plain ``def``: built in a worker thread.
-    """
-    store = app_instance().datastore()
-    stream = tempfile.TemporaryFile(prefix="llava_med_dataset_")
-    try:
-        store.write_dataset_archive(stream, limit_cases)
-        size = stream.tell()
-        stream.seek(0)
-    except BaseException:
-        stream.close()
-        raise
-    return StreamingResponse(
-        _stream_and_close(stream), media_type="application/zip",
-        headers={"Content-Disposition": 'attachment; filename="dataset.zip"', "Content-Length": str(size)},
-    )
-
-
 #: (method, path, endpoint, summary) of the datastore routes :func:`install_datastore_routes` replaces.
 _DATASTORE_ROUTES: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
     ("GET", "/datastore/", datastore_endpoint, "Get Datastore Status"),
@@ -353,6 +322,7 @@ _DATASTORE_ROUTES: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
     ("GET", "/datastore/label/info", get_label_info_endpoint, "Get Label Info"),
     ("PUT", "/datastore/label/info", put_label_info_endpoint, "Update Label Info"),
     ("GET", "/datastore/dataset", dataset_endpoint, "Download full dataset as ZIP archive"),
+    ("HEAD", "/datastore/image", check_image_endpoint, "Check If Image Exists"),
 )
 
 
