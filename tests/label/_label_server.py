@@ -34,6 +34,7 @@ PLANTED_LINKS = {
     "studies/labels/final/inside.nii.gz": "outside/secret.txt",  # a label of an inside image
     "studies/labels/linkedtag": "outside/tagdir",  # a whole label tag folder
     "studies/alias.png": "studies/inside.png",  # a link that stays inside: allowed
+    "studies/linkseries.dcm/slice1.dcm": "outside/outside_ct.dcm",  # a "series folder" holding a link out
 }
 #: Image ids the datastore holds from the start (the planted real file and its in-folder alias).
 PLANTED_IDS = {"inside", "alias"}
@@ -65,7 +66,7 @@ def build_workspace(root: Path, tokenizer) -> Path:
     torch.manual_seed(0)
     config = LlavaMedConfig.tiny(image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     save_pretrained(build_llava_med(config).eval(), root / "model", tokenizer)
-    for folder in ("studies/labels/final", "outside/tagdir", "app", "files"):
+    for folder in ("studies/labels/final", "studies/linkseries.dcm", "outside/tagdir", "app", "files"):
         (root / folder).mkdir(parents=True)
     (root / "outside" / "secret.txt").write_text(SECRET)
     shutil.copy(app_dir() / "main.py", root / "app" / "main.py")

@@ -42,9 +42,9 @@ def _put_image(server, image_id, path):
 def test_planted_links_are_left_out_and_never_served(server, uploaded, workspace):
     stored = requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]
     assert PLANTED_IDS <= set(stored)
-    assert not {"leak", "passwd", "rel", "outct", "victim"} & set(stored)
+    assert not {"leak", "passwd", "rel", "outct", "victim", "linkseries"} & set(stored)
     assert stored["inside"]["labels"] == {}  # its final label and the linked tag folder point outside
-    for image_id in ("leak", "passwd", "rel", "outct", "victim"):
+    for image_id in ("leak", "passwd", "rel", "outct", "victim", "linkseries"):
         for r in (requests.get(f"{server}/datastore/image", params={"image": image_id}),
                   requests.head(f"{server}/datastore/image", params={"image": image_id}),
                   ask(server, image_id, {"question": "q"})):
@@ -315,3 +315,30 @@ def test_malformed_dicom_stored_and_inferred_gives_a_clear_4xx(server, uploaded,
         assert str(workspace) not in r.text
     finally:
         requests.delete(f"{server}/datastore/image", params={"id": f"mal_{name}"})
+
+
+def test_downloads_open_without_following_links_and_check_what_was_opened(tmp_path):
+    """The race a stock path check leaves open: a link swapped in after the check is refused at open time."""
+    from fastapi import HTTPException
+
+    from monai_llava_med.apps.monailabel.datastore import LlavaMedDatastore
+    from monai_llava_med.apps.monailabel.downloads import open_inside
+
+    studies, outside = tmp_path / "studies", tmp_path / "outside"
+    studies.mkdir(), outside.mkdir()
+    (outside / "x.png").write_text(SECRET)
+    (studies / "ok.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    store = LlavaMedDatastore(str(studies))
+    with open_inside(store, str(studies / "ok.png"), "ok") as f:
+        assert f.read() == b"\x89PNG\r\n\x1a\n"
+    os.symlink(outside / "x.png", studies / "link.png")  # the last component is a link: O_NOFOLLOW refuses it
+    os.symlink(outside, studies / "sub")  # a folder link above the file: the opened file is checked
+    for path in (studies / "link.png", studies / "sub" / "x.png"):
+        with pytest.raises(HTTPException) as info:
+            open_inside(store, str(path), "swapped")
+        assert info.value.status_code == 403 and "outside the studies folder" in info.value.detail
+    with pytest.raises(HTTPException) as info:
+        open_inside(store, str(studies / "missing.png"), "missing")
+    assert info.value.status_code == 404
+    store.refresh()
+    assert set(store.list_images()) == {"ok"}  # a rescan leaves the link out (stock 0.8.5 lists link.png)

@@ -2,7 +2,12 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Datastore routes that read stored files, replacing MONAI Label 0.8.5's: the dataset archive and the image check.
+"""Datastore routes that read stored files, replacing MONAI Label 0.8.5's: downloads, the archive, the image check.
+
+* ``GET /datastore/image`` and ``GET /datastore/label``: the file is opened by its resolved path without following
+  a link (``O_NOFOLLOW``) and what was opened is checked again (``/proc/self/fd``) before a byte is sent, so a
+  link swapped in between the datastore's check and the read is refused (403), not served. Stock 0.8.5 hands
+  ``FileResponse`` a path that is opened later.
 
 * ``GET /datastore/dataset``: stock 0.8.5 writes the archive with ``NamedTemporaryFile(delete=False)`` and never
   removes it (a full copy of the dataset stays in ``$TMPDIR`` on every call); an empty datastore is a 500. Here
@@ -18,8 +23,10 @@ loop. Needs ``monailabel``.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
@@ -29,13 +36,20 @@ from fastapi.responses import StreamingResponse
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
-from monailabel.utils.others.generic import file_checksum
+from monailabel.utils.others.generic import file_checksum, get_mime_type
 
-from .datastore import checked_id, image_not_found
+from .datastore import checked_id, image_not_found, label_not_found, outside_studies
 from .http_errors import as_http_error
 from .request_checks import RequestError
 
-__all__ = ["CHECKSUM_ALGORITHMS", "dataset_endpoint", "check_image_endpoint"]
+__all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "open_inside",
+    "download_image_endpoint",
+    "download_label_endpoint",
+    "dataset_endpoint",
+    "check_image_endpoint",
+]
 
 #: Digest algorithms ``check_sum`` may name (those MONAI Label's ``file_checksum`` computes).
 CHECKSUM_ALGORITHMS = ("SHA256", "SHA512", "MD5")
@@ -49,6 +63,68 @@ def _stream_and_close(stream: IO[bytes]) -> Iterator[bytes]:
             yield chunk
     finally:
         stream.close()
+
+
+def open_inside(store: Any, path: str, what: str) -> IO[bytes]:
+    """Open a resolved datastore file for reading without following a link, then check what was opened.
+
+    Args:
+        store: the :class:`~.datastore.LlavaMedDatastore` (its ``resolved_inside`` check).
+        path: the file's resolved path (from ``get_image_uri``/``get_label_uri``).
+        what: how to name the entry in an error.
+
+    Raises:
+        HTTPException: 403 when the path is (now) a link or what was opened lies outside the studies folder; 404
+            when it is missing or not a regular file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise outside_studies(what) from None
+        raise HTTPException(status_code=404, detail=f"{what} has no file in the datastore") from None
+    stream = os.fdopen(fd, "rb")
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        opened = os.readlink(proc) if os.path.islink(proc) else path
+        if not store.resolved_inside(opened):
+            raise outside_studies(what)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HTTPException(status_code=404, detail=f"{what} is not a file")
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+def _file_response(stream: IO[bytes], name: str) -> StreamingResponse:
+    size = os.fstat(stream.fileno()).st_size
+    return StreamingResponse(
+        _stream_and_close(stream), media_type=get_mime_type(name),
+        headers={"Content-Disposition": f'attachment; filename="{name}"', "Content-Length": str(size)},
+    )
+
+
+def download_image_endpoint(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))) -> Any:
+    """``GET /datastore/image``: the stored file of a datastore image (404 unknown, 403 outside the studies folder)."""
+    image = checked_id(image, "image")
+    store = app_instance().datastore()
+    uri = store.get_image_uri(image)
+    if not uri:
+        raise image_not_found(image)
+    return _file_response(open_inside(store, uri, f"image {image!r}"), os.path.basename(uri))
+
+
+def download_label_endpoint(
+    label: str, tag: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+) -> Any:
+    """``GET /datastore/label``: the stored label file (404 unknown, 403 outside the studies folder)."""
+    label, tag = checked_id(label, "label"), checked_id(tag, "tag")
+    store = app_instance().datastore()
+    uri = store.get_label_uri(label, tag)
+    if not uri:
+        raise label_not_found(label, tag)
+    return _file_response(open_inside(store, uri, f"label {tag!r} of {label!r}"), os.path.basename(uri))
 
 
 def dataset_endpoint(
