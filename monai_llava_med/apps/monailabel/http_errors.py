@@ -5,8 +5,11 @@
 """Turn errors into ``fastapi.HTTPException`` (a 4xx or a clear 5xx, never a bare 500 with a traceback).
 
 * :func:`as_http_error`: a :class:`~.request_checks.RequestError` keeps its message and status (the app wrote it
-  from what the client sent); any other typed input error gets 422 and the fixed detail of its class
-  (:func:`~.redaction.input_error_detail`), never its text, which may quote DICOM header values.
+  from what the client sent); a :class:`~monai_llava_med.errors.TemplateError` or
+  :class:`~monai_llava_med.errors.RecordError` (the question does not fit the prompt: built from the client's text
+  and the template only) is 400 with its reason; any other typed input error -- raised while the image was read
+  -- gets 422 and the fixed detail of its class (:func:`~.redaction.input_error_detail`), never its text, which
+  may quote DICOM header values.
 * :func:`unexpected_http_error`: an exception that is not typed (raised deep inside a library while an image was
   read or the answer generated) gets 422 (with an image) or 500 (without), a detail naming only its class, and one
   log line with its class and stack frames but not its message.
@@ -21,7 +24,7 @@ import traceback
 
 from fastapi import HTTPException
 
-from ...errors import LlavaMedInputError
+from ...errors import LlavaMedInputError, RecordError, TemplateError
 from .redaction import input_error_detail
 from .request_checks import RequestError
 
@@ -34,11 +37,14 @@ def as_http_error(err: LlavaMedInputError, name: str | None = None) -> HTTPExcep
     """The HTTP error for a typed input error, without server paths or header values in the message.
 
     Args:
-        err: a :class:`RequestError` (its own status and message) or any other input error (422, fixed detail).
+        err: a :class:`RequestError` (its own status and message), a template/record error (400, its reason) or
+            any other input error (422, fixed detail).
         name: what the client called the file (its datastore id or upload name).
     """
     if isinstance(err, RequestError):
         return HTTPException(status_code=err.status_code, detail=str(err))
+    if isinstance(err, TemplateError | RecordError):
+        return HTTPException(status_code=400, detail=f"the question cannot be used: {err.reason}")
     logger.info("%s refused: %s (422)", name or "image", type(err).__name__)
     return HTTPException(
         status_code=422, detail=f"{name or 'image'}: {input_error_detail(err)} ({type(err).__name__})"
