@@ -232,6 +232,9 @@ def test_parameter_probes_are_4xx_with_a_clear_detail(server, uploaded):
     assert raw.status_code < 500, raw.text[:300]
     info = requests.put(f"{server}/datastore/image/info", params={"image": "ct"}, data={"info": '{"a": "\\ud800"}'})
     assert info.status_code == 400 and "surrogate" in info.json()["detail"], info.text
+    upload = requests.put(f"{server}/datastore/image", params={"image": "sur"}, data={"params": '{"\\ud800": 1}'},
+                          files={"file": ("x.dcm", uploaded["ct"].read_bytes())})
+    assert upload.status_code == 400 and "surrogate" in upload.json()["detail"], upload.text
     sample = requests.post(f"{server}/activelearning/random", data='{"client_id": "\\ud800"}',
                            headers={"content-type": "application/json"})
     assert sample.status_code == 400 and "client_id" in sample.json()["detail"], sample.text

@@ -335,8 +335,8 @@ def parse_infer_params(params: str | Mapping[str, Any] | None, limits: RequestLi
     """Check the ``params`` of an infer request and return the question and generation settings.
 
     Accepted keys: ``question`` (required), ``max_new_tokens`` (1..limit), ``do_sample`` (bool), ``temperature``
-    (min <= t <= max, default 0.01..2), ``top_p`` (0 < p <= 1). Keys in :data:`RESERVED_PARAMS` are refused; any other key is
-    ignored and listed in :attr:`InferParams.ignored` (MONAI Label clients add their own).
+    (min <= t <= max, default 0.01..2), ``top_p`` (0 < p <= 1). Keys in :data:`RESERVED_PARAMS` are refused; any
+    other key is ignored and listed in :attr:`InferParams.ignored` (MONAI Label clients add their own).
 
     Args:
         params: the JSON text of the ``params`` form field, or the decoded object.
