@@ -115,9 +115,10 @@ def test_uploads_onto_links_are_refused_and_the_targets_kept(server, uploaded, w
     png = (workspace / "files" / "photo.png").read_bytes()
     r = requests.put(f"{server}/datastore/image", params={"image": "victim"}, files={"file": ("x.png", png)})
     assert r.status_code == 403 and "outside the studies folder" in r.json()["detail"], r.text
-    r = requests.put(f"{server}/datastore/label", params={"image": "inside", "tag": "final"},
-                     files={"label": ("l.nii.gz", NII_GZ)})
-    assert r.status_code == 403, r.text
+    for tag in ("final", "linkedtag"):  # a label file that is a link; a tag folder that is a link
+        r = requests.put(f"{server}/datastore/label", params={"image": "inside", "tag": tag},
+                         files={"label": ("l.nii.gz", NII_GZ)})
+        assert r.status_code == 403 and "outside the studies folder" in r.json()["detail"], (tag, r.text)
     assert (workspace / "outside" / "target.png").read_bytes() == target
     assert (workspace / "outside" / "secret.txt").read_text() == SECRET
     assert (workspace / "outside" / "tagdir" / "inside.nii.gz").read_text() == SECRET
