@@ -214,3 +214,59 @@ def test_guard_honours_the_api_prefix_and_installs_once():
     first = install_request_guard(app, RequestLimits(), ["llava_med"])
     second = install_request_guard(app, RequestLimits(max_upload_bytes=5), ["llava_med"])
     assert first is second is app.middleware_stack and first.app == "stack" and first.limits.max_upload_bytes == 5
+
+
+@pytest.mark.parametrize(
+    "params, words",
+    [
+        ('{"question": "\\ud800"}', "surrogate"),
+        ('{"question": "q", "\\udc00": 1}', "surrogate"),
+        ('{"question": "q", "x": {"y": ["\\udfff"]}}', "surrogate"),
+        ('{"question": "q", "do_sample": true, "temperature": 1e-300}', "[0.01, 2.0]"),
+        ('{"question": "q", "temperature": 0.0099}', "[0.01, 2.0]"),
+    ],
+)
+def test_lone_surrogates_and_tiny_temperatures_are_400(params, words):
+    with pytest.raises(RequestError) as info:
+        parse_infer_params(params)
+    assert info.value.status_code == 400 and words in str(info.value)
+    assert str(info.value).encode("utf-8")  # the message itself can be sent back
+
+
+def test_smallest_temperature_and_valid_unicode_pass():
+    checked = parse_infer_params('{"question": "caf\\u00e9 \\ud83d\\ude00?", "temperature": 0.01, "do_sample": true}')
+    assert checked.question == "café \U0001F600?" and checked.generation["temperature"] == 0.01
+
+
+def test_modality_is_a_closed_vocabulary():
+    from monai_llava_med.apps.monailabel.redaction import safe_modality
+
+    assert [safe_modality(v) for v in ("CT", "mr ", "PATHOLOGY", "OT")] == ["CT", "MR", "PATHOLOGY", "OT"]
+    assert {safe_modality(v) for v in ("MRN99887766", "ZZPLANTMOD", "", None, 7, "CT\\MR")} == {"unknown"}
+
+
+def test_typed_errors_map_to_fixed_details_without_their_text():
+    from monai_llava_med.apps.monailabel.redaction import input_error_detail
+    from monai_llava_med.errors import DicomDecodeError, ImageReadError, VolumeError
+
+    for kind in (DicomDecodeError, ImageReadError, VolumeError, LlavaMedInputError):
+        err = kind("NumberOfFrames 'MRN99887766' is not an integer", "/srv/studies/x.dcm")
+        detail = input_error_detail(err)
+        assert "MRN99887766" not in detail and "/srv" not in detail and len(detail) > 10
+    assert input_error_detail(DicomDecodeError("a")) != input_error_detail(VolumeError("a"))
+
+
+def test_reader_log_records_are_withheld_and_others_kept():
+    import logging
+
+    from monai_llava_med.apps.monailabel.redaction import WITHHELD, ReaderRecordFilter
+
+    filt = ReaderRecordFilter()
+    reader = logging.LogRecord("pydicom", logging.ERROR, "x.py", 1, "bad value %r", ("MRN99887766",), None)
+    warned = logging.LogRecord("py.warnings", logging.WARNING, "x.py", 1, "%s",
+                               ("/venv/site-packages/pydicom/valuerep.py:443: UserWarning: 'MRN99887766'\n",), None)
+    ours = logging.LogRecord("monai_llava_med.apps", logging.INFO, "x.py", 1, "image %s refused", ("ct",), None)
+    assert all(filt.filter(r) for r in (reader, warned, ours))
+    assert "MRN99887766" not in reader.getMessage() and WITHHELD in reader.getMessage()
+    assert "MRN99887766" not in warned.getMessage() and "UserWarning" in warned.getMessage()
+    assert ours.getMessage() == "image ct refused"

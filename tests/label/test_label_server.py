@@ -5,157 +5,23 @@
 """A real MONAI Label server with the LLaVA-Med app: answers, traversal and oversize probes.
 
 Runs in ``.venv-label`` (``.venv-label/bin/python -m pytest tests/label``); skipped where monailabel is missing.
-The server runs as a subprocess on a free loopback port with a tiny random model; answers are compared with
-what :class:`~monai_llava_med.engines.inference.LlavaMedPredictor` gives for the same file (greedy decoding).
+The server (``conftest.py``) runs as a subprocess on a free loopback port with a tiny random model; answers are
+compared with what :class:`~monai_llava_med.engines.inference.LlavaMedPredictor` gives for the same file (greedy
+decoding).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from _label_server import MAX_UPLOAD_MB, QUESTIONS, SECRET, STORED_IDS, ask, tree
 
 pytest.importorskip("monailabel", reason="MONAI Label lives in .venv-label (make label-venv)")
 requests = pytest.importorskip("requests")
 
 pytestmark = pytest.mark.label
-
-QUESTIONS = ["Is there a lesion in the left lung?", "What modality is this image?"]
-MAX_UPLOAD_MB = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tree(root: Path, skip: tuple[str, ...]) -> set[str]:
-    """Relative paths of every file and folder under ``root`` except the ``skip`` top-level folders."""
-    return {
-        str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] not in skip
-    }
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_tokenizer):
-    """Model folder, studies folder, a copy of the app folder and local test images."""
-    from PIL import Image
-    from pydicom.data import get_testdata_file
-
-    from monai_llava_med.apps.monailabel import app_dir
-    from monai_llava_med.networks import LlavaMedConfig, build_llava_med, save_pretrained
-
-    root = tmp_path_factory.mktemp("label")
-    torch.manual_seed(0)
-    config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
-    save_pretrained(build_llava_med(config).eval(), root / "model", tiny_tokenizer)
-    (root / "studies").mkdir()
-    (root / "outside").mkdir()
-    (root / "outside" / "secret.txt").write_text("not for clients")
-    app = root / "app"  # the server writes model/ lib/ logs/ into the app folder: keep those out of the repo
-    app.mkdir()
-    shutil.copy(app_dir() / "main.py", app / "main.py")
-    files = root / "files"
-    files.mkdir()
-    shutil.copy(get_testdata_file("CT_small.dcm"), files / "CT_small.dcm")
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(files / "photo.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server_tmp(tmp_path_factory):
-    """The server's ``TMPDIR``: no request may leave a file there."""
-    return tmp_path_factory.mktemp("server_tmp")
-
-
-@pytest.fixture(scope="module")
-def server(workspace, server_tmp):
-    """Start ``monailabel.main start_server`` on 127.0.0.1, wait for ``/info/``, stop it (process group SIGTERM)."""
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        TMPDIR=str(server_tmp),
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        MONAI_LABEL_DATASTORE_AUTO_RELOAD="false",
-        MONAI_LABEL_TASKS_TRAIN="false",
-        MONAI_LABEL_TASKS_SCORING="false",
-        MONAI_LABEL_TASKS_BATCH_INFER="false",
-        MONAI_LABEL_SESSIONS="false",
-        MONAI_LABEL_SESSION_PATH=str(workspace / "sessions"),
-    )
-    log = open(workspace / "server.log", "wb")
-    cmd = [
-        sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(workspace / "app"), "--studies", str(workspace / "studies"),
-        "--conf", "models", "llava_med", "--conf", "model_dir", str(workspace / "model"),
-        "--conf", "device", "cpu", "--conf", "max_upload_mb", str(MAX_UPLOAD_MB),
-        "--host", "127.0.0.1", "--port", str(port),
-    ]
-    proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited ({proc.returncode}):\n{(workspace / 'server.log').read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 60 s:\n{(workspace / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def predictor(workspace):
-    from monai_llava_med.engines.inference import LlavaMedPredictor
-
-    return LlavaMedPredictor.from_pretrained(workspace / "model", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def uploaded(server, workspace):
-    """Upload the DICOM and the PNG under the ids ``ct`` and ``photo``."""
-    for image_id, name in (("ct", "CT_small.dcm"), ("photo", "photo.png")):
-        with open(workspace / "files" / name, "rb") as f:
-            r = requests.put(f"{server}/datastore/image", params={"image": image_id}, files={"file": (name, f)})
-        assert r.status_code == 200, r.text
-        assert r.json() == {"image": image_id}
-    return {"ct": workspace / "files" / "CT_small.dcm", "photo": workspace / "files" / "photo.png"}
-
-
-def ask(server: str, image: str | None, params: dict | str, file: Path | None = None) -> requests.Response:
-    data = {"params": params if isinstance(params, str) else json.dumps(params)}
-    query = {"image": image} if image is not None else {}
-    if file is None:
-        return requests.post(f"{server}/infer/llava_med", params=query, data=data, timeout=60)
-    with open(file, "rb") as f:
-        return requests.post(f"{server}/infer/llava_med", params=query, data=data, files={"file": (file.name, f)})
 
 
 def test_info_lists_the_question_answering_model(server):
@@ -242,7 +108,7 @@ def test_unreadable_image_is_422_without_server_paths(server, workspace):
 
 
 def test_traversal_and_oversize_probes_are_refused(server, uploaded, workspace):
-    before = _tree(workspace, skip=("app", "studies"))
+    before = tree(workspace, skip=("app", "studies"))
     secret = workspace / "outside" / "secret.txt"
     png = (workspace / "files" / "photo.png").read_bytes()
     text_as_png = ("evil.png", b"#!/bin/sh\nrm -rf /\n")
@@ -280,7 +146,7 @@ def test_traversal_and_oversize_probes_are_refused(server, uploaded, workspace):
         r = requests.request(method, server + path, params=query, files=files, data=data, timeout=30)
         refused.append((method, path, query, r.status_code))
         assert 400 <= r.status_code < 500, (method, path, query, r.status_code, r.text[:300])
-        assert "not for clients" not in r.text
+        assert SECRET not in r.text
     # a body without Content-Length (chunked) and one announcing more than the limit are refused unread
     chunked = requests.put(f"{server}/datastore/image", params={"image": "chunk"}, data=iter([b"a" * 1024] * 4))
     assert chunked.status_code == 411, chunked.text
@@ -293,13 +159,13 @@ def test_traversal_and_oversize_probes_are_refused(server, uploaded, workspace):
     response = conn.getresponse()
     assert response.status == 413 and b"exceeds the limit" in response.read()
     conn.close()
-    assert secret.read_text() == "not for clients"
-    assert _tree(workspace, skip=("app", "studies")) == before
+    assert secret.read_text() == SECRET
+    assert tree(workspace, skip=("app", "studies")) == before
     studies = {p.name for p in (workspace / "studies").iterdir()}
     assert {"ct.dcm", "photo.png"} <= studies
     assert not studies & {"evil.png", "ok.png", "big.png", "x.png", "chunk.png", ".hidden.png"}
     stored = requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]
-    assert set(stored) <= {"ct", "photo", "broken"}
+    assert set(stored) <= STORED_IDS
 
 
 def test_stored_images_download_and_info_hide_server_paths(server, uploaded, workspace):
@@ -357,9 +223,7 @@ def test_datastore_requests_on_unknown_ids_and_bad_json_are_4xx(
     assert r.status_code == status, r.text
     assert words in r.json()["detail"], r.text
     assert str(workspace) not in r.text
-    assert set(requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]) <= {
-        "ct", "photo", "broken"
-    }
+    assert set(requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]) <= STORED_IDS
 
 
 def test_datastore_info_round_trip_and_delete(server, uploaded, workspace):
@@ -410,7 +274,7 @@ def test_datastore_listings_hide_server_paths(server, uploaded, workspace):
 def test_failed_uploads_leave_no_temporary_files(server, uploaded, workspace, server_tmp):
     """Stock 0.8.5 copies the upload to TMPDIR/tmpXXXX.<ext> first and only removes it after a success."""
     png = (workspace / "files" / "photo.png").read_bytes()
-    before = _tree(server_tmp, skip=())
+    before = tree(server_tmp, skip=())
     attempts = [
         ("/datastore/image", {"image": "tmp1"}, {"params": "notjson"}, {"file": ("x.png", png)}),
         ("/datastore/image", {"image": "tmp1"}, {"params": "[1]"}, {"file": ("x.png", png)}),
@@ -423,12 +287,12 @@ def test_failed_uploads_leave_no_temporary_files(server, uploaded, workspace, se
     ]
     for path, query, form, files in attempts:
         r = requests.put(server + path, params=query, data=form, files=files, timeout=30)
-        assert _tree(server_tmp, skip=()) == before, (path, query, r.status_code)
+        assert tree(server_tmp, skip=()) == before, (path, query, r.status_code)
         assert 400 <= r.status_code < 500, (path, query, r.status_code, r.text[:300])
     with open(workspace / "files" / "photo.png", "rb") as f:  # a success leaves nothing behind either
         assert requests.put(f"{server}/datastore/image", params={"image": "photo"},
                             files={"file": ("photo.png", f)}).status_code == 200
-    assert _tree(server_tmp, skip=()) == before
+    assert tree(server_tmp, skip=()) == before
     assert "tmp1" not in requests.get(f"{server}/datastore/", params={"output": "all"}).json()["objects"]
 
 
@@ -436,7 +300,7 @@ def test_active_learning_sample_hides_the_server_path(server, uploaded, workspac
     r = requests.post(f"{server}/activelearning/random", json={})
     assert r.status_code == 200, r.text
     sample = r.json()
-    assert sample["id"] in {"ct", "photo", "broken"} and sample["name"].startswith(sample["id"])
+    assert sample["id"] in STORED_IDS and sample["name"].startswith(sample["id"])
     assert "path" not in sample and str(workspace) not in r.text
     assert requests.get(f"{server}/datastore/image", params={"image": sample["id"]}).status_code == 200
     for strategy, body in (("nosuch", {}), ("random", {"strategy": "nosuch"}), ("random", {"strategy": [1]})):

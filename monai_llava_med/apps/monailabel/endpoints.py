@@ -20,7 +20,10 @@ and unknown ids with 500 or ``200 {}``. The replacements (same parameters, same 
 
 * decode ``params``/``info`` as a JSON object and check ids, extension and (for labels) the image first, then copy
   the upload into a private temporary folder with a size cap, removed whatever happens;
-* answer an unknown image or label with 404 and a field that is not a JSON object with 400.
+* answer an unknown image or label with 404 and a field that is not a JSON object with 400;
+* ``GET /datastore/image``, ``GET /datastore/label``, ``GET /datastore/dataset`` and ``HEAD /datastore/image`` come
+  from :mod:`.downloads` (files opened without following links and checked; an archive streamed from an anonymous
+  temporary file; a checked ``check_sum``).
 
 Like the stock ones they are ``async`` (run on the event loop), so datastore updates stay serialised.
 
@@ -44,6 +47,7 @@ from monailabel.interfaces.utils.app import app_instance
 
 from ...errors import LlavaMedInputError
 from .datastore import checked_id, image_not_found, label_not_found
+from .downloads import check_image_endpoint, dataset_endpoint, download_image_endpoint, download_label_endpoint
 from .http_errors import as_http_error
 from .request_checks import (
     ID_PATTERN,
@@ -318,6 +322,10 @@ _DATASTORE_ROUTES: tuple[tuple[str, str, Callable[..., Any], str], ...] = (
     ("PUT", "/datastore/image/info", put_image_info_endpoint, "Update Image Info"),
     ("GET", "/datastore/label/info", get_label_info_endpoint, "Get Label Info"),
     ("PUT", "/datastore/label/info", put_label_info_endpoint, "Update Label Info"),
+    ("GET", "/datastore/dataset", dataset_endpoint, "Download full dataset as ZIP archive"),
+    ("HEAD", "/datastore/image", check_image_endpoint, "Check If Image Exists"),
+    ("GET", "/datastore/image", download_image_endpoint, "Download Image"),
+    ("GET", "/datastore/label", download_label_endpoint, "Download Label"),
 )
 
 

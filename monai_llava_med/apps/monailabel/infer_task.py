@@ -22,7 +22,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ...engines.inference import LlavaMedPredictor
 from ...errors import LlavaMedInputError
-from .http_errors import as_http_error
+from .http_errors import as_http_error, unexpected_http_error
+from .redaction import safe_modality
 from .request_checks import RequestLimits, parse_infer_params
 
 __all__ = ["TASK_KEYS", "LlavaMedInferTask"]
@@ -83,6 +84,7 @@ class LlavaMedInferTask(InferTask):
         info["limits"] = {
             "max_question_chars": self.limits.max_question_chars,
             "max_new_tokens": self.limits.max_new_tokens,
+            "min_temperature": self.limits.min_temperature,
             "max_temperature": self.limits.max_temperature,
         }
         return info
@@ -102,7 +104,9 @@ class LlavaMedInferTask(InferTask):
             ``(None, {"answer", "views", "model", "latency_s", "modality", "source", "question", "ignored_params"})``.
 
         Raises:
-            HTTPException: 400/413 for bad params, 422 for an image the library cannot read.
+            HTTPException: 400/413 for bad params; 422 for an image the library cannot read, with a fixed detail per
+                error class (never the error's text) -- also for an untyped exception from deep inside a library
+                (503 when memory ran out, 500 for a failure without an image).
         """
         name = str(request.get("image_name") or (Path(request["image"]).name if request.get("image") else "none"))
         try:
@@ -111,12 +115,14 @@ class LlavaMedInferTask(InferTask):
                 result = self.predictor.ask(request.get("image") or None, checked.question, **checked.generation)
         except LlavaMedInputError as err:
             raise as_http_error(err, name) from err
+        except Exception as err:  # noqa: BLE001 - one bad image must give its own error, not a bare 500
+            raise unexpected_http_error(err, name, with_image=bool(request.get("image"))) from None
         return None, {
             "answer": result["answer"],
             "views": result.get("views", []),
             "model": result.get("model", self.predictor.model_name),
             "latency_s": result["latency_s"],
-            "modality": result.get("modality"),
+            "modality": safe_modality(result.get("modality")) if request.get("image") else None,
             "source": name if request.get("image") else None,
             "question": checked.question,
             "ignored_params": checked.ignored,

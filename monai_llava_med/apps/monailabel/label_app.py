@@ -16,6 +16,7 @@ Needs ``monailabel``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sys
 from collections.abc import Mapping
@@ -34,7 +35,8 @@ from .endpoints import install_datastore_routes, install_infer_route
 from .guard import install_request_guard
 from .http_errors import as_http_error
 from .infer_task import TASK_KEYS, LlavaMedInferTask
-from .request_checks import RequestError, RequestLimits, parse_infer_params, validate_id
+from .redaction import install_reader_redaction
+from .request_checks import RequestError, RequestLimits, is_utf8_text, parse_infer_params, validate_id
 
 __all__ = ["MODEL_NAME", "BUNDLE_MODELS", "resolve_model_dir", "LlavaMedLabelApp"]
 
@@ -98,12 +100,16 @@ class LlavaMedLabelApp(MONAILabelApp):
     def install_server_hooks(self) -> bool:
         """Replace the infer and datastore routes and install the request guard on the running server, if any.
 
+        Also withholds the text of image readers' warnings and log records in the server process
+        (:func:`~.redaction.install_reader_redaction`): they may quote DICOM header values.
+
         Returns:
             whether a server (``monailabel.app``) was found.
         """
         server = sys.modules.get("monailabel.app")
         if server is None:
             return False
+        install_reader_redaction()
         prefix = settings.MONAI_LABEL_API_STR
         install_infer_route(server.app, prefix)
         install_datastore_routes(server.app, prefix)
@@ -141,7 +147,8 @@ class LlavaMedLabelApp(MONAILabelApp):
 
         Raises:
             HTTPException: 404 for a strategy the app does not offer (stock 0.8.5 answers 500); 400 for a
-                ``client_id`` that is not a short string (it is stored in the image info and sent back).
+                ``client_id`` that is not a short string of valid Unicode (it is stored in the image info and sent
+                back).
         """
         strategy = request.get("strategy") or "random"
         if not isinstance(strategy, str) or strategy not in self._strategies:
@@ -150,8 +157,12 @@ class LlavaMedLabelApp(MONAILabelApp):
                 f"unknown active-learning strategy {shown}; this server offers {sorted(self._strategies)}", None, 404
             ))
         client_id = request.get("client_id")
-        if client_id is not None and not (isinstance(client_id, str) and len(client_id) <= 128):
-            raise as_http_error(RequestError("client_id must be a string of at most 128 characters", "client_id"))
+        if client_id is not None and not (
+            isinstance(client_id, str) and len(client_id) <= 128 and is_utf8_text(client_id)
+        ):
+            raise as_http_error(RequestError(
+                "client_id must be a string of at most 128 characters (valid Unicode)", "client_id"
+            ))
         result = super().next_sample(request)
         result.pop("path", None)
         return result
@@ -175,7 +186,8 @@ class LlavaMedLabelApp(MONAILabelApp):
         """Run the task ``model`` on a resolved image path with checked params; returns the answer JSON.
 
         Raises:
-            RequestError: (404) for an unknown model.
+            RequestError: (404) for an unknown model; (504) when the answer takes longer than
+                ``MONAI_LABEL_INFER_TIMEOUT`` seconds.
         """
         task = self._infers.get(model)
         if task is None:
@@ -183,7 +195,12 @@ class LlavaMedLabelApp(MONAILabelApp):
         request = {"model": model, "image": image_path, "image_name": image_name, **params}
         if self._infers_threadpool:
             future = self._infers_threadpool.submit(task, request)
-            _, result = future.result(settings.MONAI_LABEL_INFER_TIMEOUT)
+            try:
+                _, result = future.result(settings.MONAI_LABEL_INFER_TIMEOUT)
+            except concurrent.futures.TimeoutError as err:
+                raise RequestError(
+                    f"no answer within {settings.MONAI_LABEL_INFER_TIMEOUT} s (MONAI_LABEL_INFER_TIMEOUT)", None, 504
+                ) from err
         else:
             _, result = task(request)
         return result

@@ -38,6 +38,7 @@ __all__ = [
     "image_extension",
     "check_file_content",
     "parse_json_object",
+    "is_utf8_text",
     "parse_infer_params",
 ]
 
@@ -87,6 +88,8 @@ class RequestLimits:
         max_question_chars: longest question.
         max_new_tokens: largest ``max_new_tokens`` a client may ask for.
         default_max_new_tokens: answer length when the client sets none.
+        min_temperature: smallest sampling temperature (smaller ones overflow the logits: use ``do_sample=false``
+            for greedy answers).
         max_temperature: largest sampling temperature.
         max_params_chars: longest ``params`` JSON text.
         max_upload_bytes: largest request body (uploads included).
@@ -95,6 +98,7 @@ class RequestLimits:
     max_question_chars: int = 2000
     max_new_tokens: int = 512
     default_max_new_tokens: int = 128
+    min_temperature: float = 0.01
     max_temperature: float = 2.0
     max_params_chars: int = 16384
     max_upload_bytes: int = 1 << 30
@@ -209,8 +213,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 64 else text[:64] + "..."
 
 
-def _number(params: Mapping[str, Any], key: str, low: float, high: float, integer: bool) -> int | float:
-    """``params[key]`` checked to be an int (or a number) in ``[low, high]``; ``(low, high]`` for floats.
+def _number(
+    params: Mapping[str, Any], key: str, low: float, high: float, integer: bool, open_low: bool | None = None
+) -> int | float:
+    """``params[key]`` checked to be an int (or a number) in ``[low, high]``; ``(low, high]`` for floats unless
+    ``open_low`` is False.
 
     Integers are compared exactly (no float conversion), so a 400-digit integer is refused as out of range rather
     than overflowing.
@@ -219,10 +226,11 @@ def _number(params: Mapping[str, Any], key: str, low: float, high: float, intege
     if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
         raise RequestError(f"params.{key} must be {kind}, got {_shown(value)}", key)
+    open_low = not integer if open_low is None else open_low
     finite = isinstance(value, int) or math.isfinite(value)
-    inside = finite and (low <= value <= high if integer else low < value <= high)
+    inside = finite and (low < value <= high if open_low else low <= value <= high)
     if not inside:
-        bounds = f"[{low}, {high}]" if integer else f"({low}, {high}]"
+        bounds = f"({low}, {high}]" if open_low else f"[{low}, {high}]"
         raise RequestError(f"params.{key}={_shown(value)} is outside the allowed range {bounds}", key)
     return value
 
@@ -246,21 +254,35 @@ def _no_constant(text: str) -> float:
     raise _NotFinite(text)
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    """Whether objects/arrays nest more than ``limit`` levels in ``value`` (iterative: no recursion limit)."""
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (no lone surrogate such as ``"\\ud800"``, which JSON allows)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _structure_problem(value: Any, limit: int) -> str | None:
+    """Why ``value`` cannot be used: objects/arrays nest more than ``limit`` levels, or a key or string holds a lone
+    surrogate (it cannot be encoded, stored or sent back). ``None`` when fine. Iterative: no recursion limit."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, str):
+            if not is_utf8_text(item):
+                return "a string holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode text"
+            continue
         if isinstance(item, Mapping):
-            children = item.values()
+            children = [*item.keys(), *item.values()]
         elif isinstance(item, list | tuple):
-            children = item
+            children = list(item)
         else:
             continue
         if depth > limit:
-            return True
+            return f"it nests more than {limit} levels deep"
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
 
 
 def parse_json_object(
@@ -275,8 +297,8 @@ def parse_json_object(
 
     Raises:
         RequestError: (400) for text that is not JSON, holds NaN/Infinity, a float beyond the double range or an
-            integer with more digits than Python converts (4300), nests deeper than ``max_depth``, or is not an
-            object.
+            integer with more digits than Python converts (4300), nests deeper than ``max_depth``, holds a lone
+            surrogate (``"\\ud800"``) in a key or string, or is not an object.
     """
     if text is None or text == "":
         return {}
@@ -294,8 +316,9 @@ def parse_json_object(
             raise RequestError(f"{name} is not usable JSON: it is nested too deeply", name) from err
     if not isinstance(text, Mapping):
         raise RequestError(f"{name} must be a JSON object, got {type(text).__name__}", name)
-    if _too_deep(text, max_depth):
-        raise RequestError(f"{name} is not usable JSON: it nests more than {max_depth} levels deep", name)
+    problem = _structure_problem(text, max_depth)
+    if problem:
+        raise RequestError(f"{name} is not usable JSON: {problem}", name)
     return dict(text)
 
 
@@ -312,8 +335,8 @@ def parse_infer_params(params: str | Mapping[str, Any] | None, limits: RequestLi
     """Check the ``params`` of an infer request and return the question and generation settings.
 
     Accepted keys: ``question`` (required), ``max_new_tokens`` (1..limit), ``do_sample`` (bool), ``temperature``
-    (0 < t <= limit), ``top_p`` (0 < p <= 1). Keys in :data:`RESERVED_PARAMS` are refused; any other key is
-    ignored and listed in :attr:`InferParams.ignored` (MONAI Label clients add their own).
+    (min <= t <= max, default 0.01..2), ``top_p`` (0 < p <= 1). Keys in :data:`RESERVED_PARAMS` are refused; any
+    other key is ignored and listed in :attr:`InferParams.ignored` (MONAI Label clients add their own).
 
     Args:
         params: the JSON text of the ``params`` form field, or the decoded object.
@@ -349,7 +372,9 @@ def parse_infer_params(params: str | Mapping[str, Any] | None, limits: RequestLi
     if "do_sample" in params:
         generation["do_sample"] = _flag(params, "do_sample")
     if "temperature" in params:
-        generation["temperature"] = float(_number(params, "temperature", 0.0, limits.max_temperature, False))
+        generation["temperature"] = float(
+            _number(params, "temperature", limits.min_temperature, limits.max_temperature, False, open_low=False)
+        )
     if "top_p" in params:
         generation["top_p"] = float(_number(params, "top_p", 0.0, 1.0, False))
     ignored = sorted(str(k) for k in params if k != "question" and k not in GENERATION_KEYS)
