@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import make_batch
 from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
 from monai_llava_med.errors import CheckpointError
@@ -327,6 +328,46 @@ def test_assemble_stage1_start_from_clip_and_llm_folders(tiny_config, tiny_token
     assert torch.equal(reloaded(ids, mask, pixels).logits, model(ids, mask, pixels).logits)
     with pytest.raises(CheckpointError, match="no config.json"):
         assemble_from_parts(tmp_path / "nowhere", tmp_path / "llm")
+
+
+_RANDOM_INIT_OPS = {"normal_", "uniform_", "trunc_normal_", "bernoulli_", "random_", "exponential_", "log_normal_"}
+
+
+class _RandomInitCounter(TorchDispatchMode):
+    """Counts the elements of real (non-meta) tensors filled by random-init ops while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.filled = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in _RANDOM_INIT_OPS and args and args[0].device.type != "meta":
+            self.filled += args[0].numel()
+        return func(*args, **(kwargs or {}))
+
+
+def test_assemble_and_load_materialise_weights_once(tiny_config, tiny_tokenizer, tmp_path):
+    """Only the fresh projector is randomly initialised; the towers are never built randomly then replaced."""
+    from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+
+    from monai_llava_med.networks import assemble_from_parts
+
+    CLIPVisionModel(CLIPVisionConfig(**tiny_config.vision_config)).save_pretrained(tmp_path / "clip")
+    text = dict(tiny_config.text_config)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(text.pop("model_type"), **text)).save_pretrained(tmp_path / "llm")
+    tiny_tokenizer.save_pretrained(str(tmp_path / "llm"))
+    with _RandomInitCounter() as counter:
+        model, _ = assemble_from_parts(tmp_path / "clip", tmp_path / "llm", out_dir=tmp_path / "init")
+    projector = sum(p.numel() for p in model.projector.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert total > 30 * projector and counter.filled == projector
+    assert not any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+    with _RandomInitCounter() as counter:
+        loaded, _ = load_pretrained(tmp_path / "init")
+    assert counter.filled == 0 and not any(p.device.type == "meta" for p in loaded.parameters())
+    with _RandomInitCounter() as counter:
+        build_llava_med(tiny_config)  # the counter does see a random build
+    assert counter.filled >= total
 
 
 # ------------------------------------------------------------------------------------------ review fixes

@@ -18,15 +18,9 @@ from .checkpoint import (
     save_pretrained,
 )
 from .config import CLIP_MEAN, CLIP_STD, CONFIG_NAME, LlavaMedConfig, projector_depth
-from .llava_med import (
-    STAGES,
-    LlavaMedNet,
-    build_llava_med,
-    build_projector,
-    configure_stage,
-    default_dtype,
-    set_trainable,
-)
+from .config_checks import check_config_values, estimate_parameters
+from .factory import build_llava_med, default_dtype, resolve_device, resolve_dtype, resolve_placement
+from .llava_med import STAGES, LlavaMedNet, build_projector, configure_stage, set_trainable
 
 __all__ = [
     "CLIP_MEAN",
@@ -46,6 +40,11 @@ __all__ = [
     "read_state_dict",
     "save_pretrained",
     "build_projector",
+    "check_config_values",
+    "estimate_parameters",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_placement",
     "configure_stage",
     "default_dtype",
     "projector_depth",

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint_files import TEXT_FIELDS
+from .checkpoint_files import IGNORED_KEYS, TEXT_FIELDS
 from .config import LlavaMedConfig
 from .layout_ours import save_pretrained
-from .llava_med import LlavaMedNet, build_llava_med
+from .factory import build_llava_med
+from .llava_med import LlavaMedNet, build_projector
 
 __all__ = ["assemble_from_parts"]
 
@@ -87,22 +88,27 @@ def assemble_from_parts(
         model_max_length=int(min(tokenizer.model_max_length, 2048)),
         name=name,
     )
-    torch.manual_seed(seed)
-    model = build_llava_med(config, dtype=torch.float32)
     try:
-        model.vision_tower = CLIPVisionModel.from_pretrained(str(vision_dir), dtype=torch.float32)
-        model.language_model = AutoModelForCausalLM.from_pretrained(str(language_dir), dtype=torch.float32)
+        vision_tower = CLIPVisionModel.from_pretrained(str(vision_dir), dtype=torch.float32)
+        language_model = AutoModelForCausalLM.from_pretrained(str(language_dir), dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot load the component weights: {err}", language_dir) from err
     # a tokenizer without <unk> got a new <pad> (after <image>): every id it can emit except <image> (remapped by
     # LlavaMedNet.embed) must have an embedding row, so grow the embeddings / LM head (new rows = mean of the old)
-    rows = model.language_model.get_input_embeddings().num_embeddings
+    rows = language_model.get_input_embeddings().num_embeddings
     needed = 1 + max(i for i in tokenizer.get_vocab().values() if i != config.image_token_id)
     if needed > rows:
-        model.language_model.resize_token_embeddings(needed)
+        language_model.resize_token_embeddings(needed)
         config.text_config["vocab_size"] = needed
         logger.info("grew the language model's embeddings from %d to %d rows for the added tokens", rows, needed)
-    model.eval()
+    torch.manual_seed(seed)
+    projector = build_projector(projector_type, vision_tower.config.hidden_size, language_model.config.hidden_size)
+    state = {f"projector.{k}": v for k, v in projector.state_dict().items()}
+    state.update({f"vision_tower.{k}": v for k, v in vision_tower.state_dict().items()})
+    state.update({f"language_model.{k}": v for k, v in language_model.state_dict().items()})
+    state = {k: v for k, v in state.items() if not IGNORED_KEYS.search(k)}
+    # the factory builds on the meta device and takes these tensors over: nothing is initialised twice
+    model = build_llava_med(config, dtype=torch.float32, state_dict=state, source=language_dir).eval()
     if out_dir is not None:
         save_pretrained(model, out_dir, tokenizer)
     return model, tokenizer

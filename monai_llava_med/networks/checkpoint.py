@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.utils import optional_import
 
 from ..errors import CheckpointError
 from .assemble import assemble_from_parts
@@ -40,13 +39,13 @@ from .checkpoint_files import (
     resolve_folder,
 )
 from .config import CONFIG_NAME, LlavaMedConfig
+from .config_checks import check_fits_memory
 from .export_hf import export_hf_llava
 from .layout_hf_llava import HF_LLAVA_KEY_RULES, config_from_hf_llava
 from .layout_llava_native import NATIVE_KEY_RULES, NATIVE_MODEL_TYPES, config_from_native, is_native_llava
 from .layout_ours import save_pretrained
-from .llava_med import LlavaMedNet, build_llava_med, default_dtype
-
-init_empty_weights, has_accelerate = optional_import("accelerate", name="init_empty_weights")
+from .factory import build_llava_med, resolve_placement
+from .llava_med import LlavaMedNet
 
 __all__ = [
     "detect_layout",
@@ -120,7 +119,7 @@ def convert_state_dict(
         state: weights as read from the folder.
         layout: one of the names returned by :func:`detect_layout`.
         expected_keys: the target model's keys; used to reconcile CLIP's optional ``vision_model.`` prefix,
-            which transformers versions name differently.
+            which transformers versions name differently (:func:`build_llava_med` reconciles it too).
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -150,36 +149,60 @@ def config_from_folder(folder: str | PathLike, state: Mapping[str, torch.Tensor]
     layout = detect_layout(folder)
     if layout == "llava_med":
         return LlavaMedConfig.load(folder)
-    if layout == "llava_med_v15":
-        return config_from_native(read_json(folder / "config.json"), folder, state)
-    return config_from_hf_llava(folder)
+    try:
+        if layout == "llava_med_v15":
+            return config_from_native(read_json(folder / "config.json"), folder, state)
+        return config_from_hf_llava(folder)
+    except CheckpointError as err:
+        if err.path is not None:
+            raise
+        raise CheckpointError(err.reason, folder / "config.json") from err
+    except (ValueError, TypeError) as err:  # LlavaMedConfig's own checks of the values read
+        raise CheckpointError(f"config.json values cannot build a network: {err}", folder / "config.json") from err
 
 
 def load_pretrained(
     path: str | PathLike,
+    *,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     load_tokenizer: bool = True,
+    check_memory: bool = True,
 ) -> tuple[LlavaMedNet, Any]:
     """Load a LLaVA-Med network (and its tokenizer) from a local folder of any supported layout.
+
+    The config is read and checked first (value ranges, and the parameters against the free memory of the
+    target device), then the weights are read and handed to :func:`build_llava_med`, which assigns them to a
+    network built on the meta device: the model is materialised once.
 
     Args:
         path: a folder in our layout, the released LLaVA-Med v1.5 layout or the HF Llava layout; a hub id
             (``org/name``) is downloaded unless ``HF_HUB_OFFLINE=1``.
         dtype: parameter dtype; default :func:`~monai_llava_med.networks.default_dtype` (fp32 CPU, bf16 GPU).
-        device: target device (default CPU).
+        device: target device (default CPU; ``"auto"``: CUDA when available).
         load_tokenizer: also load the tokenizer (``<image>`` and a pad token added when absent).
+        check_memory: refuse a model whose parameters cannot fit in the free memory before reading weights.
 
     Returns:
         ``(model, tokenizer)``; ``tokenizer`` is ``None`` when ``load_tokenizer`` is false. The model is in
         eval mode; ``model.config.image_token_id`` matches the tokenizer's ``<image>`` id.
 
     Raises:
-        CheckpointError: for an unreadable folder, config or weights, or weights that do not fit.
+        CheckpointError: for an unreadable folder, config or weights, weights that do not fit, or a model
+            larger than the free memory.
     """
     folder = resolve_folder(path)
     layout = detect_layout(folder)
     config = config_from_folder(folder)
+    dtype, device = resolve_placement(dtype, device)
+    if check_memory:
+        placements = [(device, dtype.itemsize)]
+        if device.type != "cpu":
+            placements.append((torch.device("cpu"), dtype.itemsize))  # the weights as read, before the move
+        try:
+            check_fits_memory(config, placements)
+        except CheckpointError as err:
+            raise CheckpointError(err.reason, folder) from None
     tokenizer = None
     if load_tokenizer:
         from ..conversation import load_tokenizer as _load_tokenizer
@@ -191,16 +214,7 @@ def load_pretrained(
                 f"tokenizer maps {config.image_token} to {image_id} but the config says {config.image_token_id}", folder
             )
         config.image_token_id = int(image_id)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or default_dtype(device)
-    if has_accelerate:
-        with init_empty_weights(include_buffers=False):
-            model = LlavaMedNet(config)
-    else:
-        model = build_llava_med(config, dtype=torch.float32)
-    state = convert_state_dict(read_state_dict(folder), layout, set(model.state_dict()))
-    load_state_dict_strict(model, state, folder)
-    model = model.to(dtype=dtype, device=device).eval()
+    state = convert_state_dict(read_state_dict(folder), layout)
+    model = build_llava_med(config, dtype=dtype, device=device, state_dict=state, source=folder, check_memory=False)
     logger.info("loaded %s (%s layout) from %s", config.name, layout, folder.name)
-    return model, tokenizer
+    return model.eval(), tokenizer

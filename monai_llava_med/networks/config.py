@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from os import PathLike
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from .config_checks import check_config_values
 
 __all__ = [
     "LlavaMedConfig",
@@ -31,7 +33,8 @@ CONFIG_NAME = "llava_med_config.json"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: ``linear`` or ``mlp{N}x_gelu`` (N linear layers with GELU between them), the reference's projector names.
-PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d+)x_gelu)$")
+PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d{1,6})x_gelu)$")
+MAX_PROJECTOR_DEPTH = 16
 _SELECT_STRATEGIES = ("patch", "cls_patch")
 _TEXT_MODEL_TYPES = ("mistral", "llama")
 
@@ -40,11 +43,14 @@ def projector_depth(projector_type: str) -> int:
     """Number of linear layers of a projector named ``linear`` or ``mlp{N}x_gelu``.
 
     Raises:
-        ValueError: for any other name.
+        CheckpointError: (a ``ValueError``) for any other name.
     """
-    match = PROJECTOR_PATTERN.match(projector_type)
-    if match is None or (match.group(2) is not None and int(match.group(2)) < 1):
-        raise ValueError(f"projector_type must be 'linear' or 'mlp<N>x_gelu' (N >= 1), got {projector_type!r}.")
+    match = PROJECTOR_PATTERN.match(projector_type) if isinstance(projector_type, str) else None
+    if match is None or (match.group(2) is not None and not 1 <= int(match.group(2)) <= MAX_PROJECTOR_DEPTH):
+        raise CheckpointError(
+            f"projector_type must be 'linear' or 'mlp<N>x_gelu' (1 <= N <= {MAX_PROJECTOR_DEPTH}), "
+            f"got {projector_type!r:.40}."
+        )
     return 1 if match.group(2) is None else int(match.group(2))
 
 
@@ -128,8 +134,14 @@ class LlavaMedConfig:
     def __post_init__(self) -> None:
         self.vision_config = dict(self.vision_config)
         self.text_config = dict(self.text_config)
-        self.image_mean = tuple(float(v) for v in self.image_mean)  # type: ignore[assignment]
-        self.image_std = tuple(float(v) for v in self.image_std)  # type: ignore[assignment]
+        for name in ("image_mean", "image_std"):
+            try:
+                values = tuple(float(v) for v in getattr(self, name))
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(f"{name} must be 3 numbers, got {getattr(self, name)!r:.40}") from err
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise CheckpointError(f"{name} must be 3 finite numbers, got {values!r:.60}")
+            setattr(self, name, values)
         self.validate()
 
     # ----------------------------------------------------------------------------------------------- derived
@@ -161,7 +173,15 @@ class LlavaMedConfig:
 
     # ----------------------------------------------------------------------------------------------- checks
     def validate(self) -> None:
-        """Raise :class:`ValueError` when the hyper-parameters cannot build a network."""
+        """Raise :class:`ValueError` when the hyper-parameters cannot build a network.
+
+        Types and ranges of every size field are checked first (:func:`~.config_checks.check_config_values`,
+        a :class:`~monai_llava_med.errors.CheckpointError` naming the field); the memory a config needs is
+        checked by the factory, which knows the device.
+        """
+        check_config_values(self)
+        if min(self.image_std) <= 0:
+            raise CheckpointError(f"image_std must be > 0, got {self.image_std}")
         projector_depth(self.projector_type)
         if self.vision_feature_select_strategy not in _SELECT_STRATEGIES:
             raise ValueError(
