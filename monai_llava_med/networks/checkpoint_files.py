@@ -9,10 +9,14 @@ Weights are only read with safetensors or ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ __all__ = [
     "read_weight_file",
     "resolve_folder",
     "save_weights",
+    "staged_folder",
     "weight_files",
 ]
 
@@ -194,3 +199,62 @@ def save_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: 
 
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     save_torch_state_dict(state, out_dir, max_shard_size=max_shard_size, metadata={"format": "pt"})
+
+
+# weight and index files of any sharding: a new save removes the ones it did not write (stale shards mislead loaders)
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$")
+_WRITTEN_LAST = ("config.json", "llava_med_config.json")
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move every file of ``staging`` into ``out`` with ``os.replace`` (each file appears whole).
+
+    Weights go first and the model config last (it is what makes a folder a model folder), each file is
+    flushed to disk and gets the usual ``0o666 & ~umask`` mode (``0644``), and weight / index files of an
+    earlier save that this one did not write are removed.
+    """
+    names = sorted(p.name for p in staging.iterdir() if p.is_file())
+    order = sorted(names, key=lambda n: (0 if _WEIGHT_FILE.match(n) and not n.endswith(".json") else
+                                         2 if n in _WRITTEN_LAST else 1, n))
+    mode = _file_mode()
+    for name in order:
+        path = staging / name
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(path, mode)
+        os.replace(path, out / name)
+    for stale in out.iterdir():
+        if stale.is_file() and _WEIGHT_FILE.match(stale.name) and stale.name not in names:
+            stale.unlink()
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: str | PathLike) -> Iterator[Path]:
+    """Write a model folder atomically, file by file: yield a staging folder, then publish its files.
+
+    Everything is written into a hidden staging folder inside ``out_dir`` (same file system) and moved into
+    place only when the writer finished without an error; on an error ``out_dir`` keeps its earlier files.
+
+    Args:
+        out_dir: the destination folder (created).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield staging
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

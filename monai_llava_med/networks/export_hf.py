@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint_files import save_weights
+from .checkpoint_files import save_weights, staged_folder
 from .llava_med import LlavaMedNet
 
 __all__ = ["export_hf_llava"]
@@ -38,59 +38,25 @@ def _hf_llava_state(model: LlavaMedNet, vocab: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_hf_llava(model: LlavaMedNet, tokenizer: Any, out_dir: str | PathLike, max_shard_size: int | str = "5GB") -> Path:
-    """Export to the HF Llava layout that ``LlavaForConditionalGeneration.from_pretrained``, vLLM and SGLang load.
+def _portable_config(hf_config: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """The LlavaConfig as JSON that transformers 4.4x reads the same way as 5.x.
 
-    The image token must be inside the vocabulary there, so when ``image_token_id`` (or the tokenizer) lies
-    beyond the embedding matrix, the embeddings and LM head grow to a multiple of 64 rows; the new rows are
-    the mean of the old ones (as transformers' resize does). The LLaVA "pad" preprocessing is recorded as a
-    ``LlavaImageProcessor`` with ``do_pad`` so servers pad images to a square like the model saw.
-
-    Args:
-        model: the network (its projector must be ``mlp2x_gelu``).
-        tokenizer: its tokenizer (holding ``<image>``).
-        out_dir: destination folder (created).
-        max_shard_size: shard the weights above this size.
-
-    Raises:
-        ValueError: when the projector or vision tower cannot be expressed as HF Llava.
+    5.x writes ``rope_parameters`` and ``dtype``; 4.x reads ``rope_theta`` and ``torch_dtype`` (and would fall
+    back to rope_theta 10000 without it, silently changing v1.5's 1e6): both spellings are written.
     """
-    from transformers import GenerationConfig, LlavaConfig
+    values = json.loads(hf_config.to_json_string())
+    text = values["text_config"]
+    rope = text.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        text.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default" and "rope_scaling" not in text:
+            text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    name = str(dtype).removeprefix("torch.")
+    values["dtype"] = values["torch_dtype"] = name
+    return values
 
-    config = model.config
-    if config.projector_type != "mlp2x_gelu":
-        raise ValueError(f"HF Llava only has a 2-layer GELU projector; this model uses {config.projector_type!r}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = model.language_model.get_input_embeddings().num_embeddings
-    needed = max(rows, len(tokenizer), config.image_token_id + 1)
-    vocab = rows if needed == rows else -(-needed // 64) * 64
-    text = model.language_model.config.to_diff_dict()
-    for key in ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path"):
-        text.pop(key, None)
-    text["vocab_size"] = vocab
-    text["model_type"] = model.language_model.config.model_type
-    vision = {k: v for k, v in config.vision_config.items() if k != "transformers_version"}
-    hf_config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=config.image_token_id,
-        image_seq_length=config.num_image_tokens,
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy="default" if config.vision_feature_select_strategy == "patch" else "full",
-        projector_hidden_act="gelu",
-        multimodal_projector_bias=True,
-        tie_word_embeddings=False,
-    )
-    hf_config.architectures = ["LlavaForConditionalGeneration"]
-    hf_config.dtype = str(model.dtype).removeprefix("torch.")
-    if tokenizer.pad_token_id is not None:
-        hf_config.pad_token_id = tokenizer.pad_token_id
-    hf_config.save_pretrained(str(out))
-    lm_config = model.language_model.config
-    GenerationConfig(bos_token_id=lm_config.bos_token_id, eos_token_id=lm_config.eos_token_id).save_pretrained(str(out))
-    save_weights(_hf_llava_state(model, vocab), out, max_shard_size)
-    tokenizer.save_pretrained(str(out))
+
+def _processor_files(config: Any, select_strategy: str) -> dict[str, str]:
     processor = {
         "image_processor_type": "LlavaImageProcessor",
         "processor_class": "LlavaProcessor",
@@ -107,13 +73,93 @@ def export_hf_llava(model: LlavaMedNet, tokenizer: Any, out_dir: str | PathLike,
         "do_convert_rgb": True,
         "resample": 3,
     }
-    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
-    (out / "processor_config.json").write_text(
-        json.dumps(
-            {"processor_class": "LlavaProcessor", "image_token": config.image_token, "patch_size": config.patch_size,
-             "vision_feature_select_strategy": hf_config.vision_feature_select_strategy, "num_additional_image_tokens": 1},
-            indent=2,
-        )
-        + "\n"
+    processor_config = {
+        "processor_class": "LlavaProcessor",
+        "image_token": config.image_token,
+        "patch_size": config.patch_size,
+        "vision_feature_select_strategy": select_strategy,
+        "num_additional_image_tokens": 1,
+    }
+    return {
+        "preprocessor_config.json": json.dumps(processor, indent=2) + "\n",
+        "processor_config.json": json.dumps(processor_config, indent=2) + "\n",
+    }
+
+
+def export_hf_llava(
+    model: LlavaMedNet,
+    tokenizer: Any,
+    out_dir: str | PathLike,
+    max_shard_size: int | str = "5GB",
+    template: str | None = None,
+) -> Path:
+    """Export to the HF Llava layout that transformers 4.4x / 5.x, vLLM and SGLang load and prompt like us.
+
+    The image token must be inside the vocabulary there, so when ``image_token_id`` (or the tokenizer) lies
+    beyond the embedding matrix, the embeddings and LM head grow to a multiple of 64 rows; the new rows are
+    the mean of the old ones (as transformers' resize does). The LLaVA "pad" preprocessing is recorded as a
+    ``LlavaImageProcessor`` with ``do_pad`` so servers pad images to a square like the model saw. The
+    tokenizer is written for serving (:func:`~monai_llava_med.conversation.serving_tokenizer_files`): a
+    ``PreTrainedTokenizerFast`` config, BOS added once, and a Jinja chat template (``chat_template.jinja``,
+    also in ``tokenizer_config.json`` and ``chat_template.json`` for older readers) rendering the model's
+    conversation template byte for byte. Files are written to a staging folder and moved into place one by
+    one (mode ``0644`` under the usual umask), the config last.
+
+    Args:
+        model: the network (its projector must be ``mlp2x_gelu``).
+        tokenizer: its tokenizer (holding ``<image>``).
+        out_dir: destination folder (created).
+        max_shard_size: shard the weights above this size.
+        template: the conversation template of the chat template (default ``model.config.template``).
+
+    Raises:
+        ValueError: when the projector or vision tower cannot be expressed as HF Llava.
+        TemplateError: when the conversation template cannot be expressed as a chat template.
+    """
+    from transformers import GenerationConfig, LlavaConfig
+
+    from ..conversation.tokenizer import serving_tokenizer_files
+
+    config = model.config
+    if config.projector_type != "mlp2x_gelu":
+        raise ValueError(f"HF Llava only has a 2-layer GELU projector; this model uses {config.projector_type!r}.")
+    tokenizer_files = serving_tokenizer_files(
+        tokenizer, template or config.template, model_max_length=config.model_max_length
     )
-    return out
+    rows = model.language_model.get_input_embeddings().num_embeddings
+    needed = max(rows, len(tokenizer), config.image_token_id + 1)
+    vocab = rows if needed == rows else -(-needed // 64) * 64
+    text = model.language_model.config.to_diff_dict()
+    for key in ("transformers_version", "architectures", "dtype", "torch_dtype", "_name_or_path"):
+        text.pop(key, None)
+    text["vocab_size"] = vocab
+    text["model_type"] = model.language_model.config.model_type
+    vision = {k: v for k, v in config.vision_config.items() if k != "transformers_version"}
+    select_strategy = "default" if config.vision_feature_select_strategy == "patch" else "full"
+    hf_config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=config.image_token_id,
+        image_seq_length=config.num_image_tokens,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=select_strategy,
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+    )
+    hf_config.architectures = ["LlavaForConditionalGeneration"]
+    if tokenizer.pad_token_id is not None:
+        hf_config.pad_token_id = tokenizer.pad_token_id
+    lm_config = model.language_model.config
+    generation = GenerationConfig(bos_token_id=lm_config.bos_token_id, eos_token_id=lm_config.eos_token_id)
+    files = {
+        "config.json": json.dumps(_portable_config(hf_config, model.dtype), indent=2, sort_keys=True) + "\n",
+        "generation_config.json": generation.to_json_string(use_diff=True),
+        **tokenizer_files,
+        **_processor_files(config, select_strategy),
+    }
+    with staged_folder(out_dir) as staging:
+        save_weights(_hf_llava_state(model, vocab), staging, max_shard_size)
+        for name, content in files.items():
+            (staging / name).write_text(content, encoding="utf-8")
+    return Path(out_dir)

@@ -14,7 +14,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_files import save_weights
+from .checkpoint_files import save_weights, staged_folder
 from .config import CONFIG_NAME
 from .llava_med import LlavaMedNet
 
@@ -26,16 +26,20 @@ def save_pretrained(
 ) -> Path:
     """Write the network in our layout: ``llava_med_config.json``, safetensors weights and the tokenizer.
 
+    Files are written to a staging folder and moved into place one by one, the config last; weight shards of
+    an earlier save that this one does not write are removed.
+
     Args:
         model: the network.
         out_dir: destination folder (created).
         tokenizer: optional tokenizer saved beside the weights (``load_pretrained`` needs one).
         max_shard_size: shard the weights above this size (``"5GB"``, or bytes).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.save(out / CONFIG_NAME)
-    save_weights(dict(model.state_dict()), out, max_shard_size)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
-    return out
+    from ..conversation.tokenizer import save_tokenizer
+
+    with staged_folder(out_dir) as staging:
+        save_weights(dict(model.state_dict()), staging, max_shard_size)
+        if tokenizer is not None:
+            save_tokenizer(tokenizer, staging)
+        model.config.save(staging / CONFIG_NAME)
+    return Path(out_dir)
