@@ -186,3 +186,25 @@ def test_exported_folder_in_transformers_4(exported, tmp_path):
     result, meta = run_probe(request, tmp_path, python=TF4_PYTHON)
     assert meta["transformers"].startswith("4.")
     _check(result, ours)
+
+
+@pytest.mark.parametrize("mode", ["pad", "resize"])
+def test_exported_image_processor_follows_image_aspect_ratio(mode, tmp_path):
+    """A 48x20 image: the exported processor pads (or squashes, never crops) like our pipeline, within 1 grey level."""
+    from transformers import AutoProcessor
+
+    from monai_llava_med.conversation import build_bpe_tokenizer
+    from monai_llava_med.transforms.pixels import ImageToClipPixels
+
+    tokenizer = build_bpe_tokenizer(["a small corpus for a tiny tokenizer"] * 4, vocab_size=300)
+    config = LlavaMedConfig.tiny(image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_aspect_ratio=mode)
+    assert config.pad_to_square is (mode == "pad")
+    out = export_hf_llava(build_llava_med(config), tokenizer, tmp_path / "hf")
+    image = (np.random.default_rng(1).random((20, 48, 3)) * 255).astype(np.uint8)
+    theirs = AutoProcessor.from_pretrained(out).image_processor(Image.fromarray(image), return_tensors="pt")
+    ours = ImageToClipPixels(config.image_size, config.image_mean, config.image_std, pad=config.pad_to_square)(
+        image.transpose(2, 0, 1).copy()
+    )
+    difference = (theirs["pixel_values"][0] - ours).abs()
+    one_grey_level = 1.01 / 255 / min(config.image_std)
+    assert difference.max() <= one_grey_level and difference.mean() <= 1e-3

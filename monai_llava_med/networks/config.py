@@ -111,7 +111,9 @@ class LlavaMedConfig:
         image_token: the text of the image placeholder.
         image_mean: per-channel mean used to normalise pixels (and the pad colour of "pad" mode).
         image_std: per-channel standard deviation used to normalise pixels.
-        image_aspect_ratio: ``"pad"`` (paste onto a mean-coloured square first, LLaVA-Med v1.5) or ``"resize"``.
+        image_aspect_ratio: ``"pad"`` (paste onto a mean-coloured square first, LLaVA-Med v1.5) or ``"resize"``
+            (squash to the square); read by the image pipeline through :attr:`pad_to_square` and by the HF
+            export (``do_pad``).
         model_max_length: the context length the tokenizer truncates to.
         template: the conversation template the model was trained with.
         name: a short human-readable model name, reported with answers.
@@ -160,6 +162,13 @@ class LlavaMedConfig:
         """Number of ``image_token_id`` tokens (= projected features) each image contributes."""
         patches = (self.image_size // self.patch_size) ** 2
         return patches + (1 if self.vision_feature_select_strategy == "cls_patch" else 0)
+
+    @property
+    def pad_to_square(self) -> bool:
+        """``image_aspect_ratio == "pad"``: paste each image onto a square canvas of the mean colour before
+        resizing (LLaVA-Med v1.5); otherwise the image is resized to the square directly. The image pipeline
+        built from this config takes it as ``pad=`` (:class:`~monai_llava_med.transforms.ImageToClipPixels`)."""
+        return self.image_aspect_ratio == "pad"
 
     @property
     def projector_depth(self) -> int:

@@ -62,8 +62,9 @@ def _processor_files(config: Any, select_strategy: str) -> dict[str, str]:
         "processor_class": "LlavaProcessor",
         "do_pad": config.image_aspect_ratio == "pad",
         "do_resize": True,
-        "size": {"shortest_edge": config.image_size},
-        "do_center_crop": True,
+        # "pad": square canvas, then resize; "resize": squash to the square, as our pipeline does (no crop)
+        "size": {"height": config.image_size, "width": config.image_size},
+        "do_center_crop": False,
         "crop_size": {"height": config.image_size, "width": config.image_size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,

@@ -102,6 +102,9 @@ def config_from_native(
             "LLaVA-Med v1.0 layouts with <im_start>/<im_patch> tokens are not supported; use v1.5 weights",
             folder,
         )
+    aspect = raw.get("image_aspect_ratio", "pad")
+    if isinstance(aspect, str) and aspect.startswith("anyres"):
+        raise CheckpointError("image_aspect_ratio 'anyres' (LLaVA-NeXT tiling) is not supported", folder)
     text = {k: raw[k] for k in TEXT_FIELDS if k in raw}
     mistral = raw["model_type"] == "llava_mistral" or "Mistral" in architecture(raw)
     text["model_type"] = "mistral" if mistral else "llama"
@@ -112,7 +115,7 @@ def config_from_native(
         vision_feature_select_strategy=str(raw.get("mm_vision_select_feature", "patch")),
         projector_type=str(raw.get("mm_projector_type", "linear")),
         image_token_id=int(raw.get("vocab_size", 32000)),  # replaced by the tokenizer's <image> id
-        image_aspect_ratio="pad" if raw.get("image_aspect_ratio", "pad") == "pad" else "resize",
+        image_aspect_ratio="pad" if aspect == "pad" else "resize",
         model_max_length=int(raw.get("tokenizer_model_max_length", 2048)),
         name=model_name(folder),
     )
