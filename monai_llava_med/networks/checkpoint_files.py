@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from os import PathLike
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -90,6 +90,14 @@ def model_name(folder: Path) -> str:
     return folder.name
 
 
+def _shard_name(name: str, index_path: Path) -> str:
+    """A shard named by an index must be a plain file name inside the model folder (no path, no ``..``)."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if not name or pure.is_absolute() or len(pure.parts) != 1 or pure.name in (".", "..") or ":" in name:
+        raise CheckpointError(f"refused: the index names a shard outside the model folder: {name[:80]!r}", index_path)
+    return pure.name
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The weight files of a folder: the shards an index lists, or a single weights file."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
@@ -98,7 +106,7 @@ def weight_files(folder: Path) -> list[Path]:
             weight_map = read_json(index_path).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError("index has no weight_map", index_path)
-            files = [folder / name for name in sorted(set(weight_map.values()))]
+            files = [folder / _shard_name(name, index_path) for name in sorted(set(map(str, weight_map.values())))]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(f"shards listed in the index are missing: {missing}", index_path)

@@ -101,8 +101,6 @@ def check_config_values(config: Any) -> None:
     Raises:
         CheckpointError: naming the first field with a wrong type or an out-of-range value.
     """
-    for name, (low, high) in _TOP_LIMITS.items():
-        _check_int(name, getattr(config, name), low, high)
     for part, limits in (("text_config", TEXT_LIMITS), ("vision_config", VISION_LIMITS)):
         values = getattr(config, part)
         if not isinstance(values, Mapping):
@@ -117,6 +115,8 @@ def check_config_values(config: Any) -> None:
         for key in ("rope_theta", "rms_norm_eps", "layer_norm_eps"):
             if values.get(key) is not None:
                 _check_positive_float(f"{part}.{key}", values[key])
+    for name, (low, high) in _TOP_LIMITS.items():
+        _check_int(name, getattr(config, name), low, high)
     text, vision = config.text_config, config.vision_config
     heads, kv = text.get("num_attention_heads"), text.get("num_key_value_heads")
     if heads is not None and kv is not None and heads % kv:

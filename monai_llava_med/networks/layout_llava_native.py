@@ -106,16 +106,17 @@ def config_from_native(
     if isinstance(aspect, str) and aspect.startswith("anyres"):
         raise CheckpointError("image_aspect_ratio 'anyres' (LLaVA-NeXT tiling) is not supported", folder)
     text = {k: raw[k] for k in TEXT_FIELDS if k in raw}
+    vocab = raw.get("vocab_size", 32000)  # <image> gets this id from the tokenizer (32000 for v1.5)
     mistral = raw["model_type"] == "llava_mistral" or "Mistral" in architecture(raw)
     text["model_type"] = "mistral" if mistral else "llama"
     return LlavaMedConfig(
         vision_config=_reference_vision_config(raw, state, folder),
         text_config=text,
-        vision_feature_layer=int(raw.get("mm_vision_select_layer", -2)),
+        vision_feature_layer=raw.get("mm_vision_select_layer", -2),
         vision_feature_select_strategy=str(raw.get("mm_vision_select_feature", "patch")),
         projector_type=str(raw.get("mm_projector_type", "linear")),
-        image_token_id=int(raw.get("vocab_size", 32000)),  # replaced by the tokenizer's <image> id
+        image_token_id=vocab if isinstance(vocab, int) and 0 <= vocab < 2**31 else 0,  # then the tokenizer's
         image_aspect_ratio="pad" if aspect == "pad" else "resize",
-        model_max_length=int(raw.get("tokenizer_model_max_length", 2048)),
+        model_max_length=raw.get("tokenizer_model_max_length", 2048),
         name=model_name(folder),
     )
