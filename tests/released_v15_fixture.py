@@ -178,6 +178,21 @@ def write_released_checkpoint(folder: Path, save_tokenizer, vocab: int, *, shard
     return tensors
 
 
+def save_plain_tokenizer(tokenizer, folder: Path) -> Path:
+    """Save a prepared tokenizer without <image> (nor its vocabulary entry), as the released folder ships it."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<image>"]
+    data["model"]["vocab"].pop("<image>", None)
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    plain.save_pretrained(str(folder))
+    return folder
+
+
 #: released name prefix -> transformers 4.x LlavaForConditionalGeneration name prefix (transformers renames
 #: these to its current layout itself when loading)
 HF_4X_NAMES = (

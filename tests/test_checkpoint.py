@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_batch
-from released_v15_fixture import hf_llava_reference, write_released_checkpoint
+from released_v15_fixture import hf_llava_reference, save_plain_tokenizer, write_released_checkpoint
 from safetensors.torch import load_file, save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
@@ -32,23 +32,7 @@ def write_released(folder: Path, tokenizer, **kwargs) -> dict[str, torch.Tensor]
     """The released v1.5 layout from literal names (tests/released_v15_fixture.py); vocab = the plain tokenizer's
     length, so <image> gets id vocab_size (outside the embedding table), as 32000 does for the real one."""
     vocab = tokenizer.convert_tokens_to_ids("<image>")
-    return write_released_checkpoint(folder, lambda f: _save_plain_tokenizer(tokenizer, f), vocab, **kwargs)
-
-
-def _save_plain_tokenizer(tokenizer, folder: Path) -> Path:
-    """Save the tokenizer without <image>, as the released folder ships it."""
-    from transformers import PreTrainedTokenizerFast
-
-    data = json.loads(tokenizer.backend_tokenizer.to_str())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<image>"]
-    data["model"]["vocab"].pop("<image>", None)
-    from tokenizers import Tokenizer
-
-    plain = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    plain.save_pretrained(str(folder))
-    return folder
+    return write_released_checkpoint(folder, lambda f: save_plain_tokenizer(tokenizer, f), vocab, **kwargs)
 
 
 def _logits(model, config, ids, mask, pixels):
@@ -404,7 +388,7 @@ def test_hf_llava_export_keeps_preprocessing_and_context(tiny_tokenizer, tmp_pat
     config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"),
                                  image_aspect_ratio="resize", image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25),
                                  model_max_length=4096)
-    tokenizer = AutoTokenizer.from_pretrained(str(_save_plain_tokenizer(tiny_tokenizer, tmp_path / "tok")))
+    tokenizer = AutoTokenizer.from_pretrained(str(save_plain_tokenizer(tiny_tokenizer, tmp_path / "tok")))
     from monai_llava_med.conversation import prepare_tokenizer
 
     prepare_tokenizer(tokenizer, model_max_length=4096)

@@ -87,11 +87,10 @@ def test_absurd_values_in_our_layout_name_the_file(overrides, message, tmp_path)
     ],
 )
 def test_absurd_values_in_the_released_layout_name_config_json(field, value, message, tmp_path, tiny_tokenizer):
-    from released_v15_fixture import write_released_checkpoint
-    from test_checkpoint import _save_plain_tokenizer
+    from released_v15_fixture import save_plain_tokenizer, write_released_checkpoint
 
     folder = tmp_path / "ref"
-    write_released_checkpoint(folder, lambda f: _save_plain_tokenizer(tiny_tokenizer, f), 300)
+    write_released_checkpoint(folder, lambda f: save_plain_tokenizer(tiny_tokenizer, f), 300)
     raw = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**raw, field: value}))
     with pytest.raises(CheckpointError, match=message) as info:
