@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_batch
+from released_v15_fixture import hf_llava_reference, save_plain_tokenizer, write_released_checkpoint
 from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
 from monai_llava_med.errors import CheckpointError
@@ -26,89 +28,11 @@ from monai_llava_med.networks import (
 )
 
 
-def _reference_key(key: str) -> str:
-    """Our parameter name -> the released LLaVA-Med v1.5 name."""
-    if key.startswith("projector."):
-        return "model.mm_projector." + key[len("projector.") :]
-    if key.startswith("vision_tower."):
-        rest = key[len("vision_tower.") :]
-        return "model.vision_tower.vision_tower." + (rest if rest.startswith("vision_model.") else "vision_model." + rest)
-    if key.startswith("language_model.lm_head."):
-        return key[len("language_model.") :]
-    return key[len("language_model.") :]
-
-
-def write_reference_checkpoint(model, tokenizer, folder: Path, shards: int = 3, vision_tower: str | None = None) -> Path:
-    """Write ``model`` exactly like microsoft/llava-med-v1.5-mistral-7b: bf16-free shards + index + raw tokenizer."""
-    folder.mkdir(parents=True)
-    state = {_reference_key(k): v.clone() for k, v in model.state_dict().items()}
-    keys = sorted(state)
-    weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: state[k].contiguous() for k in keys[i::shards]}
-        save_file(part, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    text = model.language_model.config
-    tower = folder / "clip_tower"
-    tower.mkdir()
-    from transformers import CLIPVisionConfig
-
-    CLIPVisionConfig(**model.config.vision_config).save_pretrained(str(tower))
-    config = {
-        "architectures": ["LlavaMistralForCausalLM"],
-        "model_type": "llava_mistral",
-        "hidden_size": text.hidden_size,
-        "intermediate_size": text.intermediate_size,
-        "num_hidden_layers": text.num_hidden_layers,
-        "num_attention_heads": text.num_attention_heads,
-        "num_key_value_heads": text.num_key_value_heads,
-        "vocab_size": text.vocab_size,
-        "rope_theta": text.rope_theta if hasattr(text, "rope_theta") else 10000.0,
-        "max_position_embeddings": text.max_position_embeddings,
-        "rms_norm_eps": text.rms_norm_eps,
-        "hidden_act": "silu",
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "mm_hidden_size": model.config.vision_config["hidden_size"],
-        "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_tower": vision_tower or "clip_tower",
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "image_aspect_ratio": "pad",
-        "mm_use_im_start_end": False,
-        "mm_use_im_patch_token": False,
-        "tokenizer_model_max_length": 2048,
-        "tokenizer_padding_side": "right",
-        # leftovers of the reference's training code that a loader must ignore
-        "feature_outs": "encoder+decoder",
-        "img_size": 640,
-        "vision_backbone": "convnexttiny",
-        "mm_projector_lr": None,
-        "use_mm_proj": True,
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    raw = AutoTokenizer.from_pretrained(str(_save_plain_tokenizer(tokenizer, folder)))
-    assert "<image>" not in raw.get_vocab()
-    return folder
-
-
-def _save_plain_tokenizer(tokenizer, folder: Path) -> Path:
-    """Save the tokenizer without <image>, as the released folder ships it."""
-    from transformers import PreTrainedTokenizerFast
-
-    data = json.loads(tokenizer.backend_tokenizer.to_str())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<image>"]
-    data["model"]["vocab"].pop("<image>", None)
-    from tokenizers import Tokenizer
-
-    plain = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)), bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
-    plain.save_pretrained(str(folder))
-    return folder
+def write_released(folder: Path, tokenizer, **kwargs) -> dict[str, torch.Tensor]:
+    """The released v1.5 layout from literal names (tests/released_v15_fixture.py); vocab = the plain tokenizer's
+    length, so <image> gets id vocab_size (outside the embedding table), as 32000 does for the real one."""
+    vocab = tokenizer.convert_tokens_to_ids("<image>")
+    return write_released_checkpoint(folder, lambda f: save_plain_tokenizer(tokenizer, f), vocab, **kwargs)
 
 
 def _logits(model, config, ids, mask, pixels):
@@ -126,29 +50,34 @@ def v15_model(tiny_tokenizer):
     return build_llava_med(config).eval()
 
 
-def test_loads_released_v15_layout(v15_model, tiny_tokenizer, tmp_path):
-    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "llava-med-v1.5-tiny")
+def test_loads_released_v15_layout(tiny_tokenizer, tmp_path):
+    folder = tmp_path / "llava-med-v1.5-tiny"
+    tensors = write_released(folder, tiny_tokenizer)
     assert detect_layout(folder) == "llava_med_v15"
     model, tokenizer = load_pretrained(folder)
-    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == v15_model.config.image_token_id
-    assert model.config.image_token_id == model.language_model.config.vocab_size, "<image> lies outside the vocab"
+    vocab = tensors["model.embed_tokens.weight"].shape[0]
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id == vocab, "<image> = vocab_size"
+    assert model.language_model.get_input_embeddings().num_embeddings == vocab
     assert model.config.name == "llava-med-v1.5-tiny" and model.config.projector_type == "mlp2x_gelu"
-    for key, value in v15_model.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
+    assert model.config.num_image_tokens == 16 and model.config.vision_feature_layer == -2
+    assert model.language_model.config.rope_parameters["rope_theta"] == 1e6 and model.config.model_max_length == 2048
+    assert torch.equal(model.projector[2].bias, tensors["model.mm_projector.2.bias"])
+    hf = hf_llava_reference(tensors, vocab, tmp_path / "hf")
     ids, mask, pixels = make_batch(model.config)
-    assert torch.equal(model(ids, mask, pixels).logits, v15_model(ids, mask, pixels).logits)
+    with torch.no_grad():
+        ours = model(ids, mask, pixels).logits
+        theirs = hf(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits[..., :vocab]
+    real = mask.bool()
+    assert (ours[real] - theirs[real]).abs().max() <= 1e-5
 
 
 def test_v15_vision_tower_inferred_from_weights(tiny_tokenizer, tmp_path):
-    torch.manual_seed(2)
-    config = LlavaMedConfig.tiny()
-    config.vision_config.update(hidden_size=64, num_attention_heads=1, intermediate_size=96)
-    source = build_llava_med(config).eval()
-    folder = write_reference_checkpoint(source, tiny_tokenizer, tmp_path / "ckpt", vision_tower="some-org/unknown-clip")
-    model, _ = load_pretrained(folder)
+    write_released(tmp_path / "ckpt", tiny_tokenizer, vision_tower="some-org/unknown-clip")
+    model, _ = load_pretrained(tmp_path / "ckpt")
     vision = model.config.vision_config
-    assert (vision["hidden_size"], vision["num_attention_heads"], vision["num_hidden_layers"]) == (64, 1, 2)
-    assert (vision["image_size"], vision["patch_size"], vision["intermediate_size"]) == (32, 8, 96)
+    # hidden 32 -> one 64-wide head is the CLIP rule used when only the weights are known
+    assert (vision["hidden_size"], vision["num_attention_heads"], vision["num_hidden_layers"]) == (32, 1, 2)
+    assert (vision["image_size"], vision["patch_size"], vision["intermediate_size"]) == (32, 8, 64)
 
 
 def test_loads_hf_llava_layouts_4x_and_5x_names(tiny_tokenizer, tmp_path):
@@ -281,7 +210,7 @@ def test_safe_pickle_is_accepted(tmp_path, tiny_model, tiny_tokenizer):
     assert torch.equal(model.projector[0].weight, tiny_model.projector[0].weight)
 
 
-def test_folder_errors(tmp_path, saved, v15_model, tiny_tokenizer):
+def test_folder_errors(tmp_path, saved, tiny_tokenizer):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pretrained(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
@@ -290,8 +219,9 @@ def test_folder_errors(tmp_path, saved, v15_model, tiny_tokenizer):
     (saved / "model.safetensors").write_bytes(b"\x00\x01 truncated")
     with pytest.raises(CheckpointError, match="cannot read safetensors"):
         load_pretrained(saved)
-    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "ref")
-    (folder / "model-00002-of-00003.safetensors").unlink()
+    folder = tmp_path / "ref"
+    write_released(folder, tiny_tokenizer)
+    (folder / "model-00002-of-00004.safetensors").unlink()
     with pytest.raises(CheckpointError, match="shards listed in the index are missing"):
         load_pretrained(folder)
     raw = json.loads((folder / "config.json").read_text())
@@ -329,6 +259,46 @@ def test_assemble_stage1_start_from_clip_and_llm_folders(tiny_config, tiny_token
         assemble_from_parts(tmp_path / "nowhere", tmp_path / "llm")
 
 
+_RANDOM_INIT_OPS = {"normal_", "uniform_", "trunc_normal_", "bernoulli_", "random_", "exponential_", "log_normal_"}
+
+
+class _RandomInitCounter(TorchDispatchMode):
+    """Counts the elements of real (non-meta) tensors filled by random-init ops while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.filled = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in _RANDOM_INIT_OPS and args and args[0].device.type != "meta":
+            self.filled += args[0].numel()
+        return func(*args, **(kwargs or {}))
+
+
+def test_assemble_and_load_materialise_weights_once(tiny_config, tiny_tokenizer, tmp_path):
+    """Only the fresh projector is randomly initialised; the towers are never built randomly then replaced."""
+    from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel
+
+    from monai_llava_med.networks import assemble_from_parts
+
+    CLIPVisionModel(CLIPVisionConfig(**tiny_config.vision_config)).save_pretrained(tmp_path / "clip")
+    text = dict(tiny_config.text_config)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(text.pop("model_type"), **text)).save_pretrained(tmp_path / "llm")
+    tiny_tokenizer.save_pretrained(str(tmp_path / "llm"))
+    with _RandomInitCounter() as counter:
+        model, _ = assemble_from_parts(tmp_path / "clip", tmp_path / "llm", out_dir=tmp_path / "init")
+    projector = sum(p.numel() for p in model.projector.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert total > 30 * projector and counter.filled == projector
+    assert not any(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+    with _RandomInitCounter() as counter:
+        loaded, _ = load_pretrained(tmp_path / "init")
+    assert counter.filled == 0 and not any(p.device.type == "meta" for p in loaded.parameters())
+    with _RandomInitCounter() as counter:
+        build_llava_med(tiny_config)  # the counter does see a random build
+    assert counter.filled >= total
+
+
 # ------------------------------------------------------------------------------------------ review fixes
 def test_assemble_grows_embeddings_for_a_tokenizer_without_unk(tiny_config, tmp_path):
     """A Llama-3 style tokenizer (no <unk>) gets <pad> after <image>: its id must have an embedding row."""
@@ -360,29 +330,37 @@ def test_assemble_grows_embeddings_for_a_tokenizer_without_unk(tiny_config, tmp_
         assert torch.equal(reloaded(ids, (ids != pad).long()).logits, logits)
 
 
-def test_released_v15_tokenizer_keeps_unk_as_pad(v15_model, tiny_tokenizer, tmp_path):
-    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "ref")
-    model, tokenizer = load_pretrained(folder)
+def test_released_v15_tokenizer_keeps_unk_as_pad(tiny_tokenizer, tmp_path):
+    write_released(tmp_path / "ref", tiny_tokenizer)
+    model, tokenizer = load_pretrained(tmp_path / "ref")
     assert tokenizer.pad_token == "<unk>" and tokenizer.pad_token_id == 0
     assert model.language_model.get_input_embeddings().num_embeddings == model.config.image_token_id
 
 
-def test_original_llava_config_is_the_native_layout(v15_model, tiny_tokenizer, tmp_path):
+def test_original_llava_config_is_the_native_layout(tiny_tokenizer, tmp_path):
     """model_type "llava" + LlavaLlamaForCausalLM (original LLaVA) keeps model.mm_projector.* names."""
-    folder = write_reference_checkpoint(v15_model, tiny_tokenizer, tmp_path / "llava-llama")
+    folder = tmp_path / "llava-llama"
+    tensors = write_released(folder, tiny_tokenizer)
     raw = json.loads((folder / "config.json").read_text())
     llama = {**raw, "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"]}
     (folder / "config.json").write_text(json.dumps(llama))
     assert detect_layout(folder) == "llava_med_v15"
     model, _ = load_pretrained(folder)
     assert model.config.text_model_type == "llama"
-    for key, value in v15_model.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
+    assert torch.equal(model.projector[0].weight, tensors["model.mm_projector.0.weight"])
+    assert torch.equal(model.language_model.lm_head.weight, tensors["lm_head.weight"])
+    assert torch.equal(model.language_model.model.layers[1].mlp.down_proj.weight,
+                       tensors["model.layers.1.mlp.down_proj.weight"])
+    assert torch.equal(model.vision_tower.get_input_embeddings().weight,
+                       tensors["model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight"])
     without_arch = {k: v for k, v in raw.items() if k != "architectures"}
     (folder / "config.json").write_text(json.dumps({**without_arch, "model_type": "llava"}))
     assert detect_layout(folder) == "llava_med_v15"  # mm_vision_tower alone decides
     (folder / "config.json").write_text(json.dumps({**raw, "model_type": "llava", "mm_use_im_start_end": True}))
     with pytest.raises(CheckpointError, match="v1.0"):
+        load_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({**raw, "image_aspect_ratio": "anyres"}))
+    with pytest.raises(CheckpointError, match="anyres"):
         load_pretrained(folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "llava", "architectures": ["SomethingElse"]}))
     with pytest.raises(CheckpointError, match="neither mm_vision_tower"):
@@ -410,7 +388,7 @@ def test_hf_llava_export_keeps_preprocessing_and_context(tiny_tokenizer, tmp_pat
     config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"),
                                  image_aspect_ratio="resize", image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25),
                                  model_max_length=4096)
-    tokenizer = AutoTokenizer.from_pretrained(str(_save_plain_tokenizer(tiny_tokenizer, tmp_path / "tok")))
+    tokenizer = AutoTokenizer.from_pretrained(str(save_plain_tokenizer(tiny_tokenizer, tmp_path / "tok")))
     from monai_llava_med.conversation import prepare_tokenizer
 
     prepare_tokenizer(tokenizer, model_max_length=4096)
@@ -422,12 +400,12 @@ def test_hf_llava_export_keeps_preprocessing_and_context(tiny_tokenizer, tmp_pat
     assert back_tokenizer.model_max_length == 4096
 
 
-def test_hub_id_from_offline_cache_is_named_after_the_repo(v15_model, tiny_tokenizer, tmp_path, monkeypatch):
+def test_hub_id_from_offline_cache_is_named_after_the_repo(tiny_tokenizer, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--org--llava-med-tiny"
-    write_reference_checkpoint(v15_model, tiny_tokenizer, repo / "snapshots" / sha)
+    tensors = write_released(repo / "snapshots" / sha, tiny_tokenizer)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(sha)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -436,5 +414,4 @@ def test_hub_id_from_offline_cache_is_named_after_the_repo(v15_model, tiny_token
     monkeypatch.chdir(tmp_path)
     model, _ = load_pretrained("org/llava-med-tiny")
     assert model.config.name == "llava-med-tiny"
-    for key, value in v15_model.state_dict().items():
-        assert torch.equal(model.state_dict()[key], value), key
+    assert torch.equal(model.language_model.model.embed_tokens.weight, tensors["model.embed_tokens.weight"])

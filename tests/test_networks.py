@@ -17,6 +17,7 @@ from monai_llava_med.networks import (
     configure_stage,
     default_dtype,
     export_hf_llava,
+    resolve_placement,
 )
 
 
@@ -62,12 +63,34 @@ def test_factory_builds_projectors_and_llama(projector, n_linear, tiny_config):
     assert model(ids, mask, pixels).logits.shape == (2, ids.shape[1], 1000)
 
 
-def test_factory_accepts_name_dict_and_path(tmp_path, tiny_config):
+def test_factory_takes_configs_and_presets_but_never_guesses_paths(tmp_path, tiny_config, monkeypatch):
     assert build_llava_med("tiny").config == LlavaMedConfig.tiny()
     assert build_llava_med(tiny_config.to_dict()).config == tiny_config
-    assert build_llava_med(str(tiny_config.save(tmp_path))).config == tiny_config
-    assert default_dtype("cpu") == torch.float32
+    path = tiny_config.save(tmp_path)
+    assert build_llava_med(LlavaMedConfig.load(path)).config == tiny_config  # a file is read explicitly
+    with pytest.raises(ValueError, match=r"Unknown LlavaMedConfig preset .*LlavaMedConfig.load\(path\)"):
+        build_llava_med(str(path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a folder named like a preset does not change what "tiny" means
+    assert build_llava_med("tiny").config == LlavaMedConfig.tiny()
+    with pytest.raises(TypeError, match="not a path"):
+        build_llava_med(path)
     assert build_llava_med("tiny", dtype="bfloat16").dtype == torch.bfloat16
+
+
+def test_one_resolver_for_dtype_and_device():
+    assert resolve_placement() == (torch.float32, torch.device("cpu"))
+    assert default_dtype("cpu") == torch.float32 and default_dtype(None) == torch.float32
+    assert resolve_placement("bf16", "cpu") == (torch.bfloat16, torch.device("cpu"))
+    assert resolve_placement("torch.float16")[0] == torch.float16 and resolve_placement(torch.bfloat16)[0] == torch.bfloat16
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_placement(None, "auto")[1] == expected
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_placement("int8")
+    with pytest.raises(ValueError, match="floating"):
+        resolve_placement(torch.int64)
+    with pytest.raises(ValueError, match="not a device"):
+        resolve_placement(None, "gpu0")
 
 
 def test_forward_places_image_features_only_where_image_tokens_are(tiny_model, tiny_config):

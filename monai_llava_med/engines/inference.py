@@ -314,8 +314,7 @@ class LlavaMedPredictor:
             preprocess: image pipeline override.
             kwargs: passed to the constructor (``template``, ``max_new_tokens``).
         """
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device)
+        model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device or "auto")
         return cls(model, tokenizer, preprocess=preprocess, **kwargs)
 
     @property

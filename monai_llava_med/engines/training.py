@@ -169,7 +169,8 @@ def build_trainer(
         image_loader: ``path -> pixels`` for ``data_json`` (default ``MedicalImageToPixels`` sized for the model).
         max_views: views per image file (slices of a volume, tiles of a slide) of the default ``image_loader``.
         model: a network to train (else built from ``init_from`` or ``model_config``).
-        model_config: config, dict, preset name or path, for a network initialised at random.
+        model_config: config, dict or preset name, for a network initialised at random (read a config file
+            with ``LlavaMedConfig.load(path)``).
         init_from: a pretrained folder (any layout ``load_pretrained`` reads), e.g. the stage-1 export.
         tokenizer: the tokenizer (default: the one in ``init_from``).
         handlers: extra MONAI/Ignite handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``ValidationHandler``...).

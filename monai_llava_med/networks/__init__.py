@@ -20,10 +20,9 @@ _SUBMODULE_ATTRS = {
         "load_pretrained", "load_state_dict_strict", "read_state_dict", "save_pretrained",
     ],
     "config": ["CONFIG_NAME", "LlavaMedConfig", "projector_depth"],
-    "llava_med": [
-        "STAGES", "LlavaMedNet", "build_llava_med", "build_projector", "configure_stage", "default_dtype",
-        "set_trainable",
-    ],
+    "config_checks": ["check_config_values", "estimate_parameters"],
+    "factory": ["build_llava_med", "default_dtype", "resolve_device", "resolve_dtype", "resolve_placement"],
+    "llava_med": ["STAGES", "LlavaMedNet", "build_projector", "configure_stage", "set_trainable"],
 }
 
 __getattr__, _lazy_dir, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)

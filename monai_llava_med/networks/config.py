@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from os import PathLike
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..constants import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError
+from .config_checks import check_config_values
 
 __all__ = [
     "LlavaMedConfig",
@@ -30,7 +32,8 @@ __all__ = [
 
 CONFIG_NAME = "llava_med_config.json"
 #: ``linear`` or ``mlp{N}x_gelu`` (N linear layers with GELU between them), the reference's projector names.
-PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d+)x_gelu)$")
+PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d{1,6})x_gelu)$")
+MAX_PROJECTOR_DEPTH = 16
 _SELECT_STRATEGIES = ("patch", "cls_patch")
 _TEXT_MODEL_TYPES = ("mistral", "llama")
 
@@ -39,11 +42,14 @@ def projector_depth(projector_type: str) -> int:
     """Number of linear layers of a projector named ``linear`` or ``mlp{N}x_gelu``.
 
     Raises:
-        ValueError: for any other name.
+        CheckpointError: (a ``ValueError``) for any other name.
     """
-    match = PROJECTOR_PATTERN.match(projector_type)
-    if match is None or (match.group(2) is not None and int(match.group(2)) < 1):
-        raise ValueError(f"projector_type must be 'linear' or 'mlp<N>x_gelu' (N >= 1), got {projector_type!r}.")
+    match = PROJECTOR_PATTERN.match(projector_type) if isinstance(projector_type, str) else None
+    if match is None or (match.group(2) is not None and not 1 <= int(match.group(2)) <= MAX_PROJECTOR_DEPTH):
+        raise CheckpointError(
+            f"projector_type must be 'linear' or 'mlp<N>x_gelu' (1 <= N <= {MAX_PROJECTOR_DEPTH}), "
+            f"got {projector_type!r:.40}."
+        )
     return 1 if match.group(2) is None else int(match.group(2))
 
 
@@ -104,7 +110,9 @@ class LlavaMedConfig:
         image_token: the text of the image placeholder.
         image_mean: per-channel mean used to normalise pixels (and the pad colour of "pad" mode).
         image_std: per-channel standard deviation used to normalise pixels.
-        image_aspect_ratio: ``"pad"`` (paste onto a mean-coloured square first, LLaVA-Med v1.5) or ``"resize"``.
+        image_aspect_ratio: ``"pad"`` (paste onto a mean-coloured square first, LLaVA-Med v1.5) or ``"resize"``
+            (squash to the square); read by the image pipeline through :attr:`pad_to_square` and by the HF
+            export (``do_pad``).
         model_max_length: the context length the tokenizer truncates to.
         template: the conversation template the model was trained with.
         name: a short human-readable model name, reported with answers.
@@ -127,8 +135,14 @@ class LlavaMedConfig:
     def __post_init__(self) -> None:
         self.vision_config = dict(self.vision_config)
         self.text_config = dict(self.text_config)
-        self.image_mean = tuple(float(v) for v in self.image_mean)  # type: ignore[assignment]
-        self.image_std = tuple(float(v) for v in self.image_std)  # type: ignore[assignment]
+        for name in ("image_mean", "image_std"):
+            try:
+                values = tuple(float(v) for v in getattr(self, name))
+            except (TypeError, ValueError) as err:
+                raise CheckpointError(f"{name} must be 3 numbers, got {getattr(self, name)!r:.40}") from err
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise CheckpointError(f"{name} must be 3 finite numbers, got {values!r:.60}")
+            setattr(self, name, values)
         self.validate()
 
     # ----------------------------------------------------------------------------------------------- derived
@@ -149,6 +163,13 @@ class LlavaMedConfig:
         return patches + (1 if self.vision_feature_select_strategy == "cls_patch" else 0)
 
     @property
+    def pad_to_square(self) -> bool:
+        """``image_aspect_ratio == "pad"``: paste each image onto a square canvas of the mean colour before
+        resizing (LLaVA-Med v1.5); otherwise the image is resized to the square directly. The image pipeline
+        built from this config takes it as ``pad=`` (:class:`~monai_llava_med.transforms.ImageToClipPixels`)."""
+        return self.image_aspect_ratio == "pad"
+
+    @property
     def projector_depth(self) -> int:
         """Number of linear layers in the projector."""
         return projector_depth(self.projector_type)
@@ -160,7 +181,15 @@ class LlavaMedConfig:
 
     # ----------------------------------------------------------------------------------------------- checks
     def validate(self) -> None:
-        """Raise :class:`ValueError` when the hyper-parameters cannot build a network."""
+        """Raise :class:`ValueError` when the hyper-parameters cannot build a network.
+
+        Types and ranges of every size field are checked first (:func:`~.config_checks.check_config_values`,
+        a :class:`~monai_llava_med.errors.CheckpointError` naming the field); the memory a config needs is
+        checked by the factory, which knows the device.
+        """
+        check_config_values(self)
+        if min(self.image_std) <= 0:
+            raise CheckpointError(f"image_std must be > 0, got {self.image_std}")
         projector_depth(self.projector_type)
         if self.vision_feature_select_strategy not in _SELECT_STRATEGIES:
             raise ValueError(

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,8 +20,6 @@ from .config import LlavaMedConfig, projector_depth
 __all__ = [
     "LlavaMedNet",
     "build_projector",
-    "build_llava_med",
-    "default_dtype",
     "set_trainable",
     "configure_stage",
     "STAGES",
@@ -53,14 +51,6 @@ def build_projector(projector_type: str, in_features: int, out_features: int) ->
     for _ in range(depth - 1):
         layers += [nn.GELU(), nn.Linear(out_features, out_features)]
     return nn.Sequential(*layers)
-
-
-def default_dtype(device: torch.device | str | None = None) -> torch.dtype:
-    """The one place that picks a dtype: bf16 on CUDA devices that support it, fp32 elsewhere."""
-    device = torch.device(device) if device is not None else None
-    if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 class LlavaMedNet(nn.Module):
@@ -275,39 +265,3 @@ def configure_stage(model: LlavaMedNet, stage: str) -> LlavaMedNet:
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose from {sorted(STAGES)}.")
     return set_trainable(model, **STAGES[stage])
-
-
-def build_llava_med(
-    config: LlavaMedConfig | Mapping[str, Any] | str,
-    dtype: torch.dtype | str | None = None,
-    device: torch.device | str | None = None,
-    stage: str | None = None,
-    gradient_checkpointing: bool = False,
-) -> LlavaMedNet:
-    """The one factory that builds a randomly initialised LLaVA-Med network.
-
-    To load weights use :func:`monai_llava_med.networks.load_pretrained`, which calls this factory.
-
-    Args:
-        config: a :class:`LlavaMedConfig`, its dict form, a preset name (``"tiny"``, ``"v1.5"``) or the path of
-            a ``llava_med_config.json``.
-        dtype: parameter dtype (``torch.bfloat16`` or ``"bfloat16"``...); default :func:`default_dtype`.
-        device: where to put the network; default CPU.
-        stage: optionally freeze for a training stage (see :data:`STAGES`).
-        gradient_checkpointing: enable activation checkpointing.
-    """
-    if isinstance(config, str):
-        from pathlib import Path
-
-        config = LlavaMedConfig.load(config) if Path(config).exists() else LlavaMedConfig.preset(config)
-    elif isinstance(config, Mapping):
-        config = LlavaMedConfig.from_dict(dict(config))
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    dtype = dtype or default_dtype(device)
-    model = LlavaMedNet(config).to(dtype=dtype, device=device)
-    if stage is not None:
-        configure_stage(model, stage)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
