@@ -213,7 +213,7 @@ LOADER_ONLY_KEYS = frozenset(
 # the ConversationTemplate fields the Jinja generator knows how to express
 _JINJA_FIELDS = {
     "name", "system", "system_format", "system_in_first_user", "user_format", "assistant_prefix",
-    "answer_format", "stop_str", "add_bos", "drop_user_text",
+    "answer_format", "stop_str", "add_bos", "drop_user_text", "round_separator", "strip_messages",
 }
 
 
@@ -285,8 +285,12 @@ def chat_template_jinja(template: str | ConversationTemplate) -> str:
         " | join('') -%}",
         f"{{%- set content = (({image} * n_images) ~ '\\n' ~ (text | trim)) if n_images else text -%}}",
         "{%- endif -%}",
-        "{%- if message['role'] == 'user' -%}",
     ]
+    if tpl.strip_messages:
+        lines.append("{%- set content = content | trim -%}")
+    lines.append("{%- if message['role'] == 'user' -%}")
+    if tpl.round_separator:
+        lines.append(f"{{%- if not loop.first -%}}{{{{- {json.dumps(tpl.round_separator)} -}}}}{{%- endif -%}}")
     if tpl.drop_user_text:
         lines.append(f"{{%- set content = {image} * (content.split({image}) | length - 1) -%}}")
     if tpl.system_in_first_user:

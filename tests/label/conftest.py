@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from _label_server import MAX_UPLOAD_MB, build_workspace, free_port, server_env
+from label._label_server import MAX_UPLOAD_MB, build_workspace, free_port, server_env
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import os
 import zipfile
 
 import pytest
-from _label_server import PLANTED_IDS, PLANTED_MARKS, SECRET, ask, planted_dicom, tree
+from label._label_server import PLANTED_IDS, PLANTED_MARKS, SECRET, ask, planted_dicom, tree
 
 pytest.importorskip("monailabel", reason="MONAI Label lives in .venv-label (make label-venv)")
 requests = pytest.importorskip("requests")

@@ -16,7 +16,7 @@ import http.client
 import json
 
 import pytest
-from _label_server import MAX_UPLOAD_MB, QUESTIONS, SECRET, STORED_IDS, ask, tree
+from label._label_server import MAX_UPLOAD_MB, QUESTIONS, SECRET, STORED_IDS, ask, tree
 
 pytest.importorskip("monailabel", reason="MONAI Label lives in .venv-label (make label-venv)")
 requests = pytest.importorskip("requests")
