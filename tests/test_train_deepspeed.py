@@ -169,7 +169,7 @@ def _run_config(path: Path, out: Path, num_samples: int = 32, **training) -> Pat
         "training": {
             "preset": "stage2", "output_dir": str(out), "micro_batch_size": 4, "global_batch_size": 8, "num_epochs": 2,
             "learning_rate": 3e-3, "gradient_checkpointing": False, "deepspeed": "zero2", "save_every_n_steps": 3,
-            "keep_last_checkpoints": 1, **training,
+            "keep_last_checkpoints": 1, "log_every_n_steps": 2, **training,
         },
     }
     path.write_text(json.dumps(values))
@@ -215,6 +215,11 @@ def test_sigkill_and_resume_ends_with_identical_weights(tmp_path, num_samples, k
     sb = b.state_dict()
     diff = max(float((v - sb[k]).abs().max()) for k, v in a.state_dict().items())
     assert diff <= 1e-6, diff
+    # the loss log of the resumed run is the uninterrupted one: iterations replayed after the resume logged once
+    ref_rows = [json.loads(line) for line in (tmp_path / "ref" / "loss_log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "killed" / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [r["iteration"] for r in ref_rows] == list(range(2, 17, 2))
+    assert all(abs(r["loss"] - q["loss"]) <= 1e-6 and r["step"] == q["step"] for r, q in zip(rows, ref_rows))
     from monai_llava_med.engines import seed_everything
     from monai_llava_med.networks import build_llava_med
 

@@ -18,18 +18,18 @@ import logging
 import random
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
 from ..errors import CheckpointError
 from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, save_pretrained
 from .lora import apply_lora, merge_lora
+from .schedule import ResumableBatchSampler
 from .train_config import LoraSettings
 
 __all__ = [
@@ -46,53 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _TAG = re.compile(r"^step(\d{8})$")
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Wrap a batch sampler so that pass ``k`` over the data uses epoch ``start_epoch + k`` and the first pass
-    after a resume skips the batches already trained on.
-
-    The wrapped sampler (e.g. ``LengthGroupedBatchSampler``, or ``BatchSampler`` over a ``DistributedSampler``)
-    must be deterministic given its epoch; ``set_epoch`` is called on it (or on its ``.sampler``) at the
-    start of every pass, so the order does not depend on when the engine's events fire.
-
-    Args:
-        batch_sampler: the batch sampler to wrap.
-        max_batches: yield at most this many batches per pass (the first ones of the epoch's order), so that
-            a pass is exactly one engine epoch when the epoch is cut to whole optimizer steps (None: all).
-    """
-
-    def __init__(self, batch_sampler: Any, max_batches: int | None = None) -> None:
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
-        self.batch_sampler = batch_sampler
-        self.max_batches = max_batches
-        self.next_epoch = 0
-        self._skip = 0
-
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        """Start the next pass at ``epoch`` (0-based), skipping its first ``batches_done`` batches."""
-        self.next_epoch, self._skip = int(epoch), int(batches_done)
-
-    def _set_epoch(self, epoch: int) -> None:
-        for target in (self.batch_sampler, getattr(self.batch_sampler, "sampler", None)):
-            if hasattr(target, "set_epoch"):
-                target.set_epoch(epoch)
-                return
-
-    def __len__(self) -> int:
-        n = len(self.batch_sampler)
-        return n if self.max_batches is None else min(n, self.max_batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self._set_epoch(self.next_epoch)
-        self.next_epoch += 1
-        skip, self._skip = self._skip, 0
-        for i, batch in enumerate(self.batch_sampler):
-            if self.max_batches is not None and i >= self.max_batches:
-                return
-            if i >= skip:
-                yield batch
 
 
 def checkpoint_tag(step: int) -> str:

@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..data import LengthGroupedBatchSampler, LlavaMedCollator
 from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, configure_stage, load_pretrained
-from .checkpointing import ResumableBatchSampler, parameter_checksum
+from .checkpointing import parameter_checksum
 from .deepspeed_setup import (
     build_lr_scheduler,
     build_optimizer,
@@ -36,6 +36,7 @@ from .deepspeed_setup import (
     resolve_deepspeed_config,
 )
 from .lora import apply_lora
+from .schedule import ResumableBatchSampler, TrainingSchedule
 from .train_config import TrainingConfig, stage_preset
 from .trainer import ConsolidatedExport, DeepSpeedCheckpointer, DeepSpeedTrainer, LossLogger
 
@@ -213,15 +214,9 @@ def build_trainer(
         num_image_tokens=model.config.num_image_tokens,
     )
     loader = make_train_loader(train_data, collator, config, rank, world_size)
-    epoch_length = len(loader)
     accumulation = ds_config["gradient_accumulation_steps"]
-    steps_per_epoch = epoch_length // accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(f"an epoch of {epoch_length} micro-batches is shorter than one accumulation of {accumulation}")
-    epoch_length = steps_per_epoch * accumulation  # whole optimizer steps; the trainer cuts each pass to it
-    total_steps = steps_per_epoch * config.num_epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    schedule = TrainingSchedule(len(loader), accumulation, config.num_epochs, config.max_steps)
+    total_steps, epoch_length = schedule.total_steps, schedule.epoch_length
     optimizer = build_optimizer(model, config, ds_config)
     scheduler = build_lr_scheduler(optimizer, config, total_steps)
     ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
@@ -243,10 +238,9 @@ def build_trainer(
         ds_engine,
         max_epochs=config.num_epochs,
         train_data_loader=loader,
-        epoch_length=epoch_length,
-        max_steps=config.max_steps,
         checkpointer=checkpointer,
         handlers=all_handlers,
+        schedule=schedule,
     )
     trainer.training_config = config
     trainer.tokenizer = tokenizer
@@ -310,7 +304,7 @@ def run_training(run: Mapping[str, Any] | str | PathLike | None = None, **kwargs
         "exported": str(exported) if exported is not None else None,
         "iterations": trainer.state.iteration,
         "optimizer_steps": trainer.optimizer_steps,
-        "final_loss": output.get("loss"),
+        "final_loss": float(output["loss"]) if "loss" in output else None,
         "resumed_from": trainer.resumed_from,
         "weights_checksum": parameter_checksum(trainer.ds_engine),
         "rank": int(os.environ.get("RANK", 0)),
