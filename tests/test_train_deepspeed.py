@@ -280,7 +280,12 @@ def test_two_rank_torchrun_gloo_ranks_agree(tmp_path):
     total = float(sum(p.detach().double().sum() for p in model.parameters()))
     assert total == pytest.approx(summaries[0]["weights_checksum"], rel=1e-9)
     ckpt = tmp_path / "out" / "checkpoints" / "step00000004"
-    assert sorted(p.name for p in ckpt.glob("rng_state_rank*.pt")) == ["rng_state_rank0.pt", "rng_state_rank1.pt"]
+    assert sorted(p.name for p in ckpt.glob("rng_state_rank*")) == ["rng_state_rank0.safetensors", "rng_state_rank1.safetensors"]
+    manifest = json.loads((ckpt / "manifest.json").read_text())  # both ranks' files, hashed by both ranks
+    assert {"rng_state_rank0.safetensors", "rng_state_rank1.safetensors", "mp_rank_00_model_states.pt"} <= set(manifest["files"])
+    from monai_llava_med.engines.resume import verify_checkpoint
+
+    assert verify_checkpoint(ckpt, collective=False) is None
 
 
 def _free_port() -> int:

@@ -30,12 +30,14 @@ from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
+from ..errors import CheckpointError
 from ..networks import CONFIG_NAME
 from .checkpointing import (
     export_consolidated,
     load_training_checkpoint,
     save_training_checkpoint,
 )
+from .resume import move_aside, plan_resume
 from .schedule import TrainingSchedule
 from .train_config import LoraSettings
 
@@ -77,6 +79,11 @@ def prepare_llava_batch(batch: Mapping[str, Any], device: torch.device, dtype: t
 
 def _module_dtype(module: torch.nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _on_any_rank(flag: bool, device: torch.device) -> bool:
@@ -248,14 +255,18 @@ class LlavaMedLossEvaluator(Evaluator):
 
 
 class DeepSpeedCheckpointer:
-    """Save DeepSpeed checkpoints every N optimizer steps and at the end; load the latest on resume.
+    """Save DeepSpeed checkpoints every N optimizer steps and at the end; resume from the newest complete one.
 
     Args:
         checkpoint_dir: folder of the checkpoints.
         every_n_steps: optimizer steps between checkpoints (0: only at the end).
-        keep_last: keep this many step checkpoints (0: all).
-        resume: load the latest checkpoint when the trainer starts.
+        keep_last: keep this many complete step checkpoints (0: all); older ones are deleted only after a newer
+            one is complete.
+        resume: load the newest complete checkpoint when the trainer starts.
         save_final: also save when training completes.
+        restart: start from scratch even though the folder holds checkpoints (they are moved aside to
+            ``<checkpoint_dir>.replaced-<time>``, not deleted). Without it, a folder that holds checkpoints of
+            which none can be resumed, or ``resume=False`` over existing checkpoints, is refused.
     """
 
     def __init__(
@@ -265,19 +276,59 @@ class DeepSpeedCheckpointer:
         keep_last: int = 2,
         resume: bool = True,
         save_final: bool = True,
+        restart: bool = False,
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.every_n_steps = int(every_n_steps)
         self.keep_last = int(keep_last)
         self.resume = resume
         self.save_final = save_final
+        self.restart = restart
         self._last_saved = -1
 
+    def check(self) -> None:
+        """Refuse, before anything is loaded, a folder this run could only start over (no model needed).
+
+        Raises:
+            CheckpointError: ``latest`` is not a checkpoint tag; checkpoints of which none is complete (file
+                sizes checked); or ``resume=False`` over checkpoints; each unless ``restart``.
+        """
+        if self.restart:
+            return
+        plan = plan_resume(self.checkpoint_dir, checksums=False, collective=False)
+        if plan.holds_checkpoints and not self.resume:
+            raise CheckpointError(
+                "resume is off but the folder holds checkpoints: pass restart=True (--restart) to start over "
+                "(they are moved aside, not deleted), or resume from them", self.checkpoint_dir,
+            )
+        if plan.holds_checkpoints and plan.tag is None:
+            raise CheckpointError(
+                plan.describe(self.checkpoint_dir) + ". Refusing to start from scratch over them: fix or remove "
+                "them, or pass restart=True (--restart) to start over (they are moved aside, not deleted)",
+                self.checkpoint_dir,
+            )
+
     def restore(self, engine: DeepSpeedTrainer) -> dict[str, Any] | None:
-        """Load the checkpoint to resume from into ``engine.ds_engine`` (all ranks); its data position or None."""
+        """Load the checkpoint to resume from into ``engine.ds_engine`` (all ranks); its data position or None.
+
+        Raises:
+            CheckpointError: see :meth:`check` and :func:`load_training_checkpoint`.
+        """
+        if self.restart:
+            holds = plan_resume(self.checkpoint_dir, checksums=False, collective=False).holds_checkpoints
+            _barrier()
+            if holds and engine.state.rank == 0:
+                moved = move_aside(self.checkpoint_dir)
+                logger.warning("restart: starting from scratch; the old checkpoints were moved to %s", moved)
+            _barrier()
+            return None
+        self.check()
         if not self.resume:
             return None
-        return load_training_checkpoint(engine.ds_engine, self.checkpoint_dir)
+        position = load_training_checkpoint(engine.ds_engine, self.checkpoint_dir)
+        if position is not None:
+            self._last_saved = int(position["iteration"])
+        return position
 
     def attach(self, engine: DeepSpeedTrainer) -> None:
         """Register on ``ITERATION_COMPLETED`` and ``COMPLETED``."""

@@ -186,6 +186,7 @@ def build_trainer(
     if max_epochs is not None:
         overrides = {**overrides, "num_epochs": int(max_epochs)}
     config = _resolve_training(training, overrides)
+    DeepSpeedCheckpointer(Path(config.output_dir) / "checkpoints", resume=config.resume, restart=config.restart).check()
     init_distributed_env()
     seed_everything(config.seed)
     model, tokenizer = _build_model(model, model_config, init_from, tokenizer)
@@ -227,7 +228,8 @@ def build_trainer(
         config.save(out_dir / "training_config.json")
         (out_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
     checkpointer = DeepSpeedCheckpointer(
-        out_dir / "checkpoints", config.save_every_n_steps, config.keep_last_checkpoints, resume=config.resume
+        out_dir / "checkpoints", config.save_every_n_steps, config.keep_last_checkpoints, resume=config.resume,
+        restart=config.restart,
     )
     all_handlers: list[Any] = [LossLogger(out_dir / "loss_log.jsonl", config.log_every_n_steps)]
     exporter = ConsolidatedExport(out_dir / "model", tokenizer, config.lora, export_name) if config.export else None
