@@ -156,7 +156,7 @@ def test_shipped_recipes_are_valid_run_files():
         run = load_run_config(path, {"training#max_steps": 7})
         cfg = _resolve_training(run.pop("training"), {})
         assert cfg.stage == path.stem and cfg.max_steps == 7 and cfg.global_batch_size == 128
-        assert set(run) <= {"init_from", "data_json", "image_root", "export_name"}
+        assert set(run) <= {"init_from", "data_json", "image_root", "export_name", "handlers"}
         load_deepspeed_config(cfg.deepspeed)
 
 

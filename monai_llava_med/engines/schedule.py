@@ -141,7 +141,7 @@ class TrainingSchedule:
                 f"{num_samples} training samples cannot fill one optimizer step of micro_batch_size "
                 f"{micro_batch_size} x {world_size} rank(s) x {accumulation} accumulation step(s) = {per_step} "
                 f"samples; lower micro_batch_size / global_batch_size (e.g. --set micro_batch_size=1 --set "
-                f"global_batch_size={max(1, min(num_samples, world_size))}), use fewer ranks, or more data",
+                f"global_batch_size={world_size * max(1, num_samples // world_size)}), use fewer ranks, or more data",
                 source,
             )
         return cls(num_samples // (micro_batch_size * world_size), accumulation, num_epochs, max_steps)

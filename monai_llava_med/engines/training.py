@@ -36,7 +36,8 @@ from .deepspeed_setup import (
     resolve_deepspeed_config,
 )
 from .lora import apply_lora
-from .schedule import ResumableBatchSampler, TrainingSchedule
+from .rank_logging import quiet_ranks, rank_zero_handlers
+from .schedule import ResumableBatchSampler, TrainingPlanError, TrainingSchedule
 from .train_config import TrainingConfig, stage_preset
 from .trainer import ConsolidatedExport, DeepSpeedCheckpointer, DeepSpeedTrainer, LossLogger
 
@@ -142,6 +143,32 @@ def _dataset_from_json(
     )
 
 
+def _check_batch_arithmetic(
+    config: TrainingConfig, train_data: Dataset | None, data_json: str | PathLike | None,
+    image_root: str | PathLike | None, world_size: int,
+) -> TrainingSchedule:
+    """Refuse batch sizes the data cannot fill (micro batch x ranks x accumulation > samples) before any model.
+
+    Raises:
+        TrainingPlanError: with the numbers, the data file and what to change.
+        ValueError: a global batch that is not a multiple of micro batch x ranks.
+    """
+    from ..data import load_llava_med_json
+
+    if train_data is not None:
+        num_samples, source = len(train_data), None  # type: ignore[arg-type]
+    else:
+        num_samples, source = len(load_llava_med_json(data_json, image_root)), data_json  # type: ignore[arg-type]
+    try:
+        ds = resolve_deepspeed_config(config.deepspeed, config, world_size)  # an explicit DeepSpeed value wins
+    except ValueError as err:
+        raise TrainingPlanError(str(err), source) from err
+    return TrainingSchedule.for_samples(
+        num_samples, int(ds["train_micro_batch_size_per_gpu"]), world_size, int(ds["gradient_accumulation_steps"]),
+        config.num_epochs, config.max_steps, source,
+    )
+
+
 def build_trainer(
     training: TrainingConfig | Mapping[str, Any] | str | None = None,
     *,
@@ -186,8 +213,13 @@ def build_trainer(
     if max_epochs is not None:
         overrides = {**overrides, "num_epochs": int(max_epochs)}
     config = _resolve_training(training, overrides)
-    DeepSpeedCheckpointer(Path(config.output_dir) / "checkpoints", resume=config.resume, restart=config.restart).check()
     init_distributed_env()
+    quiet_ranks(int(os.environ["RANK"]))
+    # everything that can be refused without a model, before the model is loaded
+    DeepSpeedCheckpointer(Path(config.output_dir) / "checkpoints", resume=config.resume, restart=config.restart).check()
+    if train_data is None and data_json is None:
+        raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
+    _check_batch_arithmetic(config, train_data, data_json, image_root, int(os.environ["WORLD_SIZE"]))
     seed_everything(config.seed)
     model, tokenizer = _build_model(model, model_config, init_from, tokenizer)
     if tokenizer is None:
@@ -198,8 +230,6 @@ def build_trainer(
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if train_data is None:
-        if data_json is None:
-            raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
         train_data = _dataset_from_json(data_json, image_root, tokenizer, model, config, image_loader, max_views)
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -235,7 +265,7 @@ def build_trainer(
     exporter = ConsolidatedExport(out_dir / "model", tokenizer, config.lora, export_name) if config.export else None
     if exporter is not None:
         all_handlers.append(exporter)
-    all_handlers.extend(handlers or [])
+    all_handlers.extend(rank_zero_handlers(handlers, rank))
     trainer = DeepSpeedTrainer(
         ds_engine,
         max_epochs=config.num_epochs,
