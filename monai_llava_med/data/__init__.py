@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Data: LLaVA-Med JSON and VQA benchmark records, a lazy MONAI data set, synthetic phantoms, collation,
-length-grouped sampling and packing."""
+"""Data: LLaVA-Med JSON and VQA benchmark records, a lazy MONAI data set, synthetic phantoms, collation and
+length-grouped sampling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from .collate import LlavaMedCollator
 from .datasets import ImageLoader, LlavaMedDataset, estimate_lengths, pixels_from_loader_output
 from .image_loading import PILImageToPixels, read_rgb
 from .llava_json import load_llava_med_json, parse_llava_record, read_json_records, resolve_image_path
-from .packing import pack_indices, pack_samples
 from .phantom import PhantomVQADataset, generate_phantom, write_phantom_dataset
 from .records import ANSWER_TYPES, ConversationRecord, VQARecord, closed_answer_type
 from .samplers import LengthGroupedBatchSampler
@@ -42,6 +41,4 @@ __all__ = [
     "write_phantom_dataset",
     "LlavaMedCollator",
     "LengthGroupedBatchSampler",
-    "pack_indices",
-    "pack_samples",
 ]
