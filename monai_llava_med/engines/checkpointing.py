@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from ..errors import CheckpointError
 from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, save_pretrained
@@ -119,7 +120,7 @@ def _load_rng_state(path: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: the file is missing, empty, damaged or not an RNG state of this format.
     """
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -182,9 +183,12 @@ def save_training_checkpoint(
         ds_engine.save_checkpoint(str(root), tag=tag, client_state=position, save_latest=False)
         _barrier()
         commit_checkpoint(root, tag, position)
-    except (OSError, RuntimeError, CheckpointError) as err:
+    except (OSError, RuntimeError, CheckpointError, SafetensorError) as err:
         cause = "no space left on the device" if is_disk_full(err) else f"{type(err).__name__}: {err}"
-        previous = read_latest(root) if (root / "latest").is_file() else None
+        try:
+            previous = read_latest(root)
+        except CheckpointError:
+            previous = None
         raise CheckpointError(
             f"cannot write checkpoint {tag}: {cause}. The half-written {tag} is not resumed from; "
             + (f"a relaunch resumes from {previous}" if previous else "no earlier checkpoint is complete"),
