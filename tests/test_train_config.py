@@ -344,3 +344,15 @@ def test_a_resumed_run_logs_replayed_iterations_once(tmp_path):
     engine.global_steps, engine.micro_steps = 3, 6  # as restored from the checkpoint
     resumed.run()
     assert log.read_text() == reference
+
+
+@pytest.mark.parametrize("max_steps, iterations, epochs_completed", [(None, 12, 3), (2, 4, 1), (3, 6, 1)])
+def test_the_end_of_a_run_keeps_epoch_handlers(max_steps, iterations, epochs_completed):
+    from ignite.engine import Events
+
+    trainer, engine = _fake_trainer(max_steps=max_steps)  # epochs of 4 iterations = 2 optimizer steps
+    ended = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: ended.append(e.state.epoch))
+    trainer.run()
+    assert len(engine.seen) == trainer.state.iteration == iterations
+    assert ended == list(range(1, epochs_completed + 1))  # a cut on an epoch boundary still completes the epoch

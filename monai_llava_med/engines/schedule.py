@@ -178,9 +178,12 @@ class TrainingSchedule:
 
     # ------------------------------------------------------------------------------------------ engine side
     def attach(self, engine: Any) -> None:
-        """Cut every data pass to the epoch and stop ``engine`` at the end (before a batch is fetched, and after
-        the last iteration). ``engine`` is an Ignite engine whose ``data_loader`` has a
-        :class:`ResumableBatchSampler` (needed to cut passes and to resume mid-epoch)."""
+        """Cut every data pass to the epoch and stop ``engine`` at the end. ``engine`` is an Ignite engine whose
+        ``data_loader`` has a :class:`ResumableBatchSampler` (needed to cut passes and to resume mid-epoch).
+
+        A run cut by ``max_steps`` stops after its last iteration (at the end of that epoch, so epoch handlers
+        such as validation still run, when it falls on one); a run that is over stops before fetching a batch.
+        """
         from ignite.engine import Events
 
         sampler = getattr(getattr(engine, "data_loader", None), "batch_sampler", None)
@@ -189,10 +192,12 @@ class TrainingSchedule:
             # would start with this one's leftover batches and drift from the sampler epoch resume assumes.
             sampler.max_batches = self.epoch_length
         engine.add_event_handler(Events.GET_BATCH_STARTED, self._stop_when_finished)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_finished)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop_when_finished, True)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._stop_when_finished)
 
-    def _stop_when_finished(self, engine: Any) -> None:
-        if self.finished(engine.state.iteration):
+    def _stop_when_finished(self, engine: Any, mid_epoch_only: bool = False) -> None:
+        iteration = engine.state.iteration
+        if self.finished(iteration) and not (mid_epoch_only and iteration % self.epoch_length == 0):
             engine.terminate()
 
     def restore(self, engine: Any, iteration: int, epoch_length: int) -> None:
