@@ -5,9 +5,9 @@
 """Training output said once, on rank 0.
 
 Without this, a 2-rank run prints every INFO line twice, each rank's ``StatsHandler`` logs the loss, torch's
-``all_gather_into_tensor`` FutureWarning (raised from inside DeepSpeed's ZeRO step, not our code) appears at
-every optimizer step on every rank, and MONAI's "nvImageCodec is not available" warning once per ``LoadImage``
-built in every process. :func:`quiet_ranks` silences exactly these: the FutureWarning by its message and
+``all_gather_into_tensor`` / ``reduce_scatter_tensor`` FutureWarnings (raised from inside DeepSpeed's ZeRO
+step, not our code) appear at every optimizer step on every rank, and MONAI's "nvImageCodec is not available" warning once per ``LoadImage``
+built in every process. :func:`quiet_ranks` silences exactly these: the FutureWarnings by message and
 module, the nvImageCodec line after its first appearance on rank 0, and on other ranks everything below
 WARNING from this package, Ignite's engine loggers and DeepSpeed. :func:`rank_zero_handlers` drops the
 handlers that only print (``StatsHandler``, ``TensorBoardStatsHandler``) on ranks other than 0, as MONAI's
@@ -49,7 +49,7 @@ def quiet_ranks(rank: int) -> None:
     """
     warnings.filterwarnings(
         "ignore",
-        message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+        message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
         category=FutureWarning,
         module=r"torch\.distributed\.c10d_logger",
     )
