@@ -168,6 +168,19 @@ def test_no_intact_checkpoint_is_refused_and_nothing_is_deleted(setup, crashed):
     assert len(moved) == 1 and sorted(p.name for p in moved[0].glob("step*")) == ["step00000004", "step00000006"]
 
 
+def test_only_unfinished_saves_start_over_and_say_so(setup, crashed, reference, caplog):
+    ckpt = crashed / "checkpoints"  # as if the first save was killed before its manifest: nothing to lose
+    (ckpt / "latest").unlink()
+    for folder in ckpt.glob("step*"):
+        (folder / MANIFEST_NAME).unlink()
+    with caplog.at_level(logging.WARNING, logger="monai_llava_med.engines.checkpointing"):
+        trainer = _launch(setup, crashed)
+    assert trainer.resumed_from is None and trainer.state.iteration == 8
+    assert any("only unfinished saves: starting from scratch" in r.getMessage() for r in caplog.records)
+    assert _max_diff(reference, _weights(trainer)) <= 1e-6
+    assert sorted(p.name for p in ckpt.glob("step*")) == ["step00000006", "step00000008"]
+
+
 def test_latest_pointing_outside_is_a_clear_refusal(setup, crashed):
     (crashed / "checkpoints" / "latest").write_text("../..")
     with pytest.raises(CheckpointError, match=r"'latest' names '\.\./\.\.', which is not a checkpoint folder"):

@@ -261,6 +261,8 @@ def load_training_checkpoint(
             (logger.warning if skipped else logger.info)("%s (iteration %d)", plan.describe(root), position["iteration"])
         return position
     plan.skipped = skipped
+    if skipped and not plan.holds_checkpoints and rank == 0:
+        logger.warning("%s; only unfinished saves: starting from scratch", plan.describe(root))
     if plan.holds_checkpoints and not allow_restart:
         raise CheckpointError(
             plan.describe(root) + ". Refusing to start from scratch over them: fix or remove them, or pass "

@@ -10,7 +10,9 @@ rename), after every rank's files; ``latest`` is written after the manifest. So 
 full disk, while saving leaves a folder without a manifest, which is never resumed from, and ``latest`` keeps
 naming the previous checkpoint. Resume trusts manifests, not ``latest``: it takes the newest complete folder,
 says why it skipped newer ones, and a folder holding checkpoints of which none is complete is refused (no
-silent restart) unless ``restart=True``, which moves the old checkpoints aside instead of deleting them.
+silent restart) unless ``restart=True``, which moves the old checkpoints aside instead of deleting them. A
+folder holding only unfinished saves (no manifest anywhere, no ``latest``: the first save was interrupted)
+starts from scratch, saying so.
 Older checkpoints are deleted only after a newer one is complete.
 
 The folder must be on a file system every rank sees (DeepSpeed's default layout); hashing is shared out
@@ -239,7 +241,8 @@ class ResumePlan:
         position: its data position from the manifest (``iteration``, ``epoch_length``, ``optimizer_steps``).
         skipped: ``(tag, reason)`` of the newer folders that were not complete.
         latest: what ``latest`` named (None: no such file).
-        holds_checkpoints: whether the folder holds anything a run wrote (folders or ``latest``).
+        holds_checkpoints: whether the folder holds a checkpoint that was once complete (a manifest, or a
+            ``latest``); folders that never got a manifest are unfinished saves.
     """
 
     tag: str | None = None
@@ -277,7 +280,8 @@ def plan_resume(
     """
     plan = ResumePlan(latest=latest if below is not None else read_latest(root))
     tags = step_folders(root)
-    plan.holds_checkpoints = bool(tags) or plan.latest is not None
+    # folders that never got a manifest, without a 'latest', are only unfinished saves: nothing to lose
+    plan.holds_checkpoints = plan.latest is not None or any((Path(root) / t / MANIFEST_NAME).exists() for t in tags)
     for tag in (t for t in tags if below is None or t < below):
         reason = verify_checkpoint(Path(root) / tag, checksums=checksums, collective=collective)
         if reason is None:
