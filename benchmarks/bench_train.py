@@ -183,7 +183,7 @@ def train_two_stages(tag: str, work: Path, tokenizer, config, train_cases, pixel
 
     common = {"micro_batch_size": args.batch_size, "global_batch_size": args.batch_size, "deepspeed": "zero2",
               "gradient_checkpointing": False, "save_every_n_steps": args.save_every, "keep_last_checkpoints": 1,
-              "log_every_n_steps": 50, "seed": args.seed, "max_length": config.model_max_length, "resume": False}
+              "log_every_n_steps": 50, "seed": args.seed, "max_length": config.model_max_length, "restart": True}
     s1 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage1"), pixels)
     t1 = build_trainer("stage1", train_data=s1, model_config=config, tokenizer=tokenizer, output_dir=str(work / tag / "stage1"),
                        learning_rate=args.stage1_lr, num_epochs=1, template="plain", export_name=DEMO_NAME, **common)

@@ -2,15 +2,14 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Collation, length-grouped distributed batch sampling and packing."""
+"""Collation and length-grouped distributed batch sampling."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import MistralConfig, MistralForCausalLM
 
-from monai_llava_med.data import LengthGroupedBatchSampler, LlavaMedCollator, pack_indices, pack_samples
+from monai_llava_med.data import LengthGroupedBatchSampler, LlavaMedCollator
 from monai_llava_med.errors import RecordError
 
 
@@ -107,37 +106,9 @@ def test_sampler_epochs_and_padding_waste():
     assert waste(rand) > 0.3 and waste([b for r in e0 for b in r]) < 0.02
 
 
-def test_pack_indices_capacity():
-    lengths = [700, 600, 500, 400, 300, 200, 100, 1000]
-    bins = pack_indices(lengths, 1000)
-    assert sorted(i for b in bins for i in b) == list(range(8))
-    assert all(sum(lengths[i] for i in b) <= 1000 for b in bins)
-    assert len(bins) == 4  # 3800 tokens -> 4 rows at best
-    with pytest.raises(ValueError, match="more than max_length"):
-        pack_indices([1001], 1000)
-
-
-def test_packed_rows_equal_separate_sequences():
-    """With position_ids restarting per sample, attention_mask=None and use_cache=False, samples are isolated."""
-    torch.manual_seed(0)
-    cfg = MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=64)
-    model = MistralForCausalLM(cfg).eval()
-    a = {"input_ids": torch.randint(1, 50, (7,)), "labels": torch.randint(1, 50, (7,))}
-    b = {"input_ids": torch.randint(1, 50, (5,)), "labels": torch.randint(1, 50, (5,))}
-    packed = pack_samples([a, b])
-    assert packed["position_ids"].tolist() == list(range(7)) + list(range(5))
-    assert packed["sequence_ids"].tolist() == [0] * 7 + [1] * 5
-    batch = LlavaMedCollator(0)([packed])
-    with torch.no_grad():
-        joint = model(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None, use_cache=False
-        ).logits[0]
-        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None).logits[0]
-        la = model(input_ids=a["input_ids"][None]).logits[0]
-        lb = model(input_ids=b["input_ids"][None]).logits[0]
-        leaky = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[0]
-    assert torch.allclose(joint[:7], la, atol=1e-5) and torch.allclose(joint[7:], lb, atol=1e-5)
-    # with a plain attention mask, or with a cache (use_cache defaults to True), sample b sees sample a
-    assert not torch.allclose(leaky[7:], lb, atol=1e-3)
-    assert not torch.allclose(cached[7:], lb, atol=1e-3)
+def test_collator_pads_position_ids_when_samples_carry_them():
+    samples = [{"input_ids": [5, 6, 7], "position_ids": [3, 4, 5]}, {"input_ids": [8], "position_ids": [9]}]
+    batch = LlavaMedCollator(0)(samples)
+    assert batch["position_ids"].tolist() == [[3, 4, 5], [9, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert "position_ids" not in LlavaMedCollator(0)([{"input_ids": [1]}])

@@ -156,7 +156,7 @@ def test_shipped_recipes_are_valid_run_files():
         run = load_run_config(path, {"training#max_steps": 7})
         cfg = _resolve_training(run.pop("training"), {})
         assert cfg.stage == path.stem and cfg.max_steps == 7 and cfg.global_batch_size == 128
-        assert set(run) <= {"init_from", "data_json", "image_root", "export_name"}
+        assert set(run) <= {"init_from", "data_json", "image_root", "export_name", "handlers"}
         load_deepspeed_config(cfg.deepspeed)
 
 
@@ -184,6 +184,7 @@ class _FakeDeepSpeedEngine:
 
     device = torch.device("cpu")
     optimizer = lr_scheduler = None
+    loss_type = torch.Tensor
 
     def __init__(self) -> None:
         self.module = torch.nn.Linear(1, 1)
@@ -199,7 +200,7 @@ class _FakeDeepSpeedEngine:
     def __call__(self, **inputs) -> _Output:
         self.seen.append(inputs["input_ids"].tolist())
         out = _Output()
-        out.loss = torch.tensor(0.0, requires_grad=True)
+        out.loss = torch.tensor(0.0, requires_grad=True).as_subclass(self.loss_type)
         return out
 
     def backward(self, loss) -> None:
@@ -297,3 +298,61 @@ def test_train_bundle_epochs_follow_the_stage_preset():
         assert parser["train"]["trainer"]["max_views"] == "@max_views"  # reaches the default image loader
         parser["stage"] = "stage1"
         assert parser.get_parsed_content("max_epochs") == 1
+
+
+class _WatchedLoss(torch.Tensor):
+    """A loss whose reads to the host (``item``/``float``) are recorded with the trainer's iteration."""
+
+    reads: list[int] = []
+    trainer = None
+
+    def item(self):
+        _WatchedLoss.reads.append(_WatchedLoss.trainer.state.iteration)
+        return super().item()
+
+    def __float__(self):
+        return float(self.item())
+
+
+def test_the_loop_reads_the_loss_only_at_the_logging_interval(tmp_path):
+    from monai_llava_med.engines import LossLogger
+
+    trainer, engine = _fake_trainer(max_epochs=3)  # 12 iterations
+    LossLogger(tmp_path / "loss_log.jsonl", every_n_iterations=4).attach(trainer)
+    _WatchedLoss.reads, _WatchedLoss.trainer = [], trainer
+    engine.loss_type = _WatchedLoss
+    trainer.run()
+    rows = [json.loads(line) for line in (tmp_path / "loss_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [4, 8, 12]
+    assert _WatchedLoss.reads == [4, 8, 12]  # once per logged row, never per micro-batch
+    assert isinstance(trainer.state.output["loss"], _WatchedLoss) and len(engine.seen) == 12
+
+
+def test_a_resumed_run_logs_replayed_iterations_once(tmp_path):
+    from monai_llava_med.engines import LossLogger
+
+    log = tmp_path / "loss_log.jsonl"
+    full, _ = _fake_trainer()
+    LossLogger(log, every_n_iterations=2).attach(full)
+    full.run()
+    reference = log.read_text()
+    # as if killed after iteration 10 with the last checkpoint at 6: rows 8 and 10 exist, 7..12 are replayed
+    log.write_text("".join(line + "\n" for line in reference.splitlines()[:5]) + '{"iteration": 11, "trunc')
+    resumed, engine = _fake_trainer()
+    LossLogger(log, every_n_iterations=2).attach(resumed)
+    resumed._restore_position(6, 4)
+    engine.global_steps, engine.micro_steps = 3, 6  # as restored from the checkpoint
+    resumed.run()
+    assert log.read_text() == reference
+
+
+@pytest.mark.parametrize("max_steps, iterations, epochs_completed", [(None, 12, 3), (2, 4, 1), (3, 6, 1)])
+def test_the_end_of_a_run_keeps_epoch_handlers(max_steps, iterations, epochs_completed):
+    from ignite.engine import Events
+
+    trainer, engine = _fake_trainer(max_steps=max_steps)  # epochs of 4 iterations = 2 optimizer steps
+    ended = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: ended.append(e.state.epoch))
+    trainer.run()
+    assert len(engine.seen) == trainer.state.iteration == iterations
+    assert ended == list(range(1, epochs_completed + 1))  # a cut on an epoch boundary still completes the epoch

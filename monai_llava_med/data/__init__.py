@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Data: LLaVA-Med JSON and VQA benchmark records, a lazy MONAI data set, synthetic phantoms, collation,
-length-grouped sampling and packing.
+"""Data: LLaVA-Med JSON and VQA benchmark records, a lazy MONAI data set, synthetic phantoms, collation and
+length-grouped sampling.
 
 Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
 costs nothing until one of them is needed.
@@ -18,7 +18,6 @@ _SUBMODULE_ATTRS = {
     "datasets": ["ImageLoader", "LlavaMedDataset", "estimate_lengths", "pixels_from_loader_output"],
     "image_loading": ["PILImageToPixels", "read_rgb"],
     "llava_json": ["load_llava_med_json", "parse_llava_record", "read_json_records", "resolve_image_path"],
-    "packing": ["pack_indices", "pack_samples"],
     "phantom": ["PhantomVQADataset", "generate_phantom", "write_phantom_dataset"],
     "records": [
         "ANSWER_TYPES", "ID_KEYS", "YES_NO", "ConversationRecord", "VQARecord", "answer_to_text", "closed_answer_type",

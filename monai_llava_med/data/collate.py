@@ -5,10 +5,9 @@
 """Batch collation: pad text, concatenate pixel tensors, count images per sample.
 
 Output keys: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``labels`` (B, L) when the samples have
-labels, ``position_ids`` (B, L) when they have them (packed samples), ``pixel_values`` (N_total, 3, S, S)
-= all images in order of appearance (sample 0's first) or None when the batch has no image,
-``image_counts`` (B,) LongTensor; ``sequence_ids`` (B, L, -1 at padding) for packed samples. Any other
-key is passed through as a list (ids, questions, answers...).
+labels, ``position_ids`` (B, L) when they have them, ``pixel_values`` (N_total, 3, S, S) = all images in
+order of appearance (sample 0's first) or None when the batch has no image, ``image_counts`` (B,)
+LongTensor. Any other key is passed through as a list (ids, questions, answers...).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from ..conversation.tokenization import IGNORE_INDEX
 
 __all__ = ["LlavaMedCollator"]
 
-_PADDED = {"input_ids", "attention_mask", "labels", "position_ids", "sequence_ids"}
+_PADDED = {"input_ids", "attention_mask", "labels", "position_ids"}
 
 
 class LlavaMedCollator:
@@ -87,8 +86,6 @@ class LlavaMedCollator:
             out["labels"] = self._pad(labels, self.label_pad_id, length)
         if all("position_ids" in b for b in batch):
             out["position_ids"] = self._pad([torch.as_tensor(b["position_ids"]) for b in batch], 0, length)
-        if all("sequence_ids" in b for b in batch):
-            out["sequence_ids"] = self._pad([torch.as_tensor(b["sequence_ids"]) for b in batch], -1, length)
 
         pixels, counts = [], []
         for i, b in enumerate(batch):

@@ -5,31 +5,42 @@
 """Exact resume and consolidated export for DeepSpeed training.
 
 A checkpoint is a DeepSpeed checkpoint folder ``checkpoints/step{N:08d}`` (module, ZeRO optimizer partitions,
-the client LR scheduler) plus ``rng_state_rank{r}.pt`` per rank (python, numpy, torch CPU and CUDA RNG) and, in
-DeepSpeed's client state, the data position (``iteration``, ``epoch_length``). The RNG files are written
-before DeepSpeed writes the folder and updates ``latest``, so a run killed at any instant resumes from the
-last complete checkpoint. The batch order of an epoch depends only on ``(seed, epoch)``
-(:class:`ResumableBatchSampler`), so skipping the iterations already done replays the same batches.
+the client LR scheduler, and in DeepSpeed's client state the data position ``iteration``, ``epoch_length``)
+plus ``rng_state_rank{r}.safetensors`` per rank (python, numpy, torch CPU and CUDA RNG as tensors and JSON: a
+format that cannot carry code), then ``manifest.json`` (size and sha256 of every file) and ``latest``, written
+last (:mod:`~monai_llava_med.engines.resume`). DeepSpeed's own files are pickles that DeepSpeed loads with
+``weights_only=False``: resume only from a folder you trust. Starting from someone else's weights goes through
+``init_from`` (safetensors).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
-import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from safetensors import SafetensorError
 
 from ..errors import CheckpointError
 from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, save_pretrained
 from .lora import apply_lora, merge_lora
+from .resume import (
+    checkpoint_tag,
+    commit_checkpoint,
+    is_disk_full,
+    plan_resume,
+    prune_checkpoints,
+    read_latest,
+    verify_checkpoint,
+)
+from .schedule import ResumableBatchSampler
 from .train_config import LoraSettings
 
 __all__ = [
@@ -45,68 +56,19 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_TAG = re.compile(r"^step(\d{8})$")
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Wrap a batch sampler so that pass ``k`` over the data uses epoch ``start_epoch + k`` and the first pass
-    after a resume skips the batches already trained on.
-
-    The wrapped sampler (e.g. ``LengthGroupedBatchSampler``, or ``BatchSampler`` over a ``DistributedSampler``)
-    must be deterministic given its epoch; ``set_epoch`` is called on it (or on its ``.sampler``) at the
-    start of every pass, so the order does not depend on when the engine's events fire.
-
-    Args:
-        batch_sampler: the batch sampler to wrap.
-        max_batches: yield at most this many batches per pass (the first ones of the epoch's order), so that
-            a pass is exactly one engine epoch when the epoch is cut to whole optimizer steps (None: all).
-    """
-
-    def __init__(self, batch_sampler: Any, max_batches: int | None = None) -> None:
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
-        self.batch_sampler = batch_sampler
-        self.max_batches = max_batches
-        self.next_epoch = 0
-        self._skip = 0
-
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        """Start the next pass at ``epoch`` (0-based), skipping its first ``batches_done`` batches."""
-        self.next_epoch, self._skip = int(epoch), int(batches_done)
-
-    def _set_epoch(self, epoch: int) -> None:
-        for target in (self.batch_sampler, getattr(self.batch_sampler, "sampler", None)):
-            if hasattr(target, "set_epoch"):
-                target.set_epoch(epoch)
-                return
-
-    def __len__(self) -> int:
-        n = len(self.batch_sampler)
-        return n if self.max_batches is None else min(n, self.max_batches)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        self._set_epoch(self.next_epoch)
-        self.next_epoch += 1
-        skip, self._skip = self._skip, 0
-        for i, batch in enumerate(self.batch_sampler):
-            if self.max_batches is not None and i >= self.max_batches:
-                return
-            if i >= skip:
-                yield batch
-
-
-def checkpoint_tag(step: int) -> str:
-    """Folder name of the checkpoint after ``step`` iterations."""
-    return f"step{int(step):08d}"
 
 
 def latest_checkpoint(checkpoint_dir: str | PathLike) -> str | None:
-    """The tag DeepSpeed recorded as complete in ``latest``, or None when there is no checkpoint."""
-    latest = Path(checkpoint_dir) / "latest"
-    if not latest.is_file():
-        return None
-    tag = latest.read_text().strip()
-    return tag if (Path(checkpoint_dir) / tag).is_dir() else None
+    """The newest complete checkpoint's tag (manifest and file sizes checked), or None when there is none.
+
+    Raises:
+        CheckpointError: ``latest`` holds something other than a checkpoint tag of this run.
+    """
+    return plan_resume(checkpoint_dir, checksums=False, collective=False).tag
+
+
+def _rng_file(folder: Path, rank: int) -> Path:
+    return folder / f"rng_state_rank{rank}.safetensors"
 
 
 def _rng_state() -> dict[str, Any]:
@@ -129,6 +91,57 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
             logger.warning("the checkpoint holds a CUDA RNG state but CUDA is not available: not restored")
 
 
+def _save_rng_state(path: Path, state: Mapping[str, Any]) -> None:
+    """Write RNG states as safetensors tensors plus JSON metadata (no pickle), through a renamed temporary file."""
+    from safetensors.torch import save_file
+
+    version, mt, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    tensors = {
+        "python": torch.tensor(mt, dtype=torch.int64),
+        "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "torch": state["torch"].clone(),
+    }
+    if "cuda" in state:
+        tensors["cuda"] = state["cuda"].cpu().clone()
+    meta = {"python_version": version, "python_gauss": gauss, "numpy_name": name, "numpy_pos": int(pos),
+            "numpy_has_gauss": int(has_gauss), "numpy_cached_gaussian": float(cached)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"rng": json.dumps(meta)})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_rng_state(path: Path) -> dict[str, Any]:
+    """Read :func:`_save_rng_state` output; nothing in the file can run code.
+
+    Raises:
+        CheckpointError: the file is missing, empty, damaged or not an RNG state of this format.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["rng"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state: dict[str, Any] = {
+            "python": (int(meta["python_version"]), tuple(int(v) for v in tensors["python"].tolist()),
+                       None if meta["python_gauss"] is None else float(meta["python_gauss"])),
+            "numpy": (str(meta["numpy_name"]), tensors["numpy"].numpy().astype(np.uint32), int(meta["numpy_pos"]),
+                      int(meta["numpy_has_gauss"]), float(meta["numpy_cached_gaussian"])),
+            "torch": tensors["torch"].to(torch.uint8),
+        }
+        if "cuda" in tensors:
+            state["cuda"] = tensors["cuda"].to(torch.uint8)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path.name} is missing", path.parent) from err
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path.name} is empty, damaged or not an RNG state written by this trainer", path.parent) from err
+    return state
+
+
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -139,60 +152,124 @@ def save_training_checkpoint(
 ) -> Path:
     """Save model, optimizer, scheduler, data position and RNG after ``iteration`` iterations (all ranks call).
 
+    The folder becomes complete (manifest, then ``latest``) only when every file is written; older step
+    checkpoints beyond ``keep_last`` are deleted only after that.
+
     Args:
         ds_engine: the ``deepspeed.DeepSpeedEngine``.
         checkpoint_dir: the run's ``checkpoints`` folder.
         iteration: engine iterations (micro-batches) done; must be at a gradient-accumulation boundary.
         epoch_length: iterations per epoch.
-        keep_last: delete older step checkpoints beyond this many (0 keeps all).
+        keep_last: keep this many complete step checkpoints (0 keeps all).
+
+    Raises:
+        CheckpointError: the checkpoint could not be written ("no space left on the device" when the disk is
+            full); the half-written folder is never resumed from, the previous checkpoints are untouched.
     """
     root = Path(checkpoint_dir)
     tag = checkpoint_tag(iteration)
     folder = root / tag
-    folder.mkdir(parents=True, exist_ok=True)
     rank = ds_engine.global_rank
-    torch.save(_rng_state(), folder / f"rng_state_rank{rank}.pt")
-    _barrier()
-    client = {"iteration": int(iteration), "epoch_length": int(epoch_length), "optimizer_steps": int(ds_engine.global_steps)}
-    ds_engine.save_checkpoint(str(root), tag=tag, client_state=client)
+    position = {"iteration": int(iteration), "epoch_length": int(epoch_length), "optimizer_steps": int(ds_engine.global_steps)}
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            if folder.exists():  # a stale folder of an interrupted run, past the checkpoint resumed from
+                shutil.rmtree(folder)
+            folder.mkdir()
+        _barrier()
+        _save_rng_state(_rng_file(folder, rank), _rng_state())
+        _barrier()
+        ds_engine.save_checkpoint(str(root), tag=tag, client_state=position, save_latest=False)
+        _barrier()
+        commit_checkpoint(root, tag, position)
+    except (OSError, RuntimeError, CheckpointError, SafetensorError) as err:
+        cause = "no space left on the device" if is_disk_full(err) else f"{type(err).__name__}: {err}"
+        try:
+            previous = read_latest(root)
+        except CheckpointError:
+            previous = None
+        raise CheckpointError(
+            f"cannot write checkpoint {tag}: {cause}. The half-written {tag} is not resumed from; "
+            + (f"a relaunch resumes from {previous}" if previous else "no earlier checkpoint is complete"),
+            root,
+        ) from err
     if rank == 0 and keep_last > 0:
-        tags = sorted(p.name for p in root.iterdir() if p.is_dir() and _TAG.match(p.name))
-        for old in tags[:-keep_last]:
-            shutil.rmtree(root / old, ignore_errors=True)
+        for old in prune_checkpoints(root, tag, keep_last):
+            logger.info("deleted checkpoint %s (a newer one is complete)", root / old)
     _barrier()
-    logger.info("saved checkpoint %s", folder)
+    if rank == 0:
+        logger.info("saved checkpoint %s", folder)
     return folder
 
 
-def load_training_checkpoint(ds_engine: Any, checkpoint_dir: str | PathLike, tag: str | None = None) -> dict[str, Any] | None:
-    """Restore model, optimizer, scheduler and this rank's RNG; return the data position or None.
+def _load_tag(ds_engine: Any, root: Path, tag: str) -> dict[str, Any]:
+    rng = _load_rng_state(_rng_file(root / tag, ds_engine.global_rank))  # before any engine state changes
+    try:
+        path, client = ds_engine.load_checkpoint(str(root), tag=tag)
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError) as err:
+        raise CheckpointError(f"cannot resume from checkpoint {tag}: {type(err).__name__}: {err}", root) from err
+    if path is None or client is None or "iteration" not in client:
+        raise CheckpointError(f"checkpoint {tag} has no data position (not written by this trainer)", root)
+    _set_rng_state(rng)
+    return {k: int(client[k]) for k in ("iteration", "epoch_length", "optimizer_steps")}
+
+
+def load_training_checkpoint(
+    ds_engine: Any, checkpoint_dir: str | PathLike, tag: str | None = None, allow_restart: bool = False
+) -> dict[str, Any] | None:
+    """Restore model, optimizer, scheduler and this rank's RNG from the newest complete checkpoint (all ranks call).
+
+    Folders that are not complete (no manifest, a file missing, truncated or damaged) are skipped, and so is a
+    complete one that fails to load: the one before it is tried. Rank 0 logs which checkpoint it resumed from
+    and why it skipped the others.
 
     Args:
         ds_engine: the ``deepspeed.DeepSpeedEngine`` built exactly as for the saved run.
         checkpoint_dir: the run's ``checkpoints`` folder.
-        tag: a specific checkpoint (default: DeepSpeed's ``latest``).
+        tag: a specific checkpoint (verified the same way; no fallback).
+        allow_restart: return None instead of raising when the folder holds checkpoints but none can be loaded.
 
     Returns:
-        ``{"iteration", "epoch_length", "optimizer_steps"}`` or None when there is nothing to resume.
+        ``{"iteration", "epoch_length", "optimizer_steps"}``, or None when there is nothing to resume.
 
     Raises:
-        CheckpointError: the checkpoint exists but cannot be loaded.
+        CheckpointError: ``tag`` (or every checkpoint in the folder) is incomplete or cannot be loaded, or
+            ``latest`` names something that is not a checkpoint of this run.
     """
     root = Path(checkpoint_dir)
-    tag = tag or latest_checkpoint(root)
-    if tag is None:
-        return None
-    rng_file = root / tag / f"rng_state_rank{ds_engine.global_rank}.pt"
-    try:
-        path, client = ds_engine.load_checkpoint(str(root), tag=tag)
-        rng = torch.load(rng_file, weights_only=False)  # our own file: python/numpy RNG states are not tensors
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"cannot resume from checkpoint {tag}: {err}", root) from err
-    if path is None or client is None or "iteration" not in client:
-        raise CheckpointError(f"checkpoint {tag} has no data position (not written by this trainer)", root)
-    _set_rng_state(rng)
-    logger.info("resumed from %s at iteration %d", root / tag, client["iteration"])
-    return {k: client[k] for k in ("iteration", "epoch_length", "optimizer_steps")}
+    rank = ds_engine.global_rank
+    if tag is not None:
+        reason = verify_checkpoint(root / tag)
+        if reason is not None:
+            raise CheckpointError(f"checkpoint {tag} is not complete: {reason}", root)
+        return _load_tag(ds_engine, root, tag)
+    plan = plan_resume(root)
+    skipped: list[tuple[str, str]] = []
+    while True:
+        skipped += plan.skipped
+        if plan.tag is None:
+            break
+        try:
+            position = _load_tag(ds_engine, root, plan.tag)
+        except CheckpointError as err:  # complete on disk yet not loadable: try the one before it
+            skipped.append((plan.tag, err.reason))
+            plan = plan_resume(root, below=plan.tag, latest=plan.latest)
+            continue
+        plan.skipped = skipped
+        if rank == 0:
+            (logger.warning if skipped else logger.info)("%s (iteration %d)", plan.describe(root), position["iteration"])
+        return position
+    plan.skipped = skipped
+    if skipped and not plan.holds_checkpoints and rank == 0:
+        logger.warning("%s; only unfinished saves: starting from scratch", plan.describe(root))
+    if plan.holds_checkpoints and not allow_restart:
+        raise CheckpointError(
+            plan.describe(root) + ". Refusing to start from scratch over them: fix or remove them, or pass "
+            "restart=True (--restart) to start over (the old checkpoints are moved aside, not deleted)",
+            root,
+        )
+    return None
 
 
 def gather_state_dict(ds_engine: Any) -> dict[str, torch.Tensor] | None:
@@ -288,7 +365,7 @@ def export_from_checkpoint(
 
     tag = tag or latest_checkpoint(checkpoint_dir)
     if tag is None:
-        raise CheckpointError("no DeepSpeed checkpoint to export", checkpoint_dir)
+        raise CheckpointError("no complete DeepSpeed checkpoint to export", checkpoint_dir)
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
     except (OSError, RuntimeError, ValueError, KeyError) as err:

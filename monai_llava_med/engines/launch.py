@@ -13,8 +13,12 @@
 
 The run file is parsed like a bundle config (``_target_`` components, ``@references``).
 ``--set key=value`` overrides a :class:`~monai_llava_med.engines.TrainingConfig` field (the value is parsed as
-JSON when it can be, e.g. ``--set max_steps=100 --set deepspeed=zero2``). Each rank prints the run's summary as
-one JSON line.
+JSON when it can be, e.g. ``--set max_steps=100 --set deepspeed=zero2``), or one of the run file's own keys
+(``init_from``, ``data_json``, ``image_root``, ``export_name``, ``max_views``), e.g.
+``--set data_json=/data/train.json``. Each rank prints the run's summary as
+one JSON line. ``--restart`` starts over in an output folder that holds checkpoints (they are moved aside).
+A run that cannot start or continue (bad data or batch sizes, checkpoints that cannot be resumed, a full
+disk) ends with one clear message and exit status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import LlavaMedError
 from .training import load_run_config, run_training
 
-__all__ = ["parse_overrides", "main"]
+__all__ = ["RUN_KEYS", "parse_overrides", "main"]
+
+#: ``--set`` keys that override the run file itself rather than its ``training`` section.
+RUN_KEYS = frozenset({"init_from", "data_json", "image_root", "export_name", "max_views"})
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -50,11 +58,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monai_llava_med.engines.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="run config (JSON/YAML): build_trainer arguments")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
+    parser.add_argument("--restart", action="store_true",
+                        help="start from scratch although the output folder holds checkpoints (moved aside)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = {f"training#{k}": v for k, v in parse_overrides(args.set).items()}
-    summary = run_training(load_run_config(args.config, overrides))
+    try:
+        overrides = {k if k in RUN_KEYS else f"training#{k}": v for k, v in parse_overrides(args.set).items()}
+        if args.restart:
+            overrides["training#restart"] = True
+        summary = run_training(load_run_config(args.config, overrides))
+    except LlavaMedError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     print(json.dumps(summary), flush=True)
     return 0
 

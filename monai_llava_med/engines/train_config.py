@@ -74,8 +74,12 @@ class TrainingConfig:
         seed: seed of weights, shuffling and every RNG.
         output_dir: where checkpoints, logs and the exported model go.
         save_every_n_steps: DeepSpeed checkpoint every N optimizer steps (0: only at the end).
-        keep_last_checkpoints: delete older step checkpoints beyond this many (0 keeps all).
-        resume: continue from the latest checkpoint in ``output_dir/checkpoints`` when there is one.
+        keep_last_checkpoints: keep this many complete step checkpoints (0 keeps all); older ones are deleted only
+            once a newer one is complete.
+        resume: continue from the newest complete checkpoint in ``output_dir/checkpoints`` when there is one.
+        restart: start from scratch although ``output_dir/checkpoints`` holds checkpoints (they are moved aside to
+            ``checkpoints.replaced-<time>``); without it such a folder is refused when none of its checkpoints
+            can be resumed, or when ``resume`` is off.
         export: write the consolidated model (our layout) to ``output_dir/model`` at the end.
         log_every_n_steps: loss log / progress interval in iterations.
         num_workers: DataLoader worker processes.
@@ -105,6 +109,7 @@ class TrainingConfig:
     save_every_n_steps: int = 500
     keep_last_checkpoints: int = 2
     resume: bool = True
+    restart: bool = False
     export: bool = True
     log_every_n_steps: int = 10
     num_workers: int = 0

@@ -8,34 +8,27 @@ One iteration = one micro-batch: forward -> loss -> ``ds_engine.backward`` -> ``
 accumulates gradients and steps the optimizer and the LR scheduler every ``gradient_accumulation_steps``
 micro-batches. MONAI handlers attach as usual (``StatsHandler(output_transform=operator.itemgetter("loss"))``,
 ``TensorBoardStatsHandler``, ``ValidationHandler``...); the iteration output is not decollated: it is
-``{"loss": float, "lr": float, "tokens": int}``.
+``{"loss": 0-d tensor, "tokens": 0-d tensor}`` (detached, never copied to the host by the loop itself: a handler
+that logs calls ``float()`` at its own interval, as :class:`LossLogger` does). Epoch cut, resume position and the
+end of the run are a :class:`~monai_llava_med.engines.schedule.TrainingSchedule`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import operator
 from collections.abc import Mapping, Sequence
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.metrics import Average
 from monai.engines import Evaluator, Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
-from ..networks import CONFIG_NAME
-from .checkpointing import (
-    ResumableBatchSampler,
-    export_consolidated,
-    load_training_checkpoint,
-    save_training_checkpoint,
-)
-from .train_config import LoraSettings
+from .schedule import TrainingSchedule
+from .training_handlers import ConsolidatedExport, DeepSpeedCheckpointer, LossLogger
 
 __all__ = [
     "MODEL_KEYS",
@@ -94,14 +87,16 @@ class DeepSpeedTrainer(Trainer):
         max_epochs: passes over the data.
         train_data_loader: loader of collated batches; use a :class:`ResumableBatchSampler` as its batch sampler
             for exact resume.
-        epoch_length: iterations per epoch (default ``len(train_data_loader)``). When shorter than the loader,
-            a :class:`ResumableBatchSampler` is limited to it, so every epoch is one fresh pass over the data.
+        epoch_length: micro-batches of a pass to use (default ``len(train_data_loader)``); the epoch is cut to
+            whole optimizer steps and every epoch is one fresh pass over the data.
         max_steps: stop after this many optimizer steps (None: ``max_epochs`` epochs).
-        checkpointer: optional :class:`DeepSpeedCheckpointer`; with ``resume`` its latest checkpoint is loaded
-            when :meth:`run` starts (a finished run is not trained again).
+        checkpointer: optional :class:`DeepSpeedCheckpointer`; with ``resume`` its newest complete checkpoint is
+            loaded when :meth:`run` starts (a finished run is not trained again).
         handlers: MONAI/Ignite handlers (objects with ``attach(engine)``).
         key_train_metric: optional Ignite metrics computed on the iteration outputs.
         additional_metrics: more such metrics.
+        schedule: the run's :class:`TrainingSchedule` (default: built from the loader, ``epoch_length``,
+            ``max_epochs``, ``max_steps`` and DeepSpeed's accumulation).
     """
 
     def __init__(
@@ -115,18 +110,21 @@ class DeepSpeedTrainer(Trainer):
         handlers: Sequence | None = None,
         key_train_metric: dict | None = None,
         additional_metrics: dict | None = None,
+        schedule: TrainingSchedule | None = None,
     ) -> None:
-        batches = getattr(train_data_loader, "batch_sampler", None)
-        if isinstance(batches, ResumableBatchSampler) and epoch_length is not None and epoch_length < len(batches):
-            # Ignite does not restart the data iterator when an epoch ends before it is used up: the next epoch
-            # would start with this one's leftover batches and drift from the sampler epoch exact resume assumes.
-            batches.max_batches = int(epoch_length)
+        accumulation = int(ds_engine.gradient_accumulation_steps())
+        if schedule is None:
+            passes = int(epoch_length) if epoch_length is not None else len(train_data_loader)
+            schedule = TrainingSchedule(passes, accumulation, int(max_epochs), max_steps)
+        elif schedule.accumulation != accumulation:
+            raise ValueError(f"the schedule accumulates {schedule.accumulation} micro-batches, DeepSpeed {accumulation}")
+        self.schedule = schedule
         self.exporters: list[ConsolidatedExport] = []  # filled by ConsolidatedExport.attach (handlers below)
         super().__init__(
             device=ds_engine.device,
-            max_epochs=max_epochs,
+            max_epochs=schedule.num_epochs,
             data_loader=train_data_loader,
-            epoch_length=epoch_length,
+            epoch_length=schedule.epoch_length,
             key_metric=key_train_metric,
             additional_metrics=additional_metrics,
             handlers=handlers,
@@ -136,27 +134,26 @@ class DeepSpeedTrainer(Trainer):
         self.network = ds_engine.module
         self.optimizer = ds_engine.optimizer
         self.lr_scheduler = ds_engine.lr_scheduler
-        self.accumulation_steps = int(ds_engine.gradient_accumulation_steps())
-        self.max_steps = max_steps
+        self.accumulation_steps = accumulation
+        self.max_steps = schedule.max_steps
         self.checkpointer = checkpointer
         self.resumed_from: int | None = None
+        schedule.attach(self)
         if checkpointer is not None:
             checkpointer.attach(self)
-        if max_steps is not None:
-            self.add_event_handler(Events.GET_BATCH_STARTED, self._stop_at_max_steps)  # before a new iteration
-            self.add_event_handler(Events.ITERATION_COMPLETED, self._stop_at_max_steps)
 
     @property
     def optimizer_steps(self) -> int:
         """Optimizer steps taken so far (DeepSpeed's ``global_steps``)."""
         return int(self.ds_engine.global_steps)
 
-    def _stop_at_max_steps(self, engine: Engine) -> None:
-        if self.max_steps is not None and self.optimizer_steps >= self.max_steps:
-            engine.terminate()
-
     def _iteration(self, engine: Engine, batchdata: Mapping[str, Any]) -> dict[str, Any]:  # type: ignore[override]
-        """forward -> loss -> DeepSpeed backward -> DeepSpeed step (optimizer/scheduler at accumulation ends)."""
+        """forward -> loss -> DeepSpeed backward -> DeepSpeed step (optimizer/scheduler at accumulation ends).
+
+        Nothing here waits for the device: the loss stays a tensor and tokens are counted on the host batch.
+        """
+        mask = batchdata.get("attention_mask")
+        tokens = mask.sum() if mask is not None else torch.tensor(batchdata["input_ids"].numel())
         inputs = prepare_llava_batch(batchdata, engine.state.device, _module_dtype(self.network))
         self.ds_engine.train()
         out = self.ds_engine(**inputs)
@@ -167,35 +164,29 @@ class DeepSpeedTrainer(Trainer):
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         self.ds_engine.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return {
-            "loss": float(loss.detach().float()),
-            "lr": float(self.ds_engine.get_lr()[0]),
-            "tokens": int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else int(inputs["input_ids"].numel()),
-        }
+        return {"loss": loss.detach(), "tokens": tokens}
 
     @property
     def finished(self) -> bool:
-        """Whether training is over: ``max_steps`` optimizer steps taken, or ``max_epochs`` epochs done."""
-        if self.max_steps is not None and self.optimizer_steps >= self.max_steps:
-            return True
-        epoch_length, max_epochs = self.state.epoch_length, self.state.max_epochs
-        return epoch_length is not None and max_epochs is not None and self.state.iteration >= epoch_length * max_epochs
+        """Whether training is over (``max_steps`` optimizer steps or ``max_epochs`` epochs done)."""
+        return self.schedule.finished(self.state.iteration)
 
     def run(self) -> None:  # type: ignore[override]
-        """Resume from the latest checkpoint (when a checkpointer with ``resume`` is attached), then train.
+        """Resume from the newest complete checkpoint (when a checkpointer with ``resume`` is attached), then train.
 
         A run whose checkpoint is already finished is not trained again (Ignite would restart it from epoch 1
         on top of the final weights); only a missing export is written.
         """
-        if self.checkpointer is not None and self.checkpointer.resume and self.state.iteration == 0:
-            position = load_training_checkpoint(self.ds_engine, self.checkpointer.checkpoint_dir)
+        if self.checkpointer is not None and self.state.iteration == 0:
+            position = self.checkpointer.restore(self)
             if position is not None:
                 self._restore_position(int(position["iteration"]), int(position["epoch_length"]))
         if self.finished:
-            logger.info(
-                "training already finished (iteration %d, %d optimizer steps): nothing to train",
-                self.state.iteration, self.optimizer_steps,
-            )
+            if self.state.rank == 0:
+                logger.info(
+                    "training already finished (iteration %d, %d optimizer steps): nothing to train",
+                    self.state.iteration, self.optimizer_steps,
+                )
             for exporter in self.exporters:
                 if _on_any_rank(not exporter.is_complete() if self.state.rank == 0 else False, self.state.device):
                     exporter(self)
@@ -203,18 +194,8 @@ class DeepSpeedTrainer(Trainer):
         super().run()
 
     def _restore_position(self, iteration: int, epoch_length: int) -> None:
-        if self.state.epoch_length is not None and epoch_length != self.state.epoch_length:
-            raise ValueError(
-                f"cannot resume: the checkpoint has {epoch_length} iterations per epoch, this run {self.state.epoch_length}"
-            )
-        self.state.iteration = iteration
-        self.state.epoch = iteration // epoch_length
-        self.resumed_from = iteration
-        sampler = getattr(self.data_loader, "batch_sampler", None)
-        if isinstance(sampler, ResumableBatchSampler):
-            sampler.resume_at(iteration // epoch_length, iteration % epoch_length)
-        elif iteration % epoch_length:
-            raise ValueError("resuming mid-epoch needs a ResumableBatchSampler as the data loader's batch sampler")
+        self.schedule.restore(self, iteration, epoch_length)
+        self.resumed_from = int(iteration)
 
 
 class LlavaMedLossEvaluator(Evaluator):
@@ -255,115 +236,3 @@ class LlavaMedLossEvaluator(Evaluator):
             loss = self.network(**inputs).loss
         self.network.train(was_training)
         return {"loss": loss.detach().float()}
-
-
-class DeepSpeedCheckpointer:
-    """Save DeepSpeed checkpoints every N optimizer steps and at the end; load the latest on resume.
-
-    Args:
-        checkpoint_dir: folder of the checkpoints.
-        every_n_steps: optimizer steps between checkpoints (0: only at the end).
-        keep_last: keep this many step checkpoints (0: all).
-        resume: load the latest checkpoint when the trainer starts.
-        save_final: also save when training completes.
-    """
-
-    def __init__(
-        self,
-        checkpoint_dir: str | PathLike,
-        every_n_steps: int = 500,
-        keep_last: int = 2,
-        resume: bool = True,
-        save_final: bool = True,
-    ) -> None:
-        self.checkpoint_dir = Path(checkpoint_dir)
-        self.every_n_steps = int(every_n_steps)
-        self.keep_last = int(keep_last)
-        self.resume = resume
-        self.save_final = save_final
-        self._last_saved = -1
-
-    def attach(self, engine: DeepSpeedTrainer) -> None:
-        """Register on ``ITERATION_COMPLETED`` and ``COMPLETED``."""
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._maybe_save)
-        if self.save_final:
-            engine.add_event_handler(Events.COMPLETED, self.save)
-
-    def _maybe_save(self, engine: DeepSpeedTrainer) -> None:
-        every = self.every_n_steps * engine.accumulation_steps
-        if every and engine.state.iteration % every == 0:
-            self.save(engine)
-
-    def save(self, engine: DeepSpeedTrainer) -> None:
-        """Checkpoint now (all ranks)."""
-        if engine.state.iteration == self._last_saved:
-            return
-        if engine.state.iteration % engine.accumulation_steps:
-            logger.warning("checkpoint at iteration %d is inside an accumulation window", engine.state.iteration)
-        save_training_checkpoint(
-            engine.ds_engine, self.checkpoint_dir, engine.state.iteration, engine.state.epoch_length, self.keep_last
-        )
-        self._last_saved = engine.state.iteration
-
-
-class ConsolidatedExport:
-    """On completion, write the trained network (ZeRO gathered, LoRA merged) in our layout.
-
-    Args:
-        out_dir: destination folder (``load_pretrained`` reads it).
-        tokenizer: saved beside the weights.
-        lora: the run's LoRA settings, if any.
-        name: optional new ``config.name`` of the exported model.
-    """
-
-    def __init__(self, out_dir: str | PathLike, tokenizer: Any = None, lora: LoraSettings | None = None,
-                 name: str | None = None) -> None:
-        self.out_dir = Path(out_dir)
-        self.tokenizer = tokenizer
-        self.lora = lora
-        self.name = name
-        self.exported: Path | None = None
-
-    def attach(self, engine: DeepSpeedTrainer) -> None:
-        """Register on ``COMPLETED`` (and with the trainer, which exports a finished run whose export is missing)."""
-        engine.add_event_handler(Events.COMPLETED, self)
-        exporters = getattr(engine, "exporters", None)
-        if isinstance(exporters, list) and self not in exporters:
-            exporters.append(self)
-
-    def is_complete(self) -> bool:
-        """Whether ``out_dir`` holds a finished export (config, weights and tokenizer, written in that order)."""
-        weights = ("model.safetensors", "model.safetensors.index.json")
-        done = (self.out_dir / CONFIG_NAME).is_file() and any((self.out_dir / w).is_file() for w in weights)
-        return done and (self.tokenizer is None or (self.out_dir / "tokenizer_config.json").is_file())
-
-    def __call__(self, engine: DeepSpeedTrainer) -> None:
-        if self.name is not None:
-            engine.network.config.name = self.name
-        self.exported = export_consolidated(engine.ds_engine, self.out_dir, self.tokenizer, self.lora)
-
-
-class LossLogger:
-    """Append ``{"iteration", "epoch", "step", "loss", "lr", "tokens"}`` JSON lines (rank 0) every N iterations.
-
-    Args:
-        path: the JSON-lines file.
-        every_n_iterations: logging interval.
-    """
-
-    def __init__(self, path: str | PathLike, every_n_iterations: int = 10) -> None:
-        self.path = Path(path)
-        self.every = max(1, int(every_n_iterations))
-
-    def attach(self, engine: DeepSpeedTrainer) -> None:
-        """Register on ``ITERATION_COMPLETED``."""
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
-
-    def __call__(self, engine: DeepSpeedTrainer) -> None:
-        if engine.state.rank != 0:
-            return
-        out = engine.state.output
-        row = {"iteration": engine.state.iteration, "epoch": engine.state.epoch, "step": engine.optimizer_steps, **out}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")

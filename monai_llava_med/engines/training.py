@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from ..data import LengthGroupedBatchSampler, LlavaMedCollator
 from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, configure_stage, load_pretrained
-from .checkpointing import ResumableBatchSampler, parameter_checksum
+from .checkpointing import parameter_checksum
 from .deepspeed_setup import (
     build_lr_scheduler,
     build_optimizer,
@@ -36,6 +36,8 @@ from .deepspeed_setup import (
     resolve_deepspeed_config,
 )
 from .lora import apply_lora
+from .rank_logging import quiet_ranks, rank_zero_handlers
+from .schedule import ResumableBatchSampler, TrainingPlanError, TrainingSchedule
 from .train_config import TrainingConfig, stage_preset
 from .trainer import ConsolidatedExport, DeepSpeedCheckpointer, DeepSpeedTrainer, LossLogger
 
@@ -141,6 +143,32 @@ def _dataset_from_json(
     )
 
 
+def _check_batch_arithmetic(
+    config: TrainingConfig, train_data: Dataset | None, data_json: str | PathLike | None,
+    image_root: str | PathLike | None, world_size: int,
+) -> TrainingSchedule:
+    """Refuse batch sizes the data cannot fill (micro batch x ranks x accumulation > samples) before any model.
+
+    Raises:
+        TrainingPlanError: with the numbers, the data file and what to change.
+        ValueError: a global batch that is not a multiple of micro batch x ranks.
+    """
+    from ..data import load_llava_med_json
+
+    if train_data is not None:
+        num_samples, source = len(train_data), None  # type: ignore[arg-type]
+    else:
+        num_samples, source = len(load_llava_med_json(data_json, image_root)), data_json  # type: ignore[arg-type]
+    try:
+        ds = resolve_deepspeed_config(config.deepspeed, config, world_size)  # an explicit DeepSpeed value wins
+    except ValueError as err:
+        raise TrainingPlanError(str(err), source) from err
+    return TrainingSchedule.for_samples(
+        num_samples, int(ds["train_micro_batch_size_per_gpu"]), world_size, int(ds["gradient_accumulation_steps"]),
+        config.num_epochs, config.max_steps, source,
+    )
+
+
 def build_trainer(
     training: TrainingConfig | Mapping[str, Any] | str | None = None,
     *,
@@ -187,6 +215,12 @@ def build_trainer(
         overrides = {**overrides, "num_epochs": int(max_epochs)}
     config = _resolve_training(training, overrides)
     init_distributed_env()
+    quiet_ranks(int(os.environ["RANK"]))
+    # everything that can be refused without a model, before the model is loaded
+    DeepSpeedCheckpointer(Path(config.output_dir) / "checkpoints", resume=config.resume, restart=config.restart).check()
+    if train_data is None and data_json is None:
+        raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
+    _check_batch_arithmetic(config, train_data, data_json, image_root, int(os.environ["WORLD_SIZE"]))
     seed_everything(config.seed)
     model, tokenizer = _build_model(model, model_config, init_from, tokenizer)
     if tokenizer is None:
@@ -197,8 +231,6 @@ def build_trainer(
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if train_data is None:
-        if data_json is None:
-            raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
         train_data = _dataset_from_json(data_json, image_root, tokenizer, model, config, image_loader, max_views)
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -214,15 +246,9 @@ def build_trainer(
         num_image_tokens=model.config.num_image_tokens,
     )
     loader = make_train_loader(train_data, collator, config, rank, world_size)
-    epoch_length = len(loader)
     accumulation = ds_config["gradient_accumulation_steps"]
-    steps_per_epoch = epoch_length // accumulation
-    if steps_per_epoch == 0:
-        raise ValueError(f"an epoch of {epoch_length} micro-batches is shorter than one accumulation of {accumulation}")
-    epoch_length = steps_per_epoch * accumulation  # whole optimizer steps; the trainer cuts each pass to it
-    total_steps = steps_per_epoch * config.num_epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
+    schedule = TrainingSchedule(len(loader), accumulation, config.num_epochs, config.max_steps)
+    total_steps, epoch_length = schedule.total_steps, schedule.epoch_length
     optimizer = build_optimizer(model, config, ds_config)
     scheduler = build_lr_scheduler(optimizer, config, total_steps)
     ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
@@ -233,21 +259,21 @@ def build_trainer(
         config.save(out_dir / "training_config.json")
         (out_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
     checkpointer = DeepSpeedCheckpointer(
-        out_dir / "checkpoints", config.save_every_n_steps, config.keep_last_checkpoints, resume=config.resume
+        out_dir / "checkpoints", config.save_every_n_steps, config.keep_last_checkpoints, resume=config.resume,
+        restart=config.restart,
     )
     all_handlers: list[Any] = [LossLogger(out_dir / "loss_log.jsonl", config.log_every_n_steps)]
     exporter = ConsolidatedExport(out_dir / "model", tokenizer, config.lora, export_name) if config.export else None
     if exporter is not None:
         all_handlers.append(exporter)
-    all_handlers.extend(handlers or [])
+    all_handlers.extend(rank_zero_handlers(handlers, rank))
     trainer = DeepSpeedTrainer(
         ds_engine,
         max_epochs=config.num_epochs,
         train_data_loader=loader,
-        epoch_length=epoch_length,
-        max_steps=config.max_steps,
         checkpointer=checkpointer,
         handlers=all_handlers,
+        schedule=schedule,
     )
     trainer.training_config = config
     trainer.tokenizer = tokenizer
@@ -311,7 +337,7 @@ def run_training(run: Mapping[str, Any] | str | PathLike | None = None, **kwargs
         "exported": str(exported) if exported is not None else None,
         "iterations": trainer.state.iteration,
         "optimizer_steps": trainer.optimizer_steps,
-        "final_loss": output.get("loss"),
+        "final_loss": float(output["loss"]) if "loss" in output else None,
         "resumed_from": trainer.resumed_from,
         "weights_checksum": parameter_checksum(trainer.ds_engine),
         "rank": int(os.environ.get("RANK", 0)),
