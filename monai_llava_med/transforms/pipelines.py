@@ -28,7 +28,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
-from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_dicom_slice, scan_dicom_series
+from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_dicom_file, scan_dicom_series
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
@@ -98,7 +98,7 @@ class RadiologyViews(Transform):
     def _lazy_axial(self, info: Any, source: str, modality: str) -> list[MetaTensor]:
         views = []
         for index in self.to_views.select(len(info.files)):
-            sl = load_dicom_slice(info.files[index], self.max_voxels)
+            sl = load_dicom_file(info.files[index], self.max_voxels)
             sl.meta.update(modality=modality, source=source, window_center=info.meta["window_center"],
                            window_width=info.meta["window_width"], photometric=info.meta["photometric"])
             shown = self.intensity(sl)

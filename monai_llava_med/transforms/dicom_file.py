@@ -1,0 +1,176 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""One DICOM file (single- or multi-frame) -> a rescaled, channel-first MetaTensor through MONAI's PydicomReader.
+
+Rescale slope/intercept are applied, also when an enhanced multi-frame file keeps them in its functional groups,
+and PALETTE COLOR images are expanded to RGB through their colour lookup table.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.utils import optional_import
+
+from ..errors import DicomDecodeError, VolumeError
+from .dicom_header import check_dicom_pixels, dicom_meta, header_value, read_dicom_header
+from .readers import DEFAULT_MAX_VOXELS, cached_loader, clean_meta, file_name, run_loader, short_text
+
+pydicom, _ = optional_import("pydicom")
+apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")  # pydicom >= 3
+if not _has_color_lut:  # pydicom 2.x
+    apply_color_lut, _ = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
+
+__all__ = ["load_dicom_file", "decode_error"]
+
+#: Transfer syntaxes that need a decoder plugin, with what to install (pillow covers JPEG baseline and J2K).
+_PLUGIN_HINTS = {
+    "1.2.840.10008.1.2.4.50": "pillow (or pylibjpeg + pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
+    "1.2.840.10008.1.2.4.90": "pillow with OpenJPEG (or pylibjpeg + pylibjpeg-openjpeg)",
+    "1.2.840.10008.1.2.4.91": "pillow with OpenJPEG (or pylibjpeg + pylibjpeg-openjpeg)",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg + pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg + pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg + pylibjpeg-openjpeg",
+}
+
+
+def _transfer_syntax(ds: Any) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return str(uid) if uid is not None else "1.2.840.10008.1.2"
+
+
+def _uid_name(uid: str) -> str:
+    try:
+        return str(pydicom.uid.UID(uid).name)
+    except Exception:
+        return uid
+
+
+def decode_error(e: BaseException, ds: Any, path: str | PathLike) -> DicomDecodeError:
+    """The typed error for a pixel-data decode failure of ``path`` (transfer syntax named, plugin hinted)."""
+    uid = _transfer_syntax(ds) if ds is not None else ""
+    hint = _PLUGIN_HINTS.get(uid)
+    name = _uid_name(uid) if uid else "unknown"
+    msg = f"cannot decode pixel data (transfer syntax {name}, {uid}): {short_text(e)}"
+    if hint:
+        msg += f"; install {hint} to decode it"
+    return DicomDecodeError(msg, path)
+
+
+def _frame_rescale(ds: Any, frames: int, path: str | PathLike) -> list[tuple[float, float]] | None:
+    """Per-frame ``(slope, intercept)`` of an enhanced (multi-frame) file, from its functional groups.
+
+    None when the top-level RescaleSlope/RescaleIntercept exist (the reader applies them) or no functional group
+    holds a PixelValueTransformationSequence. A per-frame group overrides the shared one.
+
+    Raises:
+        DicomDecodeError: a non-numeric or non-finite slope/intercept, or a per-frame sequence of the wrong length.
+    """
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return None
+
+    def transform(group_seq: Any) -> Any:
+        item = group_seq[0] if group_seq else None
+        seq = item.get("PixelValueTransformationSequence") if item is not None else None
+        return seq[0] if seq else None
+
+    shared = transform(ds.get("SharedFunctionalGroupsSequence"))
+    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence") or []
+    per_frame = [transform([g]) for g in per_frame_seq]
+    if shared is None and not any(t is not None for t in per_frame):
+        return None
+    if per_frame and len(per_frame) != frames:
+        raise DicomDecodeError(
+            f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {frames} frames", path)
+    out = []
+    for f in range(frames):
+        item = (per_frame[f] if per_frame else None) or shared
+        if item is None:
+            out.append((1.0, 0.0))
+            continue
+        pair = []
+        for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+            try:
+                raw = item.get(keyword)
+                value = default if raw is None or raw == "" else header_value(item, keyword)
+            except (TypeError, ValueError):
+                value = None
+            if value is None:
+                raise DicomDecodeError(f"invalid {keyword} in the functional groups of frame {f + 1}", path)
+            pair.append(value)
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def _apply_frame_rescale(img: MetaTensor, ds: Any, frames: int, path: str | PathLike) -> MetaTensor:
+    """Apply functional-group rescale to a ``(C, ..., F)`` (or single-frame ``(C, ...)``) image."""
+    rescale = _frame_rescale(ds, frames, path)
+    if rescale is None or all(r == (1.0, 0.0) for r in rescale):
+        return img
+    img = img.float()
+    if frames == 1:
+        return img * rescale[0][0] + rescale[0][1]
+    slope = torch.tensor([r[0] for r in rescale], dtype=img.dtype)
+    intercept = torch.tensor([r[1] for r in rescale], dtype=img.dtype)
+    return img * slope + intercept
+
+
+def _apply_palette(img: MetaTensor, ds: Any, path: str | PathLike) -> MetaTensor:
+    """PALETTE COLOR: ``(1, ...)`` index image -> ``(3, ...)`` RGB in ``[0, 255]`` through the colour LUT."""
+    if img.shape[0] != 1:
+        raise DicomDecodeError(f"PALETTE COLOR image decoded with {img.shape[0]} channels (1 expected)", path)
+    try:
+        index = img[0].as_subclass(torch.Tensor).round().numpy().astype(np.int64)
+        rgb = np.asarray(apply_color_lut(index, ds))
+    except Exception as e:
+        raise DicomDecodeError(f"cannot apply the PALETTE COLOR lookup table ({type(e).__name__}: {short_text(e)})",
+                               path) from e
+    scale = 255.0 / 65535.0 if rgb.dtype.itemsize > 1 else 1.0  # 16-bit LUT entries -> 8-bit display range
+    out = torch.as_tensor(np.moveaxis(rgb, -1, 0).astype(np.float32) * scale)
+    return MetaTensor(out, meta=dict(img.meta))
+
+
+def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> MetaTensor:
+    """Load one DICOM file: a single frame as ``(C, H, W)`` (``"image"``), several as ``(C, X, Y, F)`` (``"frames"``).
+
+    Args:
+        path: a DICOM file.
+        max_voxels: size limit (checked from the header before decoding).
+
+    Raises:
+        DicomDecodeError: unreadable header or pixel data, undecodable transfer syntax.
+        ImageReadError: zero or absurd size.
+        VolumeError: malformed geometry, unexpected decoded shape.
+    """
+    ds = read_dicom_header(path)
+    check_dicom_pixels(ds, path, max_voxels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    meta = dicom_meta(ds, file_name(path))
+    img = run_loader(cached_loader("dicom"), path, lambda e: decode_error(e, ds, path))
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1 and img.shape[0] == 1:
+        img = img[0].movedim(-1, 0)[:3]  # colour samples last -> channel first (RGBA: alpha dropped)
+    if frames > 1:
+        # PydicomReader swaps the first two axes of (F, R, C): (ch, R, F, C) -> (ch, C, R, F) = (ch, X, Y, F)
+        if img.ndim != 4:
+            raise VolumeError(f"multi-frame DICOM decoded to unexpected shape {tuple(img.shape)}", path)
+        img, layout = img.permute(0, 3, 1, 2).contiguous(), "frames"
+    else:
+        if img.ndim != 3:
+            raise VolumeError(f"DICOM image decoded to unexpected shape {tuple(img.shape)}", path)
+        img, layout = img.transpose(1, 2).contiguous(), "image"
+    img = _apply_frame_rescale(img, ds, frames, path)  # enhanced files: slope/intercept of each frame
+    if meta["photometric"] == "PALETTE COLOR":
+        img, meta["photometric"] = _apply_palette(img, ds, path), "RGB"
+    return clean_meta(img, {**meta, "layout": layout})

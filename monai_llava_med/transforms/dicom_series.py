@@ -1,0 +1,164 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""A DICOM series folder: header scan and validation, then the whole volume through MONAI's PydicomReader.
+
+The scan reads only the fields it needs from every slice and checks one series, same size/orientation/pixel
+spacing, distinct and evenly spaced positions; slices are sorted by position along the slice normal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monai.data import MetaTensor
+
+from ..errors import ImageReadError, VolumeError
+from .dicom_file import decode_error, load_dicom_file
+from .dicom_header import check_dicom_pixels, check_geometry, dicom_meta, header_value, read_dicom_header
+from .input_kind import is_dicom_file
+from .readers import DEFAULT_MAX_VOXELS, cached_loader, clean_meta, file_name, run_loader
+
+__all__ = ["DicomSeriesInfo", "scan_dicom_series", "load_dicom_series"]
+
+
+@dataclass
+class DicomSeriesInfo:
+    """What a header scan of a DICOM series folder found.
+
+    Attributes:
+        files: slice files sorted by position along the slice normal (ascending).
+        positions: position of each sorted slice along the normal (mm).
+        orientation: ImageOrientationPatient (6 values, shared by all slices).
+        spacing: (row spacing, column spacing, slice spacing) in mm.
+        shape: (Rows, Columns) shared by all slices.
+        meta: non-identifying fields of the first slice (modality, photometric, window, source).
+        instance_order_matches: whether sorting by InstanceNumber gives the same order (or its reverse).
+    """
+
+    files: list[str]
+    positions: list[float]
+    orientation: tuple[float, ...]
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+    instance_order_matches: bool = True
+
+    @property
+    def is_standard_axial(self) -> bool:
+        """True when slices are stored as axial images in display orientation (IOP close to 1,0,0,0,1,0)."""
+        return bool(np.allclose(self.orientation, (1, 0, 0, 0, 1, 0), atol=1e-3))
+
+
+def scan_dicom_series(
+    folder: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS, spacing_rtol: float = 0.1
+) -> DicomSeriesInfo:
+    """Read the headers of a DICOM series folder and validate its geometry.
+
+    Args:
+        folder: a folder holding the slices of one series (non-DICOM files are ignored).
+        max_voxels: refuse series with more voxels than this.
+        spacing_rtol: allowed relative deviation of a slice gap from the median gap.
+
+    Returns:
+        a :class:`DicomSeriesInfo` with slices sorted by position.
+
+    Raises:
+        ImageReadError: no DICOM files, absurd size.
+        DicomDecodeError: an unreadable slice header.
+        VolumeError: several series, mixed size/orientation/pixel spacing, duplicate or unevenly spaced positions,
+            malformed ImageOrientationPatient/ImagePositionPatient/PixelSpacing.
+    """
+    paths = sorted(str(f) for f in Path(folder).iterdir() if f.is_file() and is_dicom_file(f))
+    if not paths:
+        raise ImageReadError("folder holds no DICOM files (expected one DICOM series)", folder)
+    headers = [read_dicom_header(p, stop_before_pixels=True) for p in paths]
+    first = headers[0]
+    uids = {str(h.get("SeriesInstanceUID", "")) for h in headers}
+    if len(uids) > 1:
+        raise VolumeError(f"folder mixes {len(uids)} DICOM series; put one series per folder", folder)
+    shapes = {(int(h.get("Rows", 0) or 0), int(h.get("Columns", 0) or 0)) for h in headers}
+    if len(shapes) > 1:
+        raise VolumeError(f"series has slices of different sizes {sorted(shapes)} (mixed geometry)", folder)
+    rows, cols = shapes.pop()
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError(f"zero-size slices: Rows={rows}, Columns={cols}", folder)
+    if rows * cols * len(paths) > max_voxels:
+        raise ImageReadError(f"absurd series size {rows}x{cols}x{len(paths)} (limit {max_voxels})", folder)
+    geometry = [check_geometry(h, folder, f"slice {file_name(p)}: ") for h, p in zip(headers, paths)]
+    if len(paths) == 1:
+        iop = geometry[0]["ImageOrientationPatient"] or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+        ps = geometry[0]["PixelSpacing"] or (1.0, 1.0)
+        thick = header_value(first, "SliceThickness") or 1.0
+        return DicomSeriesInfo(
+            paths, [0.0], iop, (ps[0], ps[1], thick), (rows, cols), dicom_meta(first, file_name(folder))
+        )
+    for g, p in zip(geometry, paths):
+        if g["ImageOrientationPatient"] is None or g["ImagePositionPatient"] is None:
+            raise VolumeError(f"slice {file_name(p)} lacks ImageOrientationPatient/ImagePositionPatient", folder)
+    iops = np.array([g["ImageOrientationPatient"] for g in geometry])
+    if not np.allclose(iops, iops[0], atol=1e-4):
+        raise VolumeError("series has slices with different orientations (mixed geometry)", folder)
+    spacings = np.array([g["PixelSpacing"] or (1.0, 1.0) for g in geometry])
+    if not np.allclose(spacings, spacings[0], rtol=1e-4):
+        raise VolumeError("series has slices with different pixel spacings (mixed geometry)", folder)
+    normal = np.cross(iops[0][:3], iops[0][3:])
+    ipps = np.array([g["ImagePositionPatient"] for g in geometry])
+    pos = ipps @ normal
+    order = np.argsort(pos, kind="stable")
+    pos_sorted = pos[order]
+    gaps = np.diff(pos_sorted)
+    if np.any(gaps < 1e-3):
+        raise VolumeError("series has two or more slices at the same position (duplicate or mixed series)", folder)
+    median = float(np.median(gaps))
+    if np.any(np.abs(gaps - median) > spacing_rtol * median):
+        raise VolumeError(
+            f"series has uneven slice spacing (gaps {gaps.min():.3g}-{gaps.max():.3g} mm): missing slices?", folder
+        )
+    inst = [h.get("InstanceNumber") for h in headers]
+    matches = False
+    if all(i is not None for i in inst) and len({int(i) for i in inst}) == len(inst):
+        by_inst = np.argsort([int(i) for i in inst], kind="stable")
+        matches = bool(np.array_equal(by_inst, order) or np.array_equal(by_inst, order[::-1]))
+    return DicomSeriesInfo(
+        files=[paths[i] for i in order],
+        positions=[float(v) for v in pos_sorted],
+        orientation=tuple(float(v) for v in iops[0]),
+        spacing=(float(spacings[0][0]), float(spacings[0][1]), median),
+        shape=(rows, cols),
+        meta=dicom_meta(first, file_name(folder)),
+        instance_order_matches=matches,
+    )
+
+
+def load_dicom_series(folder: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> MetaTensor:
+    """Load a validated series as a ``(C, X, Y, Z)`` volume with the reader's RAS affine (``"volume"``).
+
+    A folder holding one slice gives that slice (see :func:`~.dicom_file.load_dicom_file`).
+
+    Args:
+        folder: the series folder.
+        max_voxels: size limit.
+
+    Raises:
+        VolumeError: see :func:`scan_dicom_series`; InstanceNumber order that disagrees with the positions.
+    """
+    info = scan_dicom_series(folder, max_voxels)
+    if len(info.files) == 1:
+        img = load_dicom_file(info.files[0], max_voxels)
+        img.meta["source"] = file_name(folder)
+        return img
+    if not info.instance_order_matches:
+        # PydicomReader stacks by InstanceNumber; refuse rather than build a scrambled volume
+        raise VolumeError("InstanceNumber order disagrees with slice positions (or is missing)", folder)
+    first = read_dicom_header(info.files[0])
+    check_dicom_pixels(first, info.files[0], max_voxels)
+    img = run_loader(cached_loader("series"), folder, lambda e: decode_error(e, first, folder))
+    if img.ndim != 4 or img.shape[-1] != len(info.files):
+        raise VolumeError(f"series decoded to unexpected shape {tuple(img.shape)}", folder)
+    return clean_meta(img, {**info.meta, "layout": "volume"})
