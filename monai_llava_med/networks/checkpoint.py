@@ -44,7 +44,7 @@ from .export_hf import export_hf_llava
 from .layout_hf_llava import HF_LLAVA_KEY_RULES, config_from_hf_llava
 from .layout_llava_native import NATIVE_KEY_RULES, NATIVE_MODEL_TYPES, config_from_native, is_native_llava
 from .layout_ours import save_pretrained
-from .factory import build_llava_med, resolve_placement
+from .factory import build_llava_med, resolve_placement, vision_key_alias
 from .llava_med import LlavaMedNet
 
 __all__ = [
@@ -126,13 +126,8 @@ def convert_state_dict(
         if IGNORED_KEYS.search(key):
             continue
         new = _rename(key, layout)
-        if expected_keys is not None and new.startswith("vision_tower.") and new not in expected_keys:
-            alternative = (
-                new.replace("vision_tower.vision_model.", "vision_tower.", 1)
-                if new.startswith("vision_tower.vision_model.")
-                else new.replace("vision_tower.", "vision_tower.vision_model.", 1)
-            )
-            new = alternative if alternative in expected_keys else new
+        if expected_keys is not None:
+            new = vision_key_alias(new, expected_keys)
         out[new] = value
     return out
 

@@ -110,17 +110,21 @@ def _as_config(config: LlavaMedConfig | Mapping[str, Any] | str) -> LlavaMedConf
 
 def _match_vision_prefix(state: Mapping[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
     """Rename ``vision_tower.vision_model.*`` <-> ``vision_tower.*`` to the CLIP names this transformers uses."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith("vision_tower.") and key not in expected:
-            other = (
-                key.replace("vision_tower.vision_model.", "vision_tower.", 1)
-                if key.startswith("vision_tower.vision_model.")
-                else key.replace("vision_tower.", "vision_tower.vision_model.", 1)
-            )
-            key = other if other in expected else key
-        out[key] = value
-    return out
+    return {vision_key_alias(key, expected): value for key, value in state.items()}
+
+
+def vision_key_alias(key: str, expected: set[str]) -> str:
+    """``key``, or its ``vision_tower.vision_model.*`` <-> ``vision_tower.*`` twin when only the twin is expected.
+
+    Args:
+        key: a state-dict key.
+        expected: the keys the network being loaded has.
+    """
+    if not key.startswith("vision_tower.") or key in expected:
+        return key
+    prefix, twin = "vision_tower.vision_model.", "vision_tower."
+    other = key.replace(prefix, twin, 1) if key.startswith(prefix) else key.replace(twin, prefix, 1)
+    return other if other in expected else key
 
 
 def build_llava_med(
