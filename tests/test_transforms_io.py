@@ -149,15 +149,23 @@ def _functional_rescale(ds, frame):
     return float(item.RescaleSlope), float(item.RescaleIntercept)
 
 
+#: eCT_Supplemental.dcm frames in volume order (ascending along its slice normal)
+ECT_VOLUME_ORDER = [1, 0]
+
+
 def test_enhanced_ct_shared_functional_group_rescale(load):
     path = shipped_file("eCT_Supplemental.dcm")
     ds = pydicom.dcmread(path)
     assert "RescaleIntercept" not in ds  # slope/intercept live in the shared functional groups only
     img = load(path)
-    assert img.meta["layout"] == "frames" and tuple(img.shape) == (1, 512, 512, 2)
+    # frames with plane positions are a volume sorted along the slice normal (see test_transforms_geometry.py);
+    # IOP (-1,0,0,0,1,0) has normal (0,0,-1): frame 2 (z -149) comes before frame 1 (z -159) along it
+    assert img.meta["layout"] == "volume" and tuple(img.shape) == (1, 512, 512, 2)
+    assert [float(g.PlanePositionSequence[0].ImagePositionPatient[2]) for g in ds.PerFrameFunctionalGroupsSequence
+            ] == [-159.0, -149.0]
     stored = ds.pixel_array.astype(np.float64)
-    for f in range(2):
-        np.testing.assert_allclose(img[0, :, :, f].numpy().T, stored[f] - 1024.0)
+    for k, f in enumerate(ECT_VOLUME_ORDER):
+        np.testing.assert_allclose(img[0, :, :, k].numpy().T, stored[f] - 1024.0)
     assert float(img.min()) == -1024.0
 
 
@@ -173,8 +181,9 @@ def test_enhanced_ct_per_frame_rescale(tmp_path, load):
     img = load(path)
     stored = ds.pixel_array.astype(np.float64)
     assert _functional_rescale(ds, 0) == (1.0, -1024.0) and _functional_rescale(ds, 1) == (2.0, -500.0)
-    np.testing.assert_allclose(img[0, :, :, 0].numpy().T, stored[0] - 1024.0)
-    np.testing.assert_allclose(img[0, :, :, 1].numpy().T, stored[1] * 2.0 - 500.0)
+    k0, k1 = ECT_VOLUME_ORDER.index(0), ECT_VOLUME_ORDER.index(1)
+    np.testing.assert_allclose(img[0, :, :, k0].numpy().T, stored[0] - 1024.0)
+    np.testing.assert_allclose(img[0, :, :, k1].numpy().T, stored[1] * 2.0 - 500.0)
 
 
 def test_palette_color_expanded_to_rgb(load):

@@ -5,7 +5,9 @@
 """One DICOM file (single- or multi-frame) -> a rescaled, channel-first MetaTensor through MONAI's PydicomReader.
 
 Rescale slope/intercept are applied, also when an enhanced multi-frame file keeps them in its functional groups,
-and PALETTE COLOR images are expanded to RGB through their colour lookup table.
+and PALETTE COLOR images are expanded to RGB through their colour lookup table. Patient geometry follows
+:mod:`.dicom_geometry`: frames with per-frame positions forming one stack are a volume, a single slice carries
+the affine of its stored array.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from monai.data import MetaTensor
 from monai.utils import optional_import
 
 from ..errors import DicomDecodeError, VolumeError
+from .dicom_geometry import frame_stack, slice_affine
 from .dicom_header import check_dicom_pixels, dicom_meta, header_value, read_dicom_header
 from .readers import DEFAULT_MAX_VOXELS, cached_loader, clean_meta, file_name, run_loader, short_text
 
@@ -145,6 +148,11 @@ def _apply_palette(img: MetaTensor, ds: Any, path: str | PathLike) -> MetaTensor
 def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> MetaTensor:
     """Load one DICOM file: a single frame as ``(C, H, W)`` (``"image"``), several as ``(C, X, Y, F)`` (``"frames"``).
 
+    Frames whose functional groups place them as one evenly spaced stack (enhanced CT/MR) are sorted by position
+    along the slice normal and returned as a ``(C, X, Y, Z)`` ``"volume"`` with its RAS affine, like the same
+    slices as a series. A single frame with ImageOrientationPatient keeps its stored ``(C, H, W)`` array, with
+    the affine of that array and ``meta["patient_geometry"] = True``.
+
     Args:
         path: a DICOM file.
         max_voxels: size limit (checked from the header before decoding).
@@ -173,4 +181,29 @@ def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) 
     img = _apply_frame_rescale(img, ds, frames, path)  # enhanced files: slope/intercept of each frame
     if meta["photometric"] == "PALETTE COLOR":
         img, meta["photometric"] = _apply_palette(img, ds, path), "RGB"
-    return clean_meta(img, {**meta, "layout": layout})
+    return _with_geometry(img, ds, frames, path, {**meta, "layout": layout})
+
+
+def _with_geometry(img: MetaTensor, ds: Any, frames: int, path: str | PathLike, meta: dict[str, Any]) -> MetaTensor:
+    """Attach the header's patient geometry (:mod:`.dicom_geometry`) to a decoded image.
+
+    Frames that form one volume are sorted by position and become a ``"volume"`` with its RAS affine; a single
+    frame with an orientation keeps its stored ``(C, rows, columns)`` array and gets the affine of that array with
+    ``meta["patient_geometry"] = True`` (:class:`~.radiology.CanonicalOrientation` turns it into a one-slice
+    volume).
+    """
+    affine = None
+    if frames > 1:
+        stack = frame_stack(ds, frames, path)
+        if stack is not None:
+            order, affine = stack
+            img = MetaTensor(img.as_subclass(torch.Tensor)[..., order].contiguous(), meta=dict(img.meta))
+            meta["layout"] = "volume"
+    else:
+        affine = slice_affine(ds, path)
+        meta["patient_geometry"] = affine is not None
+    img = clean_meta(img, meta)
+    if affine is not None:
+        img.meta["affine"] = img.meta["original_affine"] = torch.as_tensor(affine, dtype=torch.float64)
+        img.meta["spatial_shape"] = tuple(img.shape[1:])
+    return img

@@ -22,7 +22,7 @@ from .readers import DEFAULT_MAX_VOXELS, short_text
 pydicom, _ = optional_import("pydicom")
 
 __all__ = ["read_dicom_header", "check_dicom_pixels", "header_value", "tag_floats", "check_geometry", "dicom_meta",
-           "SCAN_TAGS"]
+           "functional_item", "SCAN_TAGS"]
 
 _BITS_ALLOWED = (1, 8, 16, 32, 64)
 #: Header fields a series scan reads (``specific_tags`` keeps the scan of hundreds of slices fast).
@@ -132,12 +132,40 @@ def check_geometry(ds: Any, path: str | PathLike, where: str = "") -> dict[str, 
     return {k: tag_floats(ds, k, n, path, where) for k, n in _GEOMETRY_TAGS.items()}
 
 
+def functional_item(ds: Any, sequence: str, frame: int = 0) -> Any:
+    """The first item of ``sequence`` in an enhanced file's functional groups for ``frame``, or None.
+
+    The frame's PerFrameFunctionalGroupsSequence item wins over the SharedFunctionalGroupsSequence one (DICOM
+    PS3.3 C.7.6.16); files without functional groups give None.
+
+    Args:
+        ds: a pydicom dataset.
+        sequence: a functional group macro, e.g. ``"PlanePositionSequence"`` or ``"FrameVOILUTSequence"``.
+        frame: 0-based frame number.
+    """
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups) or []
+        if index < len(items):
+            seq = items[index].get(sequence)
+            if seq:
+                return seq[0]
+    return None
+
+
 def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
-    """The non-identifying fields of a DICOM header that the transforms use."""
+    """The non-identifying fields of a DICOM header that the transforms use.
+
+    The window is the top-level WindowCenter/WindowWidth or, in an enhanced file, the FrameVOILUTSequence of
+    the first frame (per-frame or shared functional group); numbers only.
+    """
+    voi = functional_item(ds, "FrameVOILUTSequence")
+    window = {}
+    for key, keyword in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
+        value = header_value(ds, keyword)
+        window[key] = header_value(voi, keyword) if value is None and voi is not None else value
     return {
         "modality": str(ds.get("Modality", "OT") or "OT").upper(),
         "photometric": str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
-        "window_center": header_value(ds, "WindowCenter"),
-        "window_width": header_value(ds, "WindowWidth"),
+        **window,
         "source": source,
     }

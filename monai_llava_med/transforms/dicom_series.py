@@ -5,7 +5,8 @@
 """A DICOM series folder: header scan and validation, then the whole volume through MONAI's PydicomReader.
 
 The scan reads only the fields it needs from every slice and checks one series, same size/orientation/pixel
-spacing, distinct and evenly spaced positions; slices are sorted by position along the slice normal.
+spacing, distinct and evenly spaced positions; slices are sorted by position along the slice normal
+(:func:`~.dicom_geometry.stack_order`, the rule enhanced multi-frame files follow too).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from monai.data import MetaTensor
 
 from ..errors import ImageReadError, VolumeError
 from .dicom_file import decode_error, load_dicom_file
+from .dicom_geometry import stack_order
 from .dicom_header import check_dicom_pixels, check_geometry, dicom_meta, header_value, read_dicom_header
 from .input_kind import is_dicom_file
 from .readers import DEFAULT_MAX_VOXELS, cached_loader, clean_meta, file_name, run_loader
@@ -102,24 +104,9 @@ def scan_dicom_series(
         if g["ImageOrientationPatient"] is None or g["ImagePositionPatient"] is None:
             raise VolumeError(f"slice {file_name(p)} lacks ImageOrientationPatient/ImagePositionPatient", folder)
     iops = np.array([g["ImageOrientationPatient"] for g in geometry])
-    if not np.allclose(iops, iops[0], atol=1e-4):
-        raise VolumeError("series has slices with different orientations (mixed geometry)", folder)
     spacings = np.array([g["PixelSpacing"] or (1.0, 1.0) for g in geometry])
-    if not np.allclose(spacings, spacings[0], rtol=1e-4):
-        raise VolumeError("series has slices with different pixel spacings (mixed geometry)", folder)
-    normal = np.cross(iops[0][:3], iops[0][3:])
     ipps = np.array([g["ImagePositionPatient"] for g in geometry])
-    pos = ipps @ normal
-    order = np.argsort(pos, kind="stable")
-    pos_sorted = pos[order]
-    gaps = np.diff(pos_sorted)
-    if np.any(gaps < 1e-3):
-        raise VolumeError("series has two or more slices at the same position (duplicate or mixed series)", folder)
-    median = float(np.median(gaps))
-    if np.any(np.abs(gaps - median) > spacing_rtol * median):
-        raise VolumeError(
-            f"series has uneven slice spacing (gaps {gaps.min():.3g}-{gaps.max():.3g} mm): missing slices?", folder
-        )
+    order, pos_sorted, median = stack_order(iops, ipps, spacings, folder, spacing_rtol)
     inst = [h.get("InstanceNumber") for h in headers]
     matches = False
     if all(i is not None for i in inst) and len({int(i) for i in inst}) == len(inst):

@@ -8,8 +8,10 @@
 PNG/JPEG/single-page TIFF with :class:`monai.transforms.LoadImage` (``PydicomReader``, ``NibabelReader``,
 ``PILReader``) and returns a channel-first :class:`monai.data.MetaTensor`:
 
-* 2D images: ``(C, H, W)`` as stored, ``meta["layout"] == "image"``;
-* volumes with patient geometry: ``(C, X, Y, Z)`` with the reader's RAS affine, ``meta["layout"] == "volume"``;
+* 2D images: ``(C, H, W)`` as stored, ``meta["layout"] == "image"``; a DICOM slice with ImageOrientationPatient
+  also carries the RAS affine of that array and ``meta["patient_geometry"] = True``;
+* volumes with patient geometry (series, NIfTI, enhanced multi-frame DICOM whose frames form one stack):
+  ``(C, X, Y, Z)`` with a RAS affine, ``meta["layout"] == "volume"`` (DICOM: :mod:`.dicom_geometry`);
 * multi-frame DICOM without per-slice geometry: ``(C, X, Y, F)``, ``meta["layout"] == "frames"``.
 
 Only non-identifying fields are kept in ``meta``: ``modality``, ``photometric``, ``window_center``,

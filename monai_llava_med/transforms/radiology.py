@@ -257,7 +257,11 @@ class ModalityIntensity(Transform):
 
 
 class CanonicalOrientation(Transform):
-    """Reorient a volume (``meta["layout"] == "volume"``) to RAS with MONAI ``Orientation``; others pass through.
+    """Reorient a volume (``meta["layout"] == "volume"``) to RAS with MONAI ``Orientation``.
+
+    A 2D image with patient geometry (``meta["patient_geometry"]``: a DICOM slice whose affine maps its
+    ``(row, column)`` array and slice normal to RAS) becomes a one-slice ``(C, X, Y, Z)`` volume first, so that
+    it is reoriented exactly like the same slice in a series. Other images pass through.
 
     Args:
         axcodes: target axis codes.
@@ -267,8 +271,12 @@ class CanonicalOrientation(Transform):
         self.orientation = Orientation(axcodes=axcodes, labels=(("L", "R"), ("P", "A"), ("I", "S")))
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Reorient when the image is a volume with geometry."""
-        if _meta(img).get("layout") != "volume":
+        """Reorient when the image is a volume or a slice with geometry."""
+        meta = _meta(img)
+        if meta.get("layout") == "image" and meta.get("patient_geometry") and img.ndim == 3:
+            img = MetaTensor(img.as_subclass(torch.Tensor)[..., None],
+                             meta={**meta, "layout": "volume", "patient_geometry": False})
+        elif meta.get("layout") != "volume":
             return img
         return self.orientation(img)
 

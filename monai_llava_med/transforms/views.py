@@ -10,7 +10,8 @@ look at it: axial with the patient's right on the image's left and anterior at t
 the top and patient's right on the left, sagittal with superior at the top and anterior on the left. Anisotropic
 pixels are resampled to square pixels (the longer side keeps its pixel count).
 
-Slice indices are indices along the RAS axis (axial: inferior -> superior, coronal: posterior -> anterior,
+A volume one voxel thick (a single DICOM slice, a one-slice series) gives one view, in the plane it lies in,
+whatever the mode. Slice indices are indices along the RAS axis (axial: inferior -> superior, coronal: posterior -> anterior,
 sagittal: left -> right), so index 0 of an axial series is its most inferior slice.
 
 Modes (``max_views`` V, after the token budget):
@@ -190,6 +191,9 @@ class VolumeToViews(Transform):
         spacing = self._spacing(img)
         vol = _plain(img)
         depth = vol.shape[3]
+        flat = [plane for plane in ("axial", "coronal", "sagittal") if vol.shape[_PLANE_AXIS[plane]] == 1]
+        if flat and max(vol.shape[1:]) > 1:  # one slice (e.g. a single DICOM file)
+            return [self._section(vol, flat[0], 0, spacing, meta)]
         if self.mode == "montage":
             return [self._montage(vol, spacing, meta)]
         if self.mode == "triplanar":
