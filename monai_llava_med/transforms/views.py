@@ -11,8 +11,8 @@ the top and patient's right on the left, sagittal with superior at the top and a
 pixels are resampled to square pixels (the longer side keeps its pixel count).
 
 A volume one voxel thick (a single DICOM slice, a one-slice series) gives one view, in the plane it lies in,
-whatever the mode. Slice indices are indices along the RAS axis (axial: inferior -> superior, coronal: posterior -> anterior,
-sagittal: left -> right), so index 0 of an axial series is its most inferior slice.
+whatever the mode. Slice indices are indices along the RAS axis (axial: inferior -> superior, coronal:
+posterior -> anterior, sagittal: left -> right), so index 0 of an axial series is its most inferior slice.
 
 Modes (``max_views`` V, after the token budget):
 
