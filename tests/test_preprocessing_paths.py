@@ -70,8 +70,9 @@ def test_training_and_inference_prepare_the_same_tensors(kind, tmp_path, tiny_mo
 def test_resize_config_squashes_instead_of_padding(tmp_path, tiny_tokenizer):
     png = _two_colour_png(tmp_path / "wide.png")
     image_id = tiny_tokenizer.convert_tokens_to_ids("<image>")
-    red = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
-    pad_colour = (torch.tensor([int(m * 255) / 255 for m in CLIP_MEAN]) - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+    red = (torch.tensor([1.0, 0.0, 0.0]) - mean) / std
+    pad_colour = (torch.tensor([int(m * 255) / 255 for m in CLIP_MEAN]) - mean) / std
     padded = pixels_from_config(LlavaMedConfig.tiny(image_token_id=image_id))(png)["pixel_values"][0]
     squashed_config = LlavaMedConfig.tiny(image_token_id=image_id, image_aspect_ratio="resize")
     squashed = pixels_from_config(squashed_config)(png)["pixel_values"][0]
