@@ -6,12 +6,19 @@
 
 * 2D: ``ImageToClipPixels`` vs LLaVA's ``expand2square`` + transformers ``CLIPImageProcessorPil`` on the same 64
   images of mixed sizes (goal: >= 3x images/s).
-* 3D: a generated 512x512x300 CT DICOM series -> 4 views (``MedicalImageToPixels`` defaults) vs a naive SimpleITK
-  series read + per-slice window + PIL resize of every slice (goal: >= 2x faster, peak memory <= 2x the volume).
-  Each 3D contender runs in its own process; peak memory is the process's VmHWM growth after imports.
+* 3D: a generated 512x512x300 CT DICOM series -> CLIP pixels, the same output on both sides, two tasks:
+
+  - ``views``: the K = 4 evenly spaced axial slices the model sees (``MedicalImageToPixels`` defaults) vs the
+    baseline "SimpleITK+PIL": GDCM's position-sorted file list, SimpleITK reads of those K files only, window
+    L40/W400, PIL bicubic resize, CLIP normalisation;
+  - ``volume``: every slice to model input (``max_views`` = number of slices) vs the baseline SimpleITK series
+    read of the whole volume + the same per-slice window / resize / normalisation.
+
+  Both sides produce ``(K, 3, 336, 336)`` float32; the largest difference between them is printed (in 8-bit
+  levels). Each contender runs in its own process; peak memory is the process's VmHWM growth after imports.
   Our side runs torch single-threaded (PIL is single-threaded; SimpleITK keeps its default threads).
 
-Run: ``python benchmarks/bench_preprocess.py [--slices 300] [--keep DIR]``. The last line is ``RESULT ...``.
+Run: ``python benchmarks/bench_preprocess.py [--slices 300] [--views 4] [--keep DIR]``. The last line is ``RESULT ...``.
 """
 
 from __future__ import annotations
@@ -150,44 +157,63 @@ def _status(key: str) -> int:
     return 0
 
 
-def child(kind: str, folder: str) -> None:
-    """Run one 3D contender in this process and print its time and peak memory growth as JSON."""
+def _baseline_pixels(slices: list[np.ndarray]) -> np.ndarray:
+    """Window L40/W400 (as the file says), PIL bicubic resize, CLIP normalisation: ``(K, 3, S, S)`` float32."""
+    from PIL import Image
+
+    from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
+
+    mean = np.asarray(CLIP_MEAN, np.float32).reshape(3, 1, 1)
+    std = np.asarray(CLIP_STD, np.float32).reshape(3, 1, 1)
+    out = np.empty((len(slices), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    for k, sl in enumerate(slices):
+        disp = np.floor(np.clip((sl.astype(np.float32) - (40 - 200)) / 400 * 255, 0, 255) + 0.5).astype(np.uint8)
+        small = np.asarray(Image.fromarray(disp).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC), np.float32)
+        out[k] = (small[None] / 255.0 - mean) / std
+    return out
+
+
+def child(kind: str, task: str, folder: str, indices: str, out_file: str) -> None:
+    """Run one 3D contender in this process, print its time and peak memory growth as JSON, save its views."""
+    chosen = [int(i) for i in indices.split(",")]
     if kind == "ours":
         import torch
 
         from monai_llava_med.transforms import MedicalImageToPixels
 
         torch.set_num_threads(1)  # one core for our side; SimpleITK keeps its default threading
+        views = len(chosen) if task == "views" else len(list(Path(folder).iterdir()))
+        pre = MedicalImageToPixels(image_size=IMAGE_SIZE, max_views=views)
 
-        pre = MedicalImageToPixels(image_size=IMAGE_SIZE, max_views=4)
-
-        def run() -> object:
-            return pre(folder)["pixel_values"]
+        def run() -> np.ndarray:
+            return pre(folder)["pixel_values"].numpy()
     else:
         import SimpleITK as sitk
-        from PIL import Image
 
-        def run() -> object:
+        def run() -> np.ndarray:
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder)  # sorted along the slice normal
+            if task == "views":
+                return _baseline_pixels([sitk.GetArrayFromImage(sitk.ReadImage(files[i]))[0] for i in chosen])
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
-            vol = sitk.GetArrayFromImage(reader.Execute())  # (z, y, x) HU
-            out = []
-            for sl in vol:
-                disp = np.clip((sl.astype(np.float32) - (40 - 200)) / 400 * 255, 0, 255).astype(np.uint8)
-                out.append(np.asarray(Image.fromarray(disp).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)))
-            return np.stack(out)
+            reader.SetFileNames(files)
+            return _baseline_pixels(list(sitk.GetArrayFromImage(reader.Execute())))  # (z, y, x) HU
 
     import gc
 
     gc.collect()
     base = _status("VmRSS")
     _rss_reset()
-    t = _timed(run)
+    t0 = time.perf_counter()
+    pixels = run()
+    t = time.perf_counter() - t0
     peak = max(_status("VmHWM") - base, 0)
+    np.save(out_file, pixels if task == "views" else pixels[chosen])  # the K views, to compare the two sides
     print(json.dumps({"seconds": t, "peak_bytes": peak}))
 
 
-def bench_3d(slices: int, keep: str | None) -> dict[str, float]:
+def bench_3d(slices: int, keep: str | None, views: int = 4) -> dict[str, float]:
+    from monai_llava_med.transforms.views import VolumeToViews
+
     tmp = tempfile.mkdtemp(prefix="bench_series_") if keep is None else keep
     folder = Path(tmp) / "series"
     t0 = time.perf_counter()
@@ -196,26 +222,35 @@ def bench_3d(slices: int, keep: str | None) -> dict[str, float]:
     else:
         volume_bytes = slices * 512 * 512 * 2
     print(f"generated {slices} slices in {time.perf_counter() - t0:.1f}s at {folder}", flush=True)
-    results = {}
-    for kind in ("naive", "ours", "naive", "ours"):  # two rounds: page cache warm for both; keep the best
-        out = subprocess.run([sys.executable, __file__, "--child", kind, str(folder)], capture_output=True, text=True,
-                             check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        prev = results.get(kind)
-        results[kind] = res if prev is None or res["seconds"] < prev["seconds"] else prev
+    chosen = VolumeToViews(views).select(slices)
+    out: dict[str, float] = {"volume_mb": volume_bytes / 2**20}
+    for task, picked in (("views", chosen), ("volume", chosen)):
+        results: dict[str, dict] = {}
+        pixels: dict[str, np.ndarray] = {}
+        for kind in ("baseline", "ours", "baseline", "ours"):  # two rounds: page cache warm for both; keep the best
+            npy = Path(tmp) / f"{task}_{kind}.npy"
+            args = [sys.executable, __file__, "--child", kind, task, str(folder), ",".join(map(str, picked)), str(npy)]
+            res = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            prev = results.get(kind)
+            results[kind] = res if prev is None or res["seconds"] < prev["seconds"] else prev
+            pixels[kind] = np.load(npy)
+        from monai_llava_med.constants import CLIP_STD
+
+        levels = np.abs(pixels["ours"] - pixels["baseline"]) * np.asarray(CLIP_STD).reshape(1, 3, 1, 1) * 255
+        out.update({
+            f"{task}_ours_s": results["ours"]["seconds"],
+            f"{task}_baseline_s": results["baseline"]["seconds"],
+            f"{task}_speedup": results["baseline"]["seconds"] / results["ours"]["seconds"],
+            f"{task}_ours_peak_mb": results["ours"]["peak_bytes"] / 2**20,
+            f"{task}_baseline_peak_mb": results["baseline"]["peak_bytes"] / 2**20,
+            f"{task}_ours_peak_over_volume": results["ours"]["peak_bytes"] / volume_bytes,
+            f"{task}_max_diff_levels": float(levels.max()),
+        })
     if keep is None:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "ours_s": results["ours"]["seconds"],
-        "naive_s": results["naive"]["seconds"],
-        "speedup": results["naive"]["seconds"] / results["ours"]["seconds"],
-        "ours_peak_mb": results["ours"]["peak_bytes"] / 2**20,
-        "naive_peak_mb": results["naive"]["peak_bytes"] / 2**20,
-        "volume_mb": volume_bytes / 2**20,
-        "ours_peak_over_volume": results["ours"]["peak_bytes"] / volume_bytes,
-    }
+    return out
 
 
 def main() -> None:
@@ -223,7 +258,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--keep", default=None, help="folder to keep/reuse the generated series in")
-    parser.add_argument("--child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--views", type=int, default=4, help="K, the views of the 'views' task")
+    parser.add_argument("--child", nargs=5, metavar=("KIND", "TASK", "FOLDER", "INDICES", "OUT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -231,17 +268,24 @@ def main() -> None:
     r2 = bench_2d()
     print(f"2D: ours {r2['ours_ips']:.1f} img/s, CLIPImageProcessorPil+pad {r2['ref_ips']:.1f} img/s, "
           f"speedup {r2['speedup']:.2f}x (goal >= 3x), max pixel difference {r2['max_diff_levels']:.2f}/255")
-    r3 = bench_3d(args.slices, args.keep)
-    print(f"3D: ours {r3['ours_s']:.2f}s, SimpleITK+PIL {r3['naive_s']:.2f}s, speedup {r3['speedup']:.2f}x "
-          f"(goal >= 2x); peak memory ours {r3['ours_peak_mb']:.0f} MB, naive {r3['naive_peak_mb']:.0f} MB, "
-          f"volume {r3['volume_mb']:.0f} MB, ours/volume {r3['ours_peak_over_volume']:.2f} (goal <= 2)")
+    r3 = bench_3d(args.slices, args.keep, args.views)
+    for task, what in (("views", f"{args.views} views"), ("volume", f"all {args.slices} slices")):
+        print(f"3D {what}: ours {r3[f'{task}_ours_s']:.2f}s, SimpleITK+PIL {r3[f'{task}_baseline_s']:.2f}s, "
+              f"speedup {r3[f'{task}_speedup']:.2f}x; peak memory ours {r3[f'{task}_ours_peak_mb']:.0f} MB, "
+              f"SimpleITK+PIL {r3[f'{task}_baseline_peak_mb']:.0f} MB (volume {r3['volume_mb']:.0f} MB); "
+              f"max difference {r3[f'{task}_max_diff_levels']:.2f}/255")
     print(
-        f"RESULT speedup_2d={r2['speedup']:.2f} ours_2d_ips={r2['ours_ips']:.1f} ref_2d_ips={r2['ref_ips']:.1f} "
-        f"speedup_3d={r3['speedup']:.2f} ours_3d_s={r3['ours_s']:.3f} naive_3d_s={r3['naive_s']:.3f} "
-        f"peak_mem_ratio_3d={r3['ours_peak_over_volume']:.3f} ours_peak_mb={r3['ours_peak_mb']:.0f} "
-        f"naive_peak_mb={r3['naive_peak_mb']:.0f} slices={args.slices}"
+        f"RESULT baseline_2d=CLIPImageProcessorPil+expand2square speedup_2d={r2['speedup']:.2f} "
+        f"ours_2d_ips={r2['ours_ips']:.1f} ref_2d_ips={r2['ref_ips']:.1f} baseline_3d=SimpleITK+PIL "
+        + " ".join(
+            f"{task}_speedup={r3[f'{task}_speedup']:.2f} {task}_ours_s={r3[f'{task}_ours_s']:.3f} "
+            f"{task}_baseline_s={r3[f'{task}_baseline_s']:.3f} {task}_ours_peak_mb={r3[f'{task}_ours_peak_mb']:.0f} "
+            f"{task}_baseline_peak_mb={r3[f'{task}_baseline_peak_mb']:.0f} "
+            f"{task}_max_diff_levels={r3[f'{task}_max_diff_levels']:.2f}"
+            for task in ("views", "volume")
+        )
+        + f" slices={args.slices} views={args.views}"
     )
-
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ _SUBMODULE_ATTRS = {
         "IMAGE_PLACEHOLDER", "ConversationTemplate", "Segment", "Turn", "get_template", "list_templates",
         "normalize_turns", "place_image_placeholders", "register_template", "render_conversation", "render_segments",
     ],
-    "tokenization": ["build_generation_inputs", "tokenize_conversation"],
+    "tokenization": ["MAX_QUESTION_CHARS", "build_generation_inputs", "build_prompt", "tokenize_conversation"],
     "tokenizer": [
         "IMAGE_TOKEN", "PAD_TOKEN", "build_bpe_tokenizer", "image_token_id_of", "load_tokenizer", "prepare_tokenizer",
     ],

@@ -26,16 +26,18 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from monai_llava_med.constants import IGNORE_INDEX
-from monai_llava_med.errors import TemplateError
+from monai_llava_med.errors import RecordError, TemplateError
 
-from .templates import ConversationTemplate, Turn, get_template, render_segments
+from .templates import IMAGE_PLACEHOLDER, ConversationTemplate, Turn, get_template, normalize_turns, render_segments
 from .tokenizer import image_token_id_of
 
-__all__ = ["IGNORE_INDEX", "tokenize_conversation", "build_generation_inputs"]
+__all__ = ["IGNORE_INDEX", "MAX_QUESTION_CHARS", "tokenize_conversation", "build_generation_inputs", "build_prompt"]
 
 logger = logging.getLogger(__name__)
 
 TurnsLike = str | Sequence[Turn | Mapping[str, str] | tuple[str, str]]
+#: Longest user message accepted in a prompt (characters); longer text is refused rather than silently cut.
+MAX_QUESTION_CHARS = 4000
 
 
 def _encode(
@@ -273,3 +275,72 @@ def build_generation_inputs(
     if max_length is not None and len(ids) > max_length:
         raise TemplateError(f"the generation prompt has {len(ids)} tokens, more than max_length={max_length}")
     return torch.tensor(ids, dtype=torch.long)
+
+
+def build_prompt(
+    conversation: TurnsLike,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | ConversationTemplate = "mistral_instruct",
+    *,
+    num_images: int = 1,
+    num_image_tokens: int = 576,
+    image_token_id: int | None = None,
+    max_length: int | None = 2048,
+    system: str | None = None,
+    where: str | None = None,
+) -> torch.Tensor:
+    """The generation prompt of a question or a conversation: the one place prompts are built.
+
+    Inference (``PrepareVqaItem``: the bundle, ``LlavaMedPredictor``, MONAI Label) and the data sets' generate
+    mode all call this. A conversation that ends with an assistant turn (a training record) is cut before
+    that last answer, so the ids equal the training ids of :func:`tokenize_conversation` up to the first
+    supervised token. Earlier rounds keep their answers (multi-turn); with ``num_images=0`` the prompt is
+    text only, otherwise ``<image>`` is placed as in training (:func:`place_image_placeholders`).
+
+    Args:
+        conversation: a question string (surrounding whitespace is dropped) or turns (see
+            :func:`~monai_llava_med.conversation.normalize_turns`).
+        tokenizer: a fast tokenizer prepared with :func:`prepare_tokenizer`.
+        template: template name or object.
+        num_images: images that go with the prompt (the views/tiles of its files).
+        num_image_tokens: tokens per image.
+        image_token_id: id at image positions; default the tokenizer's ``<image>`` id.
+        max_length: the prompt must fit; None disables the check.
+        system: system prompt overriding the template's.
+        where: the item or record named in errors.
+
+    Returns:
+        1-D LongTensor of prompt ids.
+
+    Raises:
+        RecordError: no question left, an empty question, or a user message longer than
+            :data:`MAX_QUESTION_CHARS`.
+        TemplateError: bad turns or placeholders, or a prompt longer than ``max_length``.
+    """
+    tpl = get_template(template)
+    try:
+        turns = normalize_turns(conversation.strip() if isinstance(conversation, str) else conversation)
+    except TemplateError as e:
+        raise TemplateError(e.reason, where) from e
+    if turns[-1].role == "assistant":
+        turns = turns[:-1]
+    if not turns:
+        raise RecordError("the conversation has no question before its answer", where)
+    for turn in turns:
+        if turn.role == "user" and len(turn.text) > MAX_QUESTION_CHARS:
+            raise RecordError(f"question has {len(turn.text)} characters; the limit is {MAX_QUESTION_CHARS}", where)
+    if not tpl.drop_user_text and not turns[-1].text.replace(IMAGE_PLACEHOLDER, "").strip():
+        raise RecordError("the question is empty", where)
+    try:
+        return build_generation_inputs(
+            turns,
+            tokenizer,
+            tpl,
+            num_images=num_images,
+            num_image_tokens=num_image_tokens,
+            image_token_id=image_token_id,
+            max_length=max_length,
+            system=system,
+        )
+    except TemplateError as e:
+        raise TemplateError(e.reason, where) from e

@@ -20,7 +20,7 @@ from monai.transforms import apply_transform
 from transformers import PreTrainedTokenizerBase
 
 from monai_llava_med.conversation.templates import ConversationTemplate, get_template, render_conversation
-from monai_llava_med.conversation.tokenization import build_generation_inputs, tokenize_conversation
+from monai_llava_med.conversation.tokenization import build_prompt, tokenize_conversation
 from monai_llava_med.conversation.tokenizer import image_token_id_of
 from monai_llava_med.errors import ImageReadError, LlavaMedInputError, RecordError, TemplateError
 
@@ -103,7 +103,8 @@ class LlavaMedDataset(Dataset):
             ``monai_llava_med.transforms.MedicalImageToPixels``; default :class:`PILImageToPixels`.
         image_size: side S of the default loader.
         max_length: context length (truncation as in ``tokenize_conversation``).
-        mode: "train" (labels, answers supervised) or "generate" (prompt up to the answer, no labels).
+        mode: "train" (labels, answers supervised) or "generate" (prompt up to the last answer, no labels:
+            :func:`~monai_llava_med.conversation.build_prompt`, the prompt inference builds).
         transform: optional MONAI-style callable applied to each finished item dict.
     """
 
@@ -172,8 +173,7 @@ class LlavaMedDataset(Dataset):
                     conv.turns, self.tokenizer, self.template, record_id=conv.id, **common
                 )
             else:
-                turns = conv.turns[:-1] if conv.turns[-1].role == "assistant" else conv.turns
-                ids = build_generation_inputs(turns, self.tokenizer, self.template, **common)
+                ids = build_prompt(conv.turns, self.tokenizer, self.template, where=conv.id, **common)
                 item = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         except TemplateError as e:
             raise RecordError(e.reason, conv.id) from e

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from ..conversation.tokenization import MAX_QUESTION_CHARS
 from ..errors import LlavaMedInputError, RecordError
 from ..networks import LlavaMedNet, load_pretrained
+from ..transforms.pipelines import TEXT_RESERVE
 
 __all__ = [
     "ERROR_KEY",
@@ -46,38 +48,26 @@ logger = logging.getLogger(__name__)
 ERROR_KEY = "error"
 #: Item fields copied into each answer entry (``dataset`` and ``question_id`` key the metrics).
 _ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type")
-#: Longest question accepted (characters); longer text is refused rather than silently cut.
-MAX_QUESTION_CHARS = 4000
-#: Context tokens :func:`build_preprocess` keeps free for the question and the answer.
-TEXT_RESERVE = 256
 # Failures of one item that must not stop a run: typed input errors and what readers raise on bad files.
 _ITEM_ERRORS = (LlavaMedInputError, OSError, ValueError, RuntimeError)
 
 
 def build_preprocess(model: LlavaMedNet, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
-    """The image -> pixels pipeline matching the network: ``MedicalImageToPixels``.
-
-    Image size, normalisation and the cost of one view come from the network's config, and the number of
-    views of a volume (or tiles of a slide) is capped so that their image tokens leave ``text_reserve``
-    tokens of the context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3).
+    """The image -> pixels pipeline matching the network: :func:`~monai_llava_med.transforms.pixels_from_config`
+    of ``model.config`` (the bundle's ``inference.json`` names this, with the network it loaded).
 
     Args:
-        model: the network whose config gives the image size, normalisation and tokens per image.
+        model: the network whose config gives the image size, normalisation, pad mode and tokens per image.
         text_reserve: context tokens kept free for text.
         kwargs: further ``MedicalImageToPixels`` options (``max_views``, ``window``, ``view_mode``...);
             ``token_budget`` overrides the derived budget.
-    """
-    from ..transforms import MedicalImageToPixels
 
-    config = model.config
-    kwargs.setdefault("token_budget", max(config.num_image_tokens, config.model_max_length - text_reserve))
-    return MedicalImageToPixels(
-        image_size=config.image_size,
-        image_mean=config.image_mean,
-        image_std=config.image_std,
-        tokens_per_view=config.num_image_tokens,
-        **kwargs,
-    )
+    Returns:
+        ``path -> {"pixel_values", "views", "modality", "source", "window"}``.
+    """
+    from ..transforms import pixels_from_config
+
+    return pixels_from_config(model.config, text_reserve=text_reserve, **kwargs)
 
 
 class PrepareVqaItem:
@@ -94,7 +84,9 @@ class PrepareVqaItem:
             :func:`build_preprocess`.
         template: conversation template; default the model's.
         image_key: key of the image path in items (``None``/empty means a text-only question).
-        question_key: key of the question.
+        question_key: key of the question: a string, or a multi-turn conversation (``(role, text)`` tuples or
+            ``{"role", "content"}`` / LLaVA ``{"from", "value"}`` dicts) ending with a user turn; the image, if
+            any, goes with its first turn.
         raise_errors: raise input errors instead of recording them.
     """
 
@@ -117,14 +109,13 @@ class PrepareVqaItem:
         self.raise_errors = raise_errors
 
     def _prepare(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        from ..conversation import build_generation_inputs
+        from ..conversation import build_prompt
 
-        where = str(item.get("id", item.get(self.image_key, "item")))
+        where = str(item.get("id") or item.get(self.image_key) or "item")
         question = item.get(self.question_key)
-        if not isinstance(question, str) or not question.strip():
-            raise RecordError(f"'{self.question_key}' must be a non-empty string", where)
-        if len(question) > MAX_QUESTION_CHARS:
-            raise RecordError(f"question has {len(question)} characters; the limit is {MAX_QUESTION_CHARS}", where)
+        usable = question.strip() if isinstance(question, str) else isinstance(question, (list, tuple)) and question
+        if not usable:
+            raise RecordError(f"'{self.question_key}' must be a non-empty string or a non-empty list of turns", where)
         start = time.perf_counter()
         image = item.get(self.image_key)
         out: dict[str, Any] = {"pixel_values": None, "views": [], "modality": None, "source": None}
@@ -138,14 +129,15 @@ class PrepareVqaItem:
                 source=pre.get("source"),
             )
         n_images = 0 if out["pixel_values"] is None else int(out["pixel_values"].shape[0])
-        out["input_ids"] = build_generation_inputs(
-            question.strip(),
+        out["input_ids"] = build_prompt(
+            question,
             self.tokenizer,
             self.template,
             num_images=n_images,
             num_image_tokens=self.config.num_image_tokens,
             image_token_id=self.config.image_token_id,
             max_length=self.config.model_max_length,
+            where=where,
         )
         out["preprocess_s"] = time.perf_counter() - start
         return out
@@ -329,12 +321,16 @@ class LlavaMedPredictor:
         batch, _, _, _ = prepare_vqa_batch(batch, self.model.device)
         return inferer(batch, self.model)
 
-    def ask(self, image: str | PathLike | None, question: str, **generation: Any) -> dict[str, Any]:
+    def ask(
+        self, image: str | PathLike | None, question: str | Sequence[Any], **generation: Any
+    ) -> dict[str, Any]:
         """Answer one question about one image (file, DICOM series folder, NIfTI, PNG, slide) or none.
 
         Args:
             image: the image path, or ``None`` for a text-only question.
-            question: the question.
+            question: the question, or a multi-turn conversation ending with a user turn (earlier answers
+                included, e.g. ``[("user", "Describe it."), ("assistant", "..."), ("user", "Any lesion?")]``);
+                the image goes with the first turn.
             generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
 
         Returns:

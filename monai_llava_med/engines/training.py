@@ -127,10 +127,9 @@ def _dataset_from_json(
     from ..data import LlavaMedDataset, load_llava_med_json
 
     if image_loader is None:
-        from ..transforms import MedicalImageToPixels
+        from ..transforms import pixels_from_config
 
-        mc = model.config
-        image_loader = MedicalImageToPixels(mc.image_size, mc.image_mean, mc.image_std, max_views=max_views)
+        image_loader = pixels_from_config(model.config, max_views=max_views)
     records = load_llava_med_json(data_json, image_root)
     return LlavaMedDataset(
         records,
@@ -194,7 +193,8 @@ def build_trainer(
         train_data: a dataset of tokenised samples (``LlavaMedDataset``, ``PhantomVQADataset``...).
         data_json: instead of ``train_data``: a LLaVA-Med JSON (alignment / instruct format).
         image_root: folder of the JSON's images (default: the JSON's folder).
-        image_loader: ``path -> pixels`` for ``data_json`` (default ``MedicalImageToPixels`` sized for the model).
+        image_loader: ``path -> pixels`` for ``data_json`` (default ``pixels_from_config(model.config)``, the
+            pipeline inference uses).
         max_views: views per image file (slices of a volume, tiles of a slide) of the default ``image_loader``.
         model: a network to train (else built from ``init_from`` or ``model_config``).
         model_config: config, dict or preset name, for a network initialised at random (read a config file

@@ -26,7 +26,7 @@ _SUBMODULE_ATTRS = {
     "pathology": ["SlideTiles", "SlideTilesd", "SlideTilesD", "SlideTilesDict", "select_level", "tissue_mask"],
     "pipelines": [
         "MedicalImageToPixels", "MedicalImageToPixelsd", "MedicalImageToPixelsD", "MedicalImageToPixelsDict",
-        "RadiologyViews",
+        "RadiologyViews", "TEXT_RESERVE", "pixels_from_config",
     ],
     "pixels": ["ImageToClipPixels", "ImageToClipPixelsd", "ImageToClipPixelsD", "ImageToClipPixelsDict"],
     "radiology": [

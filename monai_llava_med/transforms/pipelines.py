@@ -35,12 +35,57 @@ from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
 
 __all__ = [
+    "TEXT_RESERVE",
+    "pixels_from_config",
     "RadiologyViews",
     "MedicalImageToPixels",
     "MedicalImageToPixelsd",
     "MedicalImageToPixelsD",
     "MedicalImageToPixelsDict",
 ]
+
+
+#: Context tokens :func:`pixels_from_config` keeps free for the question and the answer.
+TEXT_RESERVE = 256
+
+
+def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> MedicalImageToPixels:
+    """The image pipeline of a network: the one place a ``MedicalImageToPixels`` is built from a model config.
+
+    Training, inference, the bundle and MONAI Label all call this, so a file becomes the same pixels
+    everywhere. Image size, normalisation, pad-or-squash (``config.pad_to_square``, i.e.
+    ``image_aspect_ratio``) and the cost of one view come from the config, and the number of views of a
+    volume (or tiles of a slide) is capped so that their image tokens leave ``text_reserve`` tokens of the
+    context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3 views).
+
+    Args:
+        config: a network config (``LlavaMedConfig``; read by attribute, so this layer does not import the
+            network): ``image_size``, ``image_mean``, ``image_std``, ``pad_to_square``, ``num_image_tokens``,
+            ``model_max_length``.
+        text_reserve: context tokens kept free for text.
+        kwargs: further :class:`MedicalImageToPixels` options (``max_views``, ``window``, ``view_mode``...);
+            ``token_budget`` overrides the derived budget.
+
+    Returns:
+        The pipeline, ``path -> {"pixel_values", "views", "modality", "source", "window"}``.
+
+    Raises:
+        TypeError: an option that belongs to the config (``image_size``, ``image_mean``, ``image_std``,
+            ``pad``, ``tokens_per_view``) is passed, since it would make the pixels disagree with the network.
+    """
+    fixed = {"image_size", "image_mean", "image_std", "pad", "tokens_per_view"} & set(kwargs)
+    if fixed:
+        raise TypeError(f"{sorted(fixed)} come from the model config; change the config instead")
+    tokens = int(config.num_image_tokens)
+    kwargs.setdefault("token_budget", max(tokens, int(config.model_max_length) - int(text_reserve)))
+    return MedicalImageToPixels(
+        image_size=int(config.image_size),
+        image_mean=tuple(config.image_mean),
+        image_std=tuple(config.image_std),
+        tokens_per_view=tokens,
+        pad=bool(config.pad_to_square),
+        **kwargs,
+    )
 
 
 class RadiologyViews(Transform):
@@ -130,6 +175,8 @@ class MedicalImageToPixels(Transform):
         thumbnail: add the slide thumbnail as the first view.
         stain_normalize: H&E stain normalisation of tiles.
         max_voxels: size limit of a radiology input.
+        pad: LLaVA "pad" mode (paste onto a mean-coloured square before resizing); ``False`` squashes each view
+            to the square (``image_aspect_ratio="resize"``).
     """
 
     def __init__(
@@ -152,12 +199,13 @@ class MedicalImageToPixels(Transform):
         thumbnail: bool = False,
         stain_normalize: bool = False,
         max_voxels: int = DEFAULT_MAX_VOXELS,
+        pad: bool = True,
     ) -> None:
         self.radiology = RadiologyViews(max_views, view_mode, token_budget, tokens_per_view, montage_grid, window,
                                         percentiles, modality, max_voxels)
         n = self.radiology.to_views.n_views
         self.pathology = SlideTiles(tile_size, target_mpp, slide_level, n, min_tissue, thumbnail, stain_normalize)
-        self.pixels = ImageToClipPixels(image_size, image_mean, image_std)
+        self.pixels = ImageToClipPixels(image_size, image_mean, image_std, pad)
 
     def views(self, path: str | PathLike) -> list[MetaTensor]:
         """The display images (before CLIP pixels) of ``path``, each with ``meta["view"]``."""

@@ -16,15 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import Dataset
 from monai.transforms import apply_transform
 from transformers import PreTrainedTokenizerBase
 
 from monai_llava_med.conversation.templates import ConversationTemplate, get_template
-from monai_llava_med.conversation.tokenization import build_generation_inputs, tokenize_conversation
+from monai_llava_med.conversation.tokenization import build_prompt, tokenize_conversation
 
-from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
+from monai_llava_med.transforms.pixels import ImageToClipPixels
 from .generator import PhantomCase, case_rng, generate_phantom
 from .questions import PhantomQA, sample_question
 from .writers import window_to_uint8
@@ -35,19 +34,25 @@ __all__ = ["phantom_to_pixels", "phantom_sample", "PhantomVQADataset"]
 def phantom_to_pixels(case: PhantomCase, image_size: int | None = None) -> torch.Tensor:
     """Display-windowed phantom as CLIP-normalised pixels ``(1, 3, S, S)`` (2-D cases).
 
+    The 8-bit display image goes through :class:`~monai_llava_med.transforms.ImageToClipPixels`, the last
+    stage of every image pipeline, so an in-memory CT phantom gives the pixels its DICOM file gives through
+    ``MedicalImageToPixels``.
+
     Args:
         case: a 2-D phantom.
-        image_size: output side (default: the phantom's size); resized bilinearly with antialiasing.
+        image_size: output side (default: the phantom's size).
+
+    Returns:
+        float32 ``(1, 3, S, S)``.
+
+    Raises:
+        ValueError: a 3-D phantom.
     """
     if case.ndim != 2:
         raise ValueError(f"{case.case_id}: phantom_to_pixels takes 2-D phantoms")
-    g = torch.from_numpy(window_to_uint8(case)).float().div_(255.0)[None, None]
-    if image_size is not None and image_size != g.shape[-1]:
-        g = F.interpolate(g, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-    g = g.expand(1, 3, -1, -1)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return ((g - mean) / std).contiguous()
+    grey = torch.from_numpy(window_to_uint8(case))[None]
+    side = int(image_size) if image_size is not None else int(grey.shape[-1])
+    return ImageToClipPixels(side)(grey).unsqueeze(0)
 
 
 def phantom_sample(
@@ -158,10 +163,10 @@ class PhantomVQADataset(Dataset):
                 "image_token_id": self.image_token_id,
                 "max_length": self.max_length,
             }
+            turns = [("user", f"<image>\n{qa.question}"), ("assistant", qa.answer)]
             if self.mode == "train":
-                turns = [("user", f"<image>\n{qa.question}"), ("assistant", qa.answer)]
                 item.update(tokenize_conversation(turns, self.tokenizer, self.template, record_id=item["id"], **common))
             else:
-                ids = build_generation_inputs(f"<image>\n{qa.question}", self.tokenizer, self.template, **common)
+                ids = build_prompt(turns, self.tokenizer, self.template, where=item["id"], **common)
                 item.update(input_ids=ids, attention_mask=torch.ones_like(ids))
         return apply_transform(self.transform, item) if self.transform is not None else item
