@@ -63,7 +63,10 @@ def test_canonical_orientationd_reorients_volumes_to_ras(series):
     # DICOM is LPS: the volume's x and y axes run towards the patient's left and back; RAS flips both
     assert np.all(np.diag(ras.affine.numpy())[:3] > 0) and np.diag(before.affine.numpy())[0] < 0
     assert float(ras[0, ras.shape[1] - 1 - 3, ras.shape[2] - 1 - 2, 4]) == 1000
-    assert out["prior"] is loaded["prior"]  # a 2D image passes through
+    # a single slice with patient geometry follows the same rule: a one-slice RAS volume (docs/transforms.md)
+    prior = out["prior"]
+    assert tuple(prior.shape) == (1, 128, 128, 1) and prior.meta["layout"] == "volume"
+    assert np.all(np.diag(prior.affine.numpy())[:3] > 0)
 
 
 def test_modality_intensityd_applies_the_ct_window(series):
