@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from ..errors import LlavaMedInputError, RecordError
+from ..errors import RecordError, as_input_error
 from ..networks import LlavaMedNet, load_pretrained
 
 __all__ = [
@@ -50,8 +50,6 @@ _ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type
 MAX_QUESTION_CHARS = 4000
 #: Context tokens :func:`build_preprocess` keeps free for the question and the answer.
 TEXT_RESERVE = 256
-# Failures of one item that must not stop a run: typed input errors and what readers raise on bad files.
-_ITEM_ERRORS = (LlavaMedInputError, OSError, ValueError, RuntimeError)
 
 
 def build_preprocess(model: LlavaMedNet, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
@@ -157,11 +155,14 @@ class PrepareVqaItem:
             return result
         try:
             result.update(self._prepare(item))
-        except _ITEM_ERRORS as err:
+        except Exception as err:  # one item's failure, whatever raised it, never stops the others
+            typed = as_input_error(err, str(item.get(self.image_key) or item.get("id", "item")))
             if self.raise_errors:
-                raise
-            logger.warning("item %s skipped: %s", item.get("id", "?"), err)
-            result[ERROR_KEY] = f"{type(err).__name__}: {err}"
+                if typed is err:
+                    raise
+                raise typed from None  # the library's message (maybe header values) stays out of the chain
+            logger.warning("item %s skipped: %s", item.get("id", "?"), typed)
+            result[ERROR_KEY] = f"{type(typed).__name__}: {typed}"
         return result
 
 
@@ -352,7 +353,16 @@ class LlavaMedPredictor:
     def ask_batch(self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any) -> list[dict[str, Any]]:
         """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
 
-        A failing item yields ``{"error": ...}`` in its place; the others are answered.
+        A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place (see :func:`~monai_llava_med.errors.as_input_error`),
+        whatever raised it; the others are answered.
+
+        Args:
+            items: the questions.
+            batch_size: prompts per ``generate``.
+            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
+
+        Returns:
+            one entry per item, in order.
         """
         prepare = PrepareVqaItem(
             self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template
