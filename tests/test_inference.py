@@ -191,9 +191,12 @@ def test_answer_writer_files_and_all_failed(tmp_path):
     assert json.loads(json_path.read_text())[0]["answer"] == "yes"
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[1]["error"] == "x" and json.loads(rows[0]["views"]) == [{"kind": "image"}]
-    writer.results = [{"id": "1", ERROR_KEY: "x"}]
-    with pytest.raises(AllItemsFailedError):
+    writer.results = [{"id": "1", ERROR_KEY: "DicomDecodeError: /data/a.dcm: no PixelData"}]
+    with pytest.raises(AllItemsFailedError, match="the first: DicomDecodeError: /data/a.dcm") as info:
         writer.write()
+    assert str(json_path) in str(info.value)
+    assert json.loads(json_path.read_text()) == writer.results  # written (atomically) before the verdict
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.csv", "answers.json"]  # no temporary left
 
 
 def _writer_worker(rank: int, port: int, out_dir: str) -> None:
