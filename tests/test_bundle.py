@@ -119,8 +119,8 @@ def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
 def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path):
     missing = tmp_path / "none.png"
     (tmp_path / "bad.json").write_text(json.dumps([{"image": str(missing), "question": "Q?"}]))
-    cmd = ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE), "--model_dir", str(model_dir),
-           "--output_dir", str(tmp_path / "o")]
+    cmd = ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE),
+           "--model_dir", str(model_dir), "--output_dir", str(tmp_path / "o")]
     failed = _cli(*cmd, "--datalist", str(tmp_path / "bad.json"))
     assert failed.returncode != 0 and "Traceback" not in failed.stderr + failed.stdout
     (last,) = failed.stderr.strip().splitlines()[-1:]

@@ -127,9 +127,8 @@ def test_any_failure_of_one_item_is_its_typed_error_and_the_others_are_answered(
     bomb = _png_claiming(tmp_path / "bomb.png", 30000, 30000)  # PIL refuses it with its own DecompressionBombError
     q = "Is there a lesion?"
     default = LlavaMedPredictor(tiny_model, tiny_tokenizer, max_new_tokens=2)
-    items = [{"id": "good", "image": str(good_dcm), "question": q}, {"id": "cut", "image": str(truncated), "question": q},
-             {"id": "below", "image": str(good_dcm / "x.dcm"), "question": q}, {"id": "bomb", "image": str(bomb), "question": q},
-             {"id": "good2", "image": str(good_png), "question": q}]
+    images = {"good": good_dcm, "cut": truncated, "below": good_dcm / "x.dcm", "bomb": bomb, "good2": good_png}
+    items = [{"id": key, "image": str(path), "question": q} for key, path in images.items()]
     results = {r["id"]: r for r in default.ask_batch(items, batch_size=2)}
     assert "answer" in results["good"] and "answer" in results["good2"]
     for name, key in (("truncated.dcm", "cut"), ("x.dcm", "below"), ("bomb.png", "bomb")):

@@ -353,8 +353,8 @@ class LlavaMedPredictor:
     def ask_batch(self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any) -> list[dict[str, Any]]:
         """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
 
-        A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place (see :func:`~monai_llava_med.errors.as_input_error`),
-        whatever raised it; the others are answered.
+        A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place, whatever raised it (see
+        :func:`~monai_llava_med.errors.as_input_error`); the others are answered.
 
         Args:
             items: the questions.
