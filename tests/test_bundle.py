@@ -132,13 +132,23 @@ def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path)
     assert " -> " not in ok.stderr + ok.stdout and "wrote 18 answers (0 failed)" in ok.stderr + ok.stdout
 
 
-def test_cli_from_the_repository_root_says_the_bundle_root_is_wrong():
+@pytest.mark.parametrize("case", ["repository_root", "missing_datalist", "missing_model_dir"])
+def test_failing_cli_runs_end_on_one_line_naming_the_file(case, tmp_path):
     repo = BUNDLE.parents[1]
-    run = _cli("--config_file", "bundles/llava_med/configs/inference.json", cwd=repo)
+    if case == "repository_root":  # the configs' default bundle_root "." is the repository, not the bundle
+        args, named, error = [], f"{repo}: the bundle root is wrong", "BundleError"
+    elif case == "missing_datalist":
+        args, named, error = ["--datalist", str(tmp_path / "nolist.json")], str(tmp_path / "nolist.json"), "RecordError"
+    else:
+        args, named, error = ["--model_dir", str(tmp_path / "nomodel")], str(tmp_path / "nomodel"), "CheckpointError"
+    if case != "repository_root":
+        args += ["--bundle_root", str(BUNDLE), "--output_dir", str(tmp_path / "out")]
+    run = _cli("--config_file", "bundles/llava_med/configs/inference.json", *args, cwd=repo)
     assert run.returncode != 0 and "Traceback" not in run.stderr + run.stdout
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"ERROR BundleError: {repo}: the bundle root is wrong"), last
-    assert "pass --bundle_root bundles/llava_med" in last and "hub" not in last
+    assert last.startswith(f"ERROR {error}: {named}"), last
+    if case == "repository_root":
+        assert "pass --bundle_root bundles/llava_med" in last and "hub" not in last
 
 
 @pytest.mark.deepspeed
