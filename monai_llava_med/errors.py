@@ -23,6 +23,8 @@ __all__ = [
     "CheckpointError",
     "RecordError",
     "TemplateError",
+    "BundleError",
+    "as_input_error",
 ]
 
 
@@ -70,3 +72,31 @@ class RecordError(LlavaMedInputError):
 
 class TemplateError(LlavaMedInputError):
     """A conversation cannot be rendered with the chosen template (unknown template, bad roles)."""
+
+
+class BundleError(LlavaMedInputError):
+    """A MONAI bundle is run with settings that cannot work (wrong ``bundle_root``, missing bundle file)."""
+
+
+def as_input_error(err: Exception, where: str) -> LlavaMedInputError:
+    """The typed error standing for a failure on one input (file, item): ``err`` itself when typed, else a new one.
+
+    A library's own message can quote file content (a DICOM header value), so an untyped error is reported by
+    its class and the module that raised it, never by its text; an ``OSError`` keeps only its ``strerror``.
+
+    Args:
+        err: what reading or preparing the input raised.
+        where: the file (or record id) named by the new error.
+
+    Returns:
+        a :class:`LlavaMedInputError` naming ``where`` and the cause.
+    """
+    if isinstance(err, LlavaMedInputError):
+        return err
+    if isinstance(err, OSError):
+        return ImageReadError(f"cannot read the file ({err.strerror or type(err).__name__})", where)
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "?") if tb is not None else "?"
+    return ImageReadError(f"unexpected {type(err).__name__} raised in {module} (library message withheld)", where)

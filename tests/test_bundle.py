@@ -110,15 +110,45 @@ def test_evaluate_writes_report(model_dir, tmp_path):
     assert "phantom" in table and "closed acc" in table
 
 
-def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path):
-    (tmp_path / "bad.json").write_text(json.dumps([{"image": str(tmp_path / "none.png"), "question": "Q?"}]))
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
-           "--bundle_root", str(BUNDLE), "--model_dir", str(model_dir), "--output_dir", str(tmp_path / "o")]
-    failed = subprocess.run([*cmd, "--datalist", str(tmp_path / "bad.json")], capture_output=True, text=True, env=env)
-    assert failed.returncode != 0 and "AllItemsFailedError" in failed.stderr + failed.stdout
-    ok = subprocess.run([*cmd, "--max_new_tokens", "2"], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd)
+
+
+def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path):
+    missing = tmp_path / "none.png"
+    (tmp_path / "bad.json").write_text(json.dumps([{"image": str(missing), "question": "Q?"}]))
+    cmd = ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE),
+           "--model_dir", str(model_dir), "--output_dir", str(tmp_path / "o")]
+    failed = _cli(*cmd, "--datalist", str(tmp_path / "bad.json"))
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr + failed.stdout
+    (last,) = failed.stderr.strip().splitlines()[-1:]
+    assert last.startswith("ERROR AllItemsFailedError: all 1 item(s) failed") and str(missing) in last, last
+    assert str(tmp_path / "o" / "answers.json") in last
+    ok = _cli(*cmd, "--max_new_tokens", "2")  # the 18 questions of the sample: a progress bar, no line per answer
     assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "batches answered" in ok.stderr and "100%" in ok.stderr
+    assert " -> " not in ok.stderr + ok.stdout and "wrote 18 answers (0 failed)" in ok.stderr + ok.stdout
+
+
+@pytest.mark.parametrize("case", ["repository_root", "missing_datalist", "missing_model_dir"])
+def test_failing_cli_runs_end_on_one_line_naming_the_file(case, tmp_path):
+    repo = BUNDLE.parents[1]
+    if case == "repository_root":  # the configs' default bundle_root "." is the repository, not the bundle
+        args, named, error = [], f"{repo}: the bundle root is wrong", "BundleError"
+    elif case == "missing_datalist":
+        args, named, error = ["--datalist", str(tmp_path / "nolist.json")], str(tmp_path / "nolist.json"), "RecordError"
+    else:
+        args, named, error = ["--model_dir", str(tmp_path / "nomodel")], str(tmp_path / "nomodel"), "CheckpointError"
+    if case != "repository_root":
+        args += ["--bundle_root", str(BUNDLE), "--output_dir", str(tmp_path / "out")]
+    run = _cli("--config_file", "bundles/llava_med/configs/inference.json", *args, cwd=repo)
+    assert run.returncode != 0 and "Traceback" not in run.stderr + run.stdout
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ERROR {error}: {named}"), last
+    if case == "repository_root":
+        assert "pass --bundle_root bundles/llava_med" in last and "hub" not in last
 
 
 @pytest.mark.deepspeed

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
+import struct
+import zlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import spawn_ranks
@@ -89,6 +93,60 @@ def test_bad_items_become_error_entries(predictor, tmp_path):
         predictor.ask(None, "")
 
 
+def _png_claiming(path, width: int, height: int):
+    """A PNG file whose header claims ``width`` x ``height`` pixels, with almost no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _pil_pixels(path: str) -> dict:
+    """A plain PIL reader as the predictor's ``preprocess`` (32 px, CLIP-normalised): no typed errors of ours."""
+    from PIL import Image
+
+    from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
+
+    with Image.open(path) as img:
+        rgb = torch.from_numpy(np.asarray(img.convert("RGB").resize((32, 32)), dtype=np.float32) / 255)
+    pixels = (rgb.permute(2, 0, 1) - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    return {"pixel_values": pixels[None], "views": [{"kind": "image"}], "modality": None, "source": Path(path).name}
+
+
+def test_any_failure_of_one_item_is_its_typed_error_and_the_others_are_answered(tiny_model, tiny_tokenizer, tmp_path):
+    from monai_llava_med.data.phantom import case_rng, generate_phantom, write_dicom, write_png
+
+    case = generate_phantom(case_rng(3, "test", 0), size=32, ndim=2, case_id="c0")
+    good_dcm = write_dicom(case, tmp_path / "good.dcm")[0]
+    good_png = write_png(case, tmp_path / "good.png")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(Path(good_dcm).read_bytes()[:900])
+    bomb = _png_claiming(tmp_path / "bomb.png", 30000, 30000)  # PIL refuses it with its own DecompressionBombError
+    q = "Is there a lesion?"
+    default = LlavaMedPredictor(tiny_model, tiny_tokenizer, max_new_tokens=2)
+    images = {"good": good_dcm, "cut": truncated, "below": good_dcm / "x.dcm", "bomb": bomb, "good2": good_png}
+    items = [{"id": key, "image": str(path), "question": q} for key, path in images.items()]
+    results = {r["id"]: r for r in default.ask_batch(items, batch_size=2)}
+    assert "answer" in results["good"] and "answer" in results["good2"]
+    for name, key in (("truncated.dcm", "cut"), ("x.dcm", "below"), ("bomb.png", "bomb")):
+        assert "answer" not in results[key] and name in results[key][ERROR_KEY], results[key]
+        assert results[key][ERROR_KEY].split(":")[0].endswith("Error") and "Traceback" not in results[key][ERROR_KEY]
+
+    plain = LlavaMedPredictor(tiny_model, tiny_tokenizer, preprocess=_pil_pixels, max_new_tokens=2)
+    results = plain.ask_batch([{"id": "bomb", "image": str(bomb), "question": q},
+                               {"id": "png", "image": str(good_png), "question": q}], batch_size=2)
+    assert "answer" in results[1] and "answer" not in results[0]
+    error = results[0][ERROR_KEY]
+    assert error.startswith(f"ImageReadError: {bomb}: unexpected DecompressionBombError raised in PIL.")
+    assert "pixels" not in error  # the library's own message (it could quote file content) is withheld
+    with pytest.raises(ImageReadError, match="bomb.png") as info:
+        plain.ask(str(bomb), q)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
 def test_collate_left_pads_and_skips_errors(tiny_model, tiny_tokenizer):
     prepare = PrepareVqaItem(tiny_tokenizer, tiny_model)
     items = [prepare({"image": None, "question": "short?"}), {"question": "x", ERROR_KEY: "boom"},
@@ -132,9 +190,12 @@ def test_answer_writer_files_and_all_failed(tmp_path):
     assert json.loads(json_path.read_text())[0]["answer"] == "yes"
     rows = list(csv.DictReader(csv_path.open()))
     assert rows[1]["error"] == "x" and json.loads(rows[0]["views"]) == [{"kind": "image"}]
-    writer.results = [{"id": "1", ERROR_KEY: "x"}]
-    with pytest.raises(AllItemsFailedError):
+    writer.results = [{"id": "1", ERROR_KEY: "DicomDecodeError: /data/a.dcm: no PixelData"}]
+    with pytest.raises(AllItemsFailedError, match="the first: DicomDecodeError: /data/a.dcm") as info:
         writer.write()
+    assert str(json_path) in str(info.value)
+    assert json.loads(json_path.read_text()) == writer.results  # written (atomically) before the verdict
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.csv", "answers.json"]  # no temporary left
 
 
 def _writer_worker(rank: int, port: int, out_dir: str) -> None:

@@ -88,7 +88,7 @@ def test_batch_arithmetic_is_refused_before_loading_with_the_numbers(monkeypatch
     assert message.startswith("bundles/llava_med/sample/train.json: 3 training samples cannot fill one optimizer step")
     assert "micro_batch_size 4 x 1 rank(s) x 32 accumulation step(s) = 128 samples" in message
     assert "micro_batch_size 4 x 1 rank(s) x 32" in DOC.read_text().replace("\n", " ")  # the doc quotes it
-    # the bundle's multi-GPU override (micro 16 x 2 ranks) on the sample: refused the same way, at once
+    # LLaVA-Med's stage-2 batch (micro 16 x 2 ranks) on the sample: refused the same way, at once
     with pytest.raises(TrainingPlanError, match=r"micro_batch_size 16 x 2 rank\(s\)"):
         _check_batch_arithmetic(stage_config(micro_batch_size=16, global_batch_size=128), None,
                                 run["data_json"], run["image_root"], 2)

@@ -27,6 +27,7 @@ _SUBMODULE_ATTRS = {
         "prepare_llava_batch",
     ],
     "training": ["build_trainer", "load_run_config", "make_train_loader", "run_training", "seed_everything"],
+    "bundle_run": ["bundle_path", "report_errors_without_traceback", "typed_cause"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
     "inference": [
         "ERROR_KEY", "LlavaMedInferer", "LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa",

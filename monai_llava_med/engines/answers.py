@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -21,8 +22,9 @@ from monai.utils import optional_import
 
 from ..data.llava_json import read_json_records
 from ..data.records import question_id_of
-from ..errors import RecordError
+from ..errors import LlavaMedError, RecordError
 from .inference import ERROR_KEY
+from .resume import atomic_write_text
 
 Events, _ = optional_import("ignite.engine", name="Events")
 Engine, _ = optional_import("ignite.engine", name="Engine")
@@ -36,8 +38,9 @@ _CSV_FIELDS = (
 )
 
 
-class AllItemsFailedError(RuntimeError):
-    """Every item of a run failed: nothing was answered (the process exits non-zero)."""
+class AllItemsFailedError(LlavaMedError, RuntimeError):
+    """Every item of a run failed: nothing was answered (the process exits non-zero); the message names the
+    answers file that holds each item's error."""
 
 
 def load_datalist(
@@ -152,22 +155,29 @@ class VqaAnswerWriter:
                 logger.info("[%s] %s -> %s", entry.get("id"), entry.get("question"), text)
 
     def write(self, engine: Engine | None = None) -> list[Path]:
-        """Write the collected answers; raise :class:`AllItemsFailedError` when none succeeded."""
+        """Write the collected answers, each file atomically (temporary file, fsync, rename).
+
+        Raises:
+            AllItemsFailedError: no item was answered (the files are written first).
+        """
         self.output_dir.mkdir(parents=True, exist_ok=True)
         world = int(os.environ.get("WORLD_SIZE", 1))
         stem = "answers" if world == 1 else f"answers.rank{int(os.environ.get('RANK', 0))}"
         json_path, csv_path = self.output_dir / f"{stem}.json", self.output_dir / f"{stem}.csv"
-        json_path.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
-        with csv_path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            for entry in self.results:
-                writer.writerow({**entry, "views": json.dumps(entry.get("views", []))})
+        atomic_write_text(json_path, json.dumps(self.results, indent=2, default=str) + "\n")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for entry in self.results:
+            writer.writerow({**entry, "views": json.dumps(entry.get("views", []))})
+        atomic_write_text(csv_path, table.getvalue())
         failed = sum(ERROR_KEY in entry for entry in self.results)
         logger.info("wrote %d answers (%d failed) to %s", len(self.results), failed, json_path)
         total, answered = _run_totals(len(self.results), len(self.results) - failed)
         if total and not answered:
-            raise AllItemsFailedError(f"all {total} item(s) failed; see {json_path}")
+            first = next((e[ERROR_KEY] for e in self.results if ERROR_KEY in e), None)
+            detail = f" (the first: {first})" if first else ""
+            raise AllItemsFailedError(f"all {total} item(s) failed{detail}; each item's error is in {json_path}")
         return [json_path, csv_path]
 
 

@@ -28,7 +28,7 @@ import torch
 from monai.inferers import Inferer
 
 from ..conversation.tokenization import MAX_QUESTION_CHARS
-from ..errors import LlavaMedInputError, RecordError
+from ..errors import RecordError, as_input_error
 from ..networks import LlavaMedNet, load_pretrained
 from ..transforms.pipelines import TEXT_RESERVE
 
@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 ERROR_KEY = "error"
 #: Item fields copied into each answer entry (``dataset`` and ``question_id`` key the metrics).
 _ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type")
-# Failures of one item that must not stop a run: typed input errors and what readers raise on bad files.
-_ITEM_ERRORS = (LlavaMedInputError, OSError, ValueError, RuntimeError)
 
 
 def build_preprocess(model: LlavaMedNet, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
@@ -149,11 +147,14 @@ class PrepareVqaItem:
             return result
         try:
             result.update(self._prepare(item))
-        except _ITEM_ERRORS as err:
+        except Exception as err:  # one item's failure, whatever raised it, never stops the others
+            typed = as_input_error(err, str(item.get(self.image_key) or item.get("id", "item")))
             if self.raise_errors:
-                raise
-            logger.warning("item %s skipped: %s", item.get("id", "?"), err)
-            result[ERROR_KEY] = f"{type(err).__name__}: {err}"
+                if typed is err:
+                    raise
+                raise typed from None  # the library's message (maybe header values) stays out of the chain
+            logger.warning("item %s skipped: %s", item.get("id", "?"), typed)
+            result[ERROR_KEY] = f"{type(typed).__name__}: {typed}"
         return result
 
 
@@ -348,7 +349,16 @@ class LlavaMedPredictor:
     def ask_batch(self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any) -> list[dict[str, Any]]:
         """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
 
-        A failing item yields ``{"error": ...}`` in its place; the others are answered.
+        A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place, whatever raised it (see
+        :func:`~monai_llava_med.errors.as_input_error`); the others are answered.
+
+        Args:
+            items: the questions.
+            batch_size: prompts per ``generate``.
+            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
+
+        Returns:
+            one entry per item, in order.
         """
         prepare = PrepareVqaItem(
             self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template

@@ -15,6 +15,7 @@ from __future__ import annotations
 import lazy_loader as _lazy
 
 _SUBMODULE_ATTRS = {
+    "intervals": ["Z_95", "binomial_acceptance_interval", "wilson_interval"],
     "normalization": [
         "ARTICLES", "CONTRACTIONS", "NUMBER_WORDS", "YES_NO", "answer_to_text", "answer_tokens", "closed_answer",
         "normalize_answer",

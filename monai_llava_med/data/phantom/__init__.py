@@ -16,7 +16,7 @@ import lazy_loader as _lazy
 
 _SUBMODULE_ATTRS = {
     "dataset": ["PhantomVQADataset", "phantom_sample", "phantom_to_pixels"],
-    "export": ["split_sizes", "write_phantom_dataset"],
+    "export": ["split_sizes", "write_phantom_dataset", "write_vqa_datalist"],
     "generator": ["MODALITIES", "SPLIT_CODES", "Lesion", "PhantomCase", "case_rng", "generate_phantom"],
     "questions": [
         "FAMILIES", "LesionFinding", "PhantomQA", "findings_from_label_map", "make_questions", "sample_question",

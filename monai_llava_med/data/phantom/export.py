@@ -30,7 +30,7 @@ from .generator import SPLIT_CODES, case_rng, generate_phantom
 from .questions import make_questions
 from .writers import write_dicom, write_nifti, write_png
 
-__all__ = ["split_sizes", "write_phantom_dataset"]
+__all__ = ["split_sizes", "write_phantom_dataset", "write_vqa_datalist"]
 
 FORMATS = ("dcm", "nii", "png")
 
@@ -144,3 +144,41 @@ def write_phantom_dataset(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def write_vqa_datalist(
+    out_dir: str | os.PathLike,
+    n_cases: int,
+    *,
+    seed: int,
+    split: str = "test",
+    size: int = 64,
+    families: Sequence[str] | None = None,
+) -> Path:
+    """2-D phantom DICOMs and their questions as a bundle datalist (``{"id", "image", "question", "answer",
+    "answer_type", "family"}`` per question), the input of the bundle's ``evaluate.json``.
+
+    Args:
+        out_dir: output folder (created); images are written as ``case{index:03d}.dcm`` beside the list.
+        n_cases: number of phantoms.
+        seed: data set seed (cases are ``case_rng(seed, split, index)``).
+        split: split name of the random streams ("train", "val" or "test").
+        size: in-plane size.
+        families: question families (all when None).
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items: list[dict[str, Any]] = []
+    for index in range(n_cases):
+        case = generate_phantom(case_rng(seed, split, index), size=size, ndim=2, case_id=f"{split}-{index}")
+        name = f"case{index:03d}.dcm"
+        write_dicom(case, out / name, seed=index)
+        for qa in make_questions(case, families=families):
+            items.append({"id": f"{index}-{qa.family}-{len(items)}", "image": name, "question": qa.question,
+                          "answer": qa.answer, "answer_type": qa.answer_type, "family": qa.family})
+    path = out / "datalist.json"
+    path.write_text(json.dumps(items))
+    return path
