@@ -223,3 +223,17 @@ def test_bad_png_says_what_is_wrong_not_install(tmp_path):
             LoadMedicalImage()(tmp_path / name)
         assert info.value.path.endswith(name) and "install" not in str(info.value).lower(), str(info.value)
         assert "suitable reader" not in str(info.value)
+
+
+def test_non_finite_pixels_after_scaling_name_the_file(tmp_path):
+    """Finite values at the ends of float32 overflow to NaN in the percentile scaling: pixels.py refuses them."""
+    import nibabel as nib
+
+    from monai_llava_med.errors import VolumeError
+
+    v = np.zeros((8, 8, 6), np.float32)
+    v[:4], v[4:] = -3e38, 3e38
+    nib.save(nib.Nifti1Image(v, np.eye(4)), str(tmp_path / "big.nii"))
+    with pytest.raises(VolumeError, match="NaN/inf") as info:
+        MedicalImageToPixels(image_size=32, modality="MR")(tmp_path / "big.nii")
+    assert info.value.path.endswith("big.nii")
