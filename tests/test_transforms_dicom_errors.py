@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -44,7 +45,9 @@ def _save_raw(ds: pydicom.Dataset, path, **values: str | bytes) -> str:
         data = value if isinstance(value, bytes) else value.encode() + (b" " if len(value) % 2 else b"")
         fills[bytes([0x80 + k]) * len(data)] = data
         ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(data), bytes([0x80 + k]) * len(data), 0, False, True)
-    save_dicom(ds, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's writer parses the placeholders (not valid IS/DS)
+        save_dicom(ds, path)
     raw = open(path, "rb").read()
     for fill, data in fills.items():
         assert raw.count(fill) == 1
