@@ -240,3 +240,42 @@ def test_non_finite_pixels_after_scaling_name_the_file(tmp_path):
     with pytest.raises(VolumeError, match="NaN/inf") as info:
         MedicalImageToPixels(image_size=32, modality="MR")(tmp_path / "big.nii")
     assert info.value.path.endswith("big.nii")
+
+
+_UNDER_MEMORY_LIMIT = """
+import resource, sys
+import numpy as np
+import torch
+from _transforms_fixtures import make_ct_dataset, save_dicom
+from monai_llava_med.errors import LlavaMedInputError
+from monai_llava_med.transforms import MedicalImageToPixels
+
+torch.set_num_threads(1)
+path, side, extra = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) << 20
+save_dicom(make_ct_dataset(np.zeros((side, side), np.int16)), path)
+pre = MedicalImageToPixels(image_size=32)
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + extra, resource.RLIM_INFINITY))
+try:
+    pre(path)
+    print("DECODED")
+except LlavaMedInputError as e:
+    print("TYPED", type(e).__name__, e.path, e.reason)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc and RLIMIT_AS")
+@pytest.mark.parametrize("extra_mib", [300, 1600])  # fails inside pydicom; fails in torch after decoding (here)
+def test_out_of_memory_is_a_typed_error(tmp_path, extra_mib):
+    """A 8192x8192 CT slice under an address-space limit: whichever allocation fails, the error names the file."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
+    path = str(tmp_path / "big.dcm")
+    run = subprocess.run([sys.executable, "-c", _UNDER_MEMORY_LIMIT, path, "8192", str(extra_mib)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    last = run.stdout.strip().splitlines()[-1]
+    assert last == "DECODED" or (last.startswith("TYPED") and path in last and "memory" in last), last

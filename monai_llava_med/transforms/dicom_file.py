@@ -18,7 +18,7 @@ import torch
 from monai.data import MetaTensor
 from monai.utils import optional_import
 
-from ..errors import DicomDecodeError, ImageReadError, VolumeError
+from ..errors import DicomDecodeError, VolumeError
 from .dicom_header import (
     check_dicom_pixels,
     check_rescale,
@@ -28,8 +28,17 @@ from .dicom_header import (
     header_value,
     read_dicom_header,
 )
-from .readers import (DEFAULT_MAX_VOXELS, QuietReaders, cached_loader, check_values, clean_meta, file_name, redact_text,
-                      run_loader)
+from .readers import (
+    DEFAULT_MAX_VOXELS,
+    QuietReaders,
+    cached_loader,
+    check_values,
+    clean_meta,
+    file_name,
+    memory_guard,
+    redact_text,
+    run_loader,
+)
 
 pydicom, _ = optional_import("pydicom")
 apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")  # pydicom >= 3
@@ -88,6 +97,8 @@ def decode_error(e: BaseException, ds: Any, path: str | PathLike) -> DicomDecode
     """
     uid = _transfer_syntax(ds) if ds is not None else ""
     where = _syntax_words(uid) if uid else "an unknown transfer syntax"
+    if isinstance(e, MemoryError):
+        return DicomDecodeError(f"not enough memory to decode the pixel data ({where})", path)
     values = header_strings(ds) if ds is not None else []
     return DicomDecodeError(f"cannot decode pixel data ({where}): {type(e).__name__}: {redact_text(e, values)}"
                             f"{_install_hint(uid)}", path)
@@ -170,15 +181,9 @@ def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) 
         ImageReadError: zero or absurd size; not enough memory.
         VolumeError: malformed geometry, unexpected decoded shape, NaN/inf values.
     """
-    with QuietReaders():
-        try:
-            img = _load(path, max_voxels)
-        except (MemoryError, RuntimeError) as e:
-            if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
-                raise
-            raise ImageReadError(f"not enough memory to decode and convert the image ({type(e).__name__})",
-                                 path) from e
-    check_values(img, path)
+    with QuietReaders(), memory_guard(path):
+        img = _load(path, max_voxels)
+        check_values(img, path)
     return img
 
 

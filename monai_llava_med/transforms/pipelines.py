@@ -33,6 +33,7 @@ from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_di
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
+from .readers import memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
 
 __all__ = [
@@ -169,11 +170,12 @@ class MedicalImageToPixels(Transform):
 
     def __call__(self, path: str | PathLike) -> dict[str, Any]:  # type: ignore[override]
         """Return ``{"pixel_values": (V, 3, S, S) float32, "views": [...], "modality", "source", "window"}``."""
-        views = self.views(path)
-        try:
-            pixels = torch.stack([self.pixels(v) for v in views])
-        except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
-            raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
+        with memory_guard(path):
+            views = self.views(path)
+            try:
+                pixels = torch.stack([self.pixels(v) for v in views])
+            except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
+                raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
         first = views[0].meta
         return {
             "pixel_values": pixels,

@@ -13,12 +13,13 @@ from reaching the user, and :func:`redact_text` takes quoted values out of a rea
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from monai.transforms import LoadImage
 from ..errors import ImageReadError, VolumeError
 
 __all__ = ["DEFAULT_MAX_VOXELS", "READER_LOGGERS", "file_name", "short_text", "redact_text", "QuietReaders",
-           "cached_loader", "run_loader", "clean_meta", "check_values"]
+           "memory_guard", "cached_loader", "run_loader", "clean_meta", "check_values"]
 
 #: Refuse anything larger than this many voxels (x channels) for a radiology image (~1.1e9, 4.3 GB as float32).
 DEFAULT_MAX_VOXELS = 1 << 30
@@ -106,6 +107,22 @@ class QuietReaders:
             if _QUIET_STATE["depth"] == 0:
                 for name, level in _QUIET_STATE["levels"].items():
                     logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def memory_guard(path: str | PathLike) -> Iterator[None]:
+    """Turn an allocation failure inside the block (``MemoryError``, torch's "can't allocate memory"
+    ``RuntimeError``) into an :class:`ImageReadError` naming ``path``, so one large input does not abort a run.
+
+    Raises:
+        ImageReadError: not enough memory for this input.
+    """
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
+            raise
+        raise ImageReadError(f"not enough memory to load and convert this image ({type(e).__name__})", path) from e
 
 
 @functools.lru_cache(maxsize=None)
