@@ -161,7 +161,9 @@ def run_loader(loader: LoadImage, path: str | PathLike, on_error: Callable[[Base
     with QuietReaders():
         try:
             return loader(path, reader=loader.readers[-1])
-        except Exception as e:
+        except BaseException as e:
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, SystemExit; a Rust decoder's PanicException derives from BaseException
             if on_error is not None:
                 raise on_error(e) from e
             raise ImageReadError(f"cannot read image ({type(e).__name__}: {redact_text(e)})", path) from e
