@@ -77,7 +77,7 @@ def _transfer_syntax(ds: Any) -> str:
 
 def _syntax_words(uid: str) -> str:
     """``"<name>, <uid>"`` for a transfer syntax pydicom knows; a UID outside its dictionary is not quoted."""
-    known = pydicom.uid.UID_dictionary.get(uid)
+    known = getattr(pydicom.uid, "UID_dictionary", {}).get(uid)
     return f"transfer syntax {known[0]}, {uid}" if known else "an unknown transfer syntax"
 
 

@@ -120,8 +120,9 @@ def header_strings(ds: Any) -> list[str]:
                     value = group[tag].value
                 except Exception:
                     continue
-                values = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-                out.extend(str(v) for v in values if isinstance(v, (str, int, float)) or type(v).__name__ == "PersonName")
+                multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+                out.extend(str(v) for v in (value if multi else [value])
+                           if isinstance(v, (str, int, float)) or type(v).__name__ == "PersonName")
     return out
 
 
