@@ -6,12 +6,13 @@
 
 The preprocessing (``transforms``), the data sets (``data``) and the model config (``networks``) all need the
 CLIP normalisation the released LLaVA-Med vision tower was trained with; keeping it here lets each of them
-use it without importing the others (see ``docs/architecture.md``).
+use it without importing the others (see ``docs/architecture.md``). The DICOM modality vocabulary is here for the same
+reason: the readers (``transforms``) and the server (``apps``) both report a modality only from it.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX", "MODALITY_CODES"]
 
 #: per-channel mean of OpenAI CLIP's image normalisation (RGB, on [0, 1] pixels); also LLaVA's "pad" colour.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -19,3 +20,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: label of a token that is not supervised (PyTorch's ``cross_entropy`` default ``ignore_index``).
 IGNORE_INDEX = -100
+#: DICOM Modality (0008,0060) defined terms, current and retired (PS3.3 C.7.3.1.1.1), plus the library's own
+#: ``PATHOLOGY`` (whole-slide images). Anything else a header says is reported as ``"unknown"``.
+MODALITY_CODES = frozenset(
+    "AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT IVUS "
+    "KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG "
+    "RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US "
+    "VA XA XAPROTOCOL XC "
+    "AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF "
+    "PATHOLOGY".split()
+)

@@ -247,7 +247,14 @@ def _bad_no_pixeldata(tmp_path):
 
 
 def _bad_transfer_syntax(tmp_path):
-    return shipped_file("JPGLosslessP14SV1_1s_1f_8b.dcm"), DicomDecodeError, "install pylibjpeg"
+    # MPEG2 video: a transfer syntax no installed pixel decoder handles (JPEG Lossless and JPEG-LS now decode)
+    from pydicom.encaps import encapsulate
+
+    ds = make_ct_dataset(np.ones((8, 8), np.int16))
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
+    ds["PixelData"].VR = "OB"
+    return save_dicom(ds, tmp_path / "mpeg2.dcm"), DicomDecodeError, "cannot decode pixel data (transfer syntax MPEG2"
 
 
 def _bad_fake_jpegls(tmp_path):

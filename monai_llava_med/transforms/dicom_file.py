@@ -22,8 +22,26 @@ from monai.utils import optional_import
 
 from ..errors import DicomDecodeError, VolumeError
 from .dicom_geometry import frame_stack, slice_affine
-from .dicom_header import check_dicom_pixels, dicom_meta, header_value, read_dicom_header
-from .readers import DEFAULT_MAX_VOXELS, cached_loader, clean_meta, file_name, run_loader, short_text
+from .dicom_header import (
+    check_dicom_pixels,
+    check_rescale,
+    dicom_meta,
+    header_int,
+    header_strings,
+    header_value,
+    read_dicom_header,
+)
+from .readers import (
+    DEFAULT_MAX_VOXELS,
+    QuietReaders,
+    cached_loader,
+    check_values,
+    clean_meta,
+    file_name,
+    memory_guard,
+    redact_text,
+    run_loader,
+)
 
 pydicom, _ = optional_import("pydicom")
 apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_color_lut")  # pydicom >= 3
@@ -32,19 +50,25 @@ if not _has_color_lut:  # pydicom 2.x
 
 __all__ = ["load_dicom_file", "decode_error"]
 
-#: Transfer syntaxes that need a decoder plugin, with what to install (pillow covers JPEG baseline and J2K).
-_PLUGIN_HINTS = {
-    "1.2.840.10008.1.2.4.50": "pillow (or pylibjpeg + pylibjpeg-libjpeg)",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
-    "1.2.840.10008.1.2.4.81": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
-    "1.2.840.10008.1.2.4.90": "pillow with OpenJPEG (or pylibjpeg + pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.4.91": "pillow with OpenJPEG (or pylibjpeg + pylibjpeg-openjpeg)",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg + pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg + pylibjpeg-openjpeg",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg + pylibjpeg-openjpeg",
+_LIBJPEG = (("pylibjpeg", "pylibjpeg"), ("pylibjpeg-libjpeg", "libjpeg"))
+_OPENJPEG = (("pylibjpeg", "pylibjpeg"), ("pylibjpeg-openjpeg", "openjpeg"))
+_JPEGLS = (("pyjpegls", "jpeg_ls"),)
+_GDCM = (("python-gdcm", "gdcm"),)
+_PILLOW = (("pillow", "PIL"),)
+#: Compressed transfer syntaxes and the decoder sets (package, module) of which one must be installed.
+#: The ``io`` extra installs pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg and pyjpegls.
+_DECODERS = {
+    "1.2.840.10008.1.2.4.50": (_LIBJPEG, _PILLOW, _GDCM),
+    "1.2.840.10008.1.2.4.51": (_LIBJPEG, _GDCM),
+    "1.2.840.10008.1.2.4.57": (_LIBJPEG, _GDCM),
+    "1.2.840.10008.1.2.4.70": (_LIBJPEG, _GDCM),
+    "1.2.840.10008.1.2.4.80": (_LIBJPEG, _JPEGLS, _GDCM),
+    "1.2.840.10008.1.2.4.81": (_LIBJPEG, _JPEGLS, _GDCM),
+    "1.2.840.10008.1.2.4.90": (_OPENJPEG, _PILLOW, _GDCM),
+    "1.2.840.10008.1.2.4.91": (_OPENJPEG, _PILLOW, _GDCM),
+    "1.2.840.10008.1.2.4.201": (_OPENJPEG,),
+    "1.2.840.10008.1.2.4.202": (_OPENJPEG,),
+    "1.2.840.10008.1.2.4.203": (_OPENJPEG,),
 }
 
 
@@ -54,22 +78,33 @@ def _transfer_syntax(ds: Any) -> str:
     return str(uid) if uid is not None else "1.2.840.10008.1.2"
 
 
-def _uid_name(uid: str) -> str:
-    try:
-        return str(pydicom.uid.UID(uid).name)
-    except Exception:
-        return uid
+def _syntax_words(uid: str) -> str:
+    """``"<name>, <uid>"`` for a transfer syntax pydicom knows; a UID outside its dictionary is not quoted."""
+    known = getattr(pydicom.uid, "UID_dictionary", {}).get(uid)
+    return f"transfer syntax {known[0]}, {uid}" if known else "an unknown transfer syntax"
+
+
+def _install_hint(uid: str) -> str:
+    """What to install to decode ``uid``, or ``""`` when one of its decoder sets is importable."""
+    options = _DECODERS.get(uid)
+    if not options or any(all(optional_import(module)[1] for _, module in option) for option in options):
+        return ""
+    return "; install " + " or ".join(" + ".join(pkg for pkg, _ in option) for option in options) + " to decode it"
 
 
 def decode_error(e: BaseException, ds: Any, path: str | PathLike) -> DicomDecodeError:
-    """The typed error for a pixel-data decode failure of ``path`` (transfer syntax named, plugin hinted)."""
+    """The typed error for a pixel-data decode failure of ``path``.
+
+    The transfer syntax is named; an install hint is added only when no decoder for it is importable; the reader's
+    text is kept with quoted substrings and the header's text values taken out (:func:`~.readers.redact_text`).
+    """
     uid = _transfer_syntax(ds) if ds is not None else ""
-    hint = _PLUGIN_HINTS.get(uid)
-    name = _uid_name(uid) if uid else "unknown"
-    msg = f"cannot decode pixel data (transfer syntax {name}, {uid}): {short_text(e)}"
-    if hint:
-        msg += f"; install {hint} to decode it"
-    return DicomDecodeError(msg, path)
+    where = _syntax_words(uid) if uid else "an unknown transfer syntax"
+    if isinstance(e, MemoryError):
+        return DicomDecodeError(f"not enough memory to decode the pixel data ({where})", path)
+    values = header_strings(ds) if ds is not None else []
+    return DicomDecodeError(f"cannot decode pixel data ({where}): {type(e).__name__}: {redact_text(e, values)}"
+                            f"{_install_hint(uid)}", path)
 
 
 def _frame_rescale(ds: Any, frames: int, path: str | PathLike) -> list[tuple[float, float]] | None:
@@ -79,7 +114,8 @@ def _frame_rescale(ds: Any, frames: int, path: str | PathLike) -> list[tuple[flo
     holds a PixelValueTransformationSequence. A per-frame group overrides the shared one.
 
     Raises:
-        DicomDecodeError: a non-numeric or non-finite slope/intercept, or a per-frame sequence of the wrong length.
+        DicomDecodeError: a zero, non-numeric or non-finite slope/intercept, or a per-frame sequence of the wrong
+            length.
     """
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
         return None
@@ -95,25 +131,16 @@ def _frame_rescale(ds: Any, frames: int, path: str | PathLike) -> list[tuple[flo
     if shared is None and not any(t is not None for t in per_frame):
         return None
     if per_frame and len(per_frame) != frames:
-        raise DicomDecodeError(
-            f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for {frames} frames", path)
+        raise DicomDecodeError("PerFrameFunctionalGroupsSequence item count differs from NumberOfFrames", path)
     out = []
     for f in range(frames):
         item = (per_frame[f] if per_frame else None) or shared
         if item is None:
             out.append((1.0, 0.0))
             continue
-        pair = []
-        for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
-            try:
-                raw = item.get(keyword)
-                value = default if raw is None or raw == "" else header_value(item, keyword)
-            except (TypeError, ValueError):
-                value = None
-            if value is None:
-                raise DicomDecodeError(f"invalid {keyword} in the functional groups of frame {f + 1}", path)
-            pair.append(value)
-        out.append((pair[0], pair[1]))
+        check_rescale(item, path, f"functional groups of frame {f + 1}: ")  # present values are finite
+        slope, intercept = header_value(item, "RescaleSlope"), header_value(item, "RescaleIntercept")
+        out.append((1.0 if slope is None else slope, 0.0 if intercept is None else intercept))
     return out
 
 
@@ -138,8 +165,8 @@ def _apply_palette(img: MetaTensor, ds: Any, path: str | PathLike) -> MetaTensor
         index = img[0].as_subclass(torch.Tensor).round().numpy().astype(np.int64)
         rgb = np.asarray(apply_color_lut(index, ds))
     except Exception as e:
-        raise DicomDecodeError(f"cannot apply the PALETTE COLOR lookup table ({type(e).__name__}: {short_text(e)})",
-                               path) from e
+        raise DicomDecodeError(f"cannot apply the PALETTE COLOR lookup table ({type(e).__name__}: "
+                               f"{redact_text(e, header_strings(ds))})", path) from e
     scale = 255.0 / 65535.0 if rgb.dtype.itemsize > 1 else 1.0  # 16-bit LUT entries -> 8-bit display range
     out = torch.as_tensor(np.moveaxis(rgb, -1, 0).astype(np.float32) * scale)
     return MetaTensor(out, meta=dict(img.meta))
@@ -158,25 +185,33 @@ def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) 
         max_voxels: size limit (checked from the header before decoding).
 
     Raises:
-        DicomDecodeError: unreadable header or pixel data, undecodable transfer syntax.
-        ImageReadError: zero or absurd size.
-        VolumeError: malformed geometry, unexpected decoded shape.
+        DicomDecodeError: unreadable header or pixel data, undecodable transfer syntax, malformed header fields.
+        ImageReadError: zero or absurd size; not enough memory.
+        VolumeError: malformed geometry, unexpected decoded shape, NaN/inf values.
     """
+    with QuietReaders(), memory_guard(path):
+        img = _load(path, max_voxels)
+        check_values(img, path)
+    return img
+
+
+def _load(path: str | PathLike, max_voxels: int) -> MetaTensor:
+    """:func:`load_dicom_file` without the memory guard and value check."""
     ds = read_dicom_header(path)
     check_dicom_pixels(ds, path, max_voxels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = header_int(ds, "NumberOfFrames", path, default=1)
     meta = dicom_meta(ds, file_name(path))
     img = run_loader(cached_loader("dicom"), path, lambda e: decode_error(e, ds, path))
-    if int(ds.get("SamplesPerPixel", 1) or 1) > 1 and img.shape[0] == 1:
+    if header_int(ds, "SamplesPerPixel", path, default=1) > 1 and img.shape[0] == 1:
         img = img[0].movedim(-1, 0)[:3]  # colour samples last -> channel first (RGBA: alpha dropped)
     if frames > 1:
         # PydicomReader swaps the first two axes of (F, R, C): (ch, R, F, C) -> (ch, C, R, F) = (ch, X, Y, F)
         if img.ndim != 4:
-            raise VolumeError(f"multi-frame DICOM decoded to unexpected shape {tuple(img.shape)}", path)
+            raise VolumeError(f"multi-frame DICOM decoded to {img.ndim} dimensions (4 expected)", path)
         img, layout = img.permute(0, 3, 1, 2).contiguous(), "frames"
     else:
         if img.ndim != 3:
-            raise VolumeError(f"DICOM image decoded to unexpected shape {tuple(img.shape)}", path)
+            raise VolumeError(f"DICOM image decoded to {img.ndim} dimensions (3 expected)", path)
         img, layout = img.transpose(1, 2).contiguous(), "image"
     img = _apply_frame_rescale(img, ds, frames, path)  # enhanced files: slope/intercept of each frame
     if meta["photometric"] == "PALETTE COLOR":

@@ -4,8 +4,10 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """DICOM headers: reading them with pydicom, validating them before decoding, and the few values we keep.
 
-Every parse failure becomes a :class:`~monai_llava_med.errors.DicomDecodeError` naming the file; messages never
-quote a header value.
+Every parse failure becomes a :class:`~monai_llava_med.errors.DicomDecodeError` naming the file; messages name the
+element (its keyword) and the problem, never its value, and pydicom's warnings and log records (which quote values)
+are kept from the user (:class:`~.readers.QuietReaders`). Integer fields are read by one function,
+:func:`header_int`; modality and photometric interpretation are reported only from closed vocabularies.
 """
 
 from __future__ import annotations
@@ -16,19 +18,26 @@ from typing import Any
 
 from monai.utils import optional_import
 
+from ..constants import MODALITY_CODES
 from ..errors import DicomDecodeError, ImageReadError, VolumeError
-from .readers import DEFAULT_MAX_VOXELS, short_text
+from .readers import DEFAULT_MAX_VOXELS, QuietReaders, redact_text
 
 pydicom, _ = optional_import("pydicom")
 
-__all__ = ["read_dicom_header", "check_dicom_pixels", "header_value", "tag_floats", "check_geometry", "dicom_meta",
-           "functional_item", "SCAN_TAGS"]
+__all__ = ["read_dicom_header", "check_dicom_pixels", "check_rescale", "header_int", "header_value", "tag_floats",
+           "check_geometry", "dicom_meta", "functional_item", "header_strings", "PHOTOMETRIC_CODES", "SCAN_TAGS"]
 
 _BITS_ALLOWED = (1, 8, 16, 32, 64)
+#: PhotometricInterpretation (0028,0004) defined terms (PS3.3 C.7.6.3.1.2); anything else is ``"unknown"``.
+PHOTOMETRIC_CODES = frozenset(
+    "MONOCHROME1 MONOCHROME2 RGB YBR_FULL YBR_FULL_422 YBR_PARTIAL_420 YBR_PARTIAL_422 YBR_ICT YBR_RCT HSV ARGB "
+    "CMYK XYB".split() + ["PALETTE COLOR"]
+)
 #: Header fields a series scan reads (``specific_tags`` keeps the scan of hundreds of slices fast).
 SCAN_TAGS = (
     "SeriesInstanceUID", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
     "InstanceNumber", "SliceThickness", "Modality", "PhotometricInterpretation", "WindowCenter", "WindowWidth",
+    "RescaleSlope", "RescaleIntercept",
 )
 #: Geometry elements and the number of values each must hold.
 _GEOMETRY_TAGS = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2}
@@ -44,13 +53,99 @@ def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) ->
 
     Returns:
         the ``pydicom.Dataset`` (pixel data not decoded).
+
+    Raises:
+        DicomDecodeError: not DICOM, or truncated before its PixelData ends.
     """
+    with QuietReaders() as quiet:
+        try:
+            if stop_before_pixels:
+                return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(SCAN_TAGS))
+            ds = pydicom.dcmread(path, defer_size=4096)
+        except Exception as e:  # InvalidDicomError, EOFError, struct.error, OSError ...
+            raise DicomDecodeError(f"not a readable DICOM file ({type(e).__name__}: {redact_text(e)})", path) from e
+    if "PixelData" not in ds and any("End of file reached" in w for w in quiet.warnings):
+        raise DicomDecodeError("file is truncated: it ends inside an element, before its PixelData", path)
+    return ds
+
+
+def _get(ds: Any, keyword: str, path: str | PathLike, where: str = "") -> Any:
+    """``ds.get(keyword)``; a value pydicom cannot convert (odd byte length, unknown VR...) is a typed error."""
     try:
-        if stop_before_pixels:
-            return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(SCAN_TAGS))
-        return pydicom.dcmread(path, defer_size=4096)
-    except Exception as e:  # InvalidDicomError, EOFError, struct.error, OSError ...
-        raise DicomDecodeError(f"not a readable DICOM file ({type(e).__name__}: {short_text(e)})", path) from e
+        with QuietReaders():
+            return ds.get(keyword)
+    except Exception as e:  # BytesLengthException, NotImplementedError (unknown VR), ValueError ...
+        raise DicomDecodeError(f"{where}unreadable {keyword} element ({type(e).__name__})", path) from e
+
+
+def header_int(ds: Any, keyword: str, path: str | PathLike, default: Any = 0, where: str = "") -> Any:
+    """A single-valued integer header field (Rows, NumberOfFrames...), read safely: the one place that does.
+
+    Args:
+        ds: a pydicom dataset.
+        keyword: the element.
+        path: the file or folder, for messages.
+        default: returned when the element is absent or empty (``None`` to tell absence apart).
+        where: prefix naming the slice inside a folder, for messages.
+
+    Returns:
+        the integer, or ``default``.
+
+    Raises:
+        DicomDecodeError: several values, not an integer (``"NaN"``, ``"abc"``, ``1.5``), or an unreadable element.
+    """
+    value = _get(ds, keyword, path, where)
+    if value is None or value == "":
+        return default
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        raise DicomDecodeError(f"{where}malformed {keyword}: several values where one integer is expected", path)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not (math.isfinite(number) and number.is_integer()):
+        raise DicomDecodeError(f"{where}malformed {keyword}: not an integer", path)
+    return int(number)
+
+
+def header_strings(ds: Any) -> list[str]:
+    """The text values of the top-level elements and file meta of ``ds`` (to take out of a reader's message)."""
+    out: list[str] = []
+    with QuietReaders():
+        for group in (getattr(ds, "file_meta", None), ds):
+            for tag in list(group.keys()) if group is not None else []:
+                try:
+                    value = group[tag].value
+                except Exception:
+                    continue
+                multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+                out.extend(str(v) for v in (value if multi else [value])
+                           if isinstance(v, (str, int, float)) or type(v).__name__ == "PersonName")
+    return out
+
+
+def check_rescale(ds: Any, path: str | PathLike, where: str = "") -> None:
+    """Refuse a RescaleSlope that is zero (a blank image) or not finite, and a non-finite RescaleIntercept.
+
+    Args:
+        ds: a pydicom dataset, or a functional group item holding the two elements.
+        path: the file or folder, for messages.
+        where: prefix naming the slice or frame, for messages.
+
+    Raises:
+        DicomDecodeError: naming the element and the problem (never its value).
+    """
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        raw = _get(ds, keyword, path, where)
+        if raw is None or raw == "":
+            continue
+        value = header_value(ds, keyword)
+        if value is None:
+            raise DicomDecodeError(f"{where}invalid {keyword}: not a finite number", path)
+        if keyword == "RescaleSlope" and value == 0:
+            raise DicomDecodeError(f"{where}invalid RescaleSlope: zero (every pixel would get the same value)", path)
 
 
 def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> None:
@@ -62,7 +157,8 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
         max_voxels: refuse images with more samples than this.
 
     Raises:
-        DicomDecodeError: no PixelData, bad BitsAllocated.
+        DicomDecodeError: no PixelData, a segmentation object, malformed integer fields, bad BitsAllocated, zero or
+            non-finite RescaleSlope.
         ImageReadError: zero or absurd dimensions.
         VolumeError: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing.
     """
@@ -70,26 +166,36 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
         kind = "FloatPixelData" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else None
         detail = f" (has {kind}, which is not supported)" if kind else " (it may be a report or presentation state)"
         raise DicomDecodeError("DICOM file has no PixelData" + detail, path)
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if "SegmentSequence" in ds:
+        raise DicomDecodeError("a DICOM segmentation (SEG) holds label masks, not an image; load the series it "
+                               "segments instead", path)
+    rows, cols = header_int(ds, "Rows", path), header_int(ds, "Columns", path)
+    frames = header_int(ds, "NumberOfFrames", path, default=1)
+    spp = header_int(ds, "SamplesPerPixel", path, default=1)
     if rows <= 0 or cols <= 0 or frames <= 0:
-        raise ImageReadError(f"zero-size image: Rows={rows}, Columns={cols}, NumberOfFrames={frames}", path)
+        raise ImageReadError("zero-size image: Rows, Columns or NumberOfFrames is not positive", path)
     if spp not in (1, 3, 4):
-        raise ImageReadError(f"unsupported SamplesPerPixel={spp}", path)
+        raise ImageReadError("unsupported SamplesPerPixel (1, 3 or 4 expected)", path)
     if rows * cols * frames * spp > max_voxels:
         raise ImageReadError(
-            f"absurd image size {rows}x{cols}x{frames}x{spp} samples (limit {max_voxels}); refusing to decode", path
+            f"absurd image size: Rows x Columns x NumberOfFrames x SamplesPerPixel is over the limit of {max_voxels} "
+            "samples; refusing to decode", path
         )
-    bits = int(ds.get("BitsAllocated", 0) or 0)
+    bits = header_int(ds, "BitsAllocated", path)
     if bits not in _BITS_ALLOWED:
-        raise DicomDecodeError(f"unsupported BitsAllocated={bits}", path)
+        raise DicomDecodeError(f"unsupported BitsAllocated (one of {', '.join(map(str, _BITS_ALLOWED))} expected)",
+                               path)
+    check_rescale(ds, path)
     check_geometry(ds, path)
 
 
 def header_value(ds: Any, keyword: str) -> float | None:
-    """First numeric value of a (possibly multi-valued) header element, or None."""
-    value = ds.get(keyword)
+    """First finite numeric value of a (possibly multi-valued) header element, or None (also when unreadable)."""
+    try:
+        with QuietReaders():
+            value = ds.get(keyword)
+    except Exception:
+        return None
     if value is None or value == "":
         return None
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
@@ -114,10 +220,10 @@ def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str =
     Raises:
         VolumeError: the element holds other than ``n`` values, or non-numeric or non-finite ones.
     """
+    value = _get(ds, keyword, path, where)
+    if value is None or value == "":
+        return None
     try:
-        value = ds.get(keyword)
-        if value is None or value == "":
-            return None
         multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
         values = tuple(float(v) for v in (value if multi else [value]))
     except (TypeError, ValueError, OverflowError) as e:
@@ -155,8 +261,10 @@ def functional_item(ds: Any, sequence: str, frame: int = 0) -> Any:
 def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
     """The non-identifying fields of a DICOM header that the transforms use.
 
-    The window is the top-level WindowCenter/WindowWidth or, in an enhanced file, the FrameVOILUTSequence of
-    the first frame (per-frame or shared functional group); numbers only.
+    ``modality`` is one of :data:`~monai_llava_med.constants.MODALITY_CODES` (``"OT"`` when absent, ``"unknown"``
+    when the header holds anything else); ``photometric`` one of :data:`PHOTOMETRIC_CODES` (``"MONOCHROME2"`` when
+    absent, else ``"unknown"``). The window is the top-level WindowCenter/WindowWidth or, in an enhanced file, the
+    FrameVOILUTSequence of the first frame (per-frame or shared functional group); numbers only.
     """
     voi = functional_item(ds, "FrameVOILUTSequence")
     window = {}
@@ -164,8 +272,21 @@ def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
         value = header_value(ds, keyword)
         window[key] = header_value(voi, keyword) if value is None and voi is not None else value
     return {
-        "modality": str(ds.get("Modality", "OT") or "OT").upper(),
-        "photometric": str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").upper(),
+        "modality": _closed(ds, "Modality", MODALITY_CODES, "OT"),
+        "photometric": _closed(ds, "PhotometricInterpretation", PHOTOMETRIC_CODES, "MONOCHROME2"),
         **window,
         "source": source,
     }
+
+
+def _closed(ds: Any, keyword: str, vocabulary: frozenset[str], default: str) -> str:
+    """A code string element as a member of ``vocabulary``; ``default`` when absent, ``"unknown"`` otherwise."""
+    try:
+        with QuietReaders():
+            value = ds.get(keyword)
+    except Exception:
+        return "unknown"
+    if value is None or value == "":
+        return default
+    text = str(value).strip().upper()
+    return text if isinstance(value, str) and text in vocabulary else "unknown"

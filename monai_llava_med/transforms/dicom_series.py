@@ -22,9 +22,17 @@ from monai.data import MetaTensor
 from ..errors import ImageReadError, VolumeError
 from .dicom_file import decode_error, load_dicom_file
 from .dicom_geometry import stack_order
-from .dicom_header import check_dicom_pixels, check_geometry, dicom_meta, header_value, read_dicom_header
+from .dicom_header import (
+    check_dicom_pixels,
+    check_geometry,
+    check_rescale,
+    dicom_meta,
+    header_int,
+    header_value,
+    read_dicom_header,
+)
 from .input_kind import is_dicom_file
-from .readers import DEFAULT_MAX_VOXELS, cached_loader, clean_meta, file_name, run_loader
+from .readers import DEFAULT_MAX_VOXELS, QuietReaders, cached_loader, clean_meta, file_name, run_loader
 
 __all__ = ["DicomSeriesInfo", "scan_dicom_series", "load_dicom_series"]
 
@@ -76,6 +84,12 @@ def scan_dicom_series(
         VolumeError: several series, mixed size/orientation/pixel spacing, duplicate or unevenly spaced positions,
             malformed ImageOrientationPatient/ImagePositionPatient/PixelSpacing.
     """
+    with QuietReaders():
+        return _scan(folder, max_voxels, spacing_rtol)
+
+
+def _scan(folder: str | PathLike, max_voxels: int, spacing_rtol: float) -> DicomSeriesInfo:
+    """:func:`scan_dicom_series` without the quiet readers."""
     paths = sorted(str(f) for f in Path(folder).iterdir() if f.is_file() and is_dicom_file(f))
     if not paths:
         raise ImageReadError("folder holds no DICOM files (expected one DICOM series)", folder)
@@ -84,15 +98,20 @@ def scan_dicom_series(
     uids = {str(h.get("SeriesInstanceUID", "")) for h in headers}
     if len(uids) > 1:
         raise VolumeError(f"folder mixes {len(uids)} DICOM series; put one series per folder", folder)
-    shapes = {(int(h.get("Rows", 0) or 0), int(h.get("Columns", 0) or 0)) for h in headers}
+    where = [f"slice {file_name(p)}: " for p in paths]
+    shapes = {(header_int(h, "Rows", folder, where=w), header_int(h, "Columns", folder, where=w))
+              for h, w in zip(headers, where)}
     if len(shapes) > 1:
-        raise VolumeError(f"series has slices of different sizes {sorted(shapes)} (mixed geometry)", folder)
+        raise VolumeError("series has slices of different sizes (Rows/Columns differ: mixed geometry)", folder)
     rows, cols = shapes.pop()
     if rows <= 0 or cols <= 0:
-        raise ImageReadError(f"zero-size slices: Rows={rows}, Columns={cols}", folder)
+        raise ImageReadError("zero-size slices: Rows or Columns is not positive", folder)
     if rows * cols * len(paths) > max_voxels:
-        raise ImageReadError(f"absurd series size {rows}x{cols}x{len(paths)} (limit {max_voxels})", folder)
-    geometry = [check_geometry(h, folder, f"slice {file_name(p)}: ") for h, p in zip(headers, paths)]
+        raise ImageReadError(f"absurd series size: Rows x Columns x {len(paths)} slices is over the limit of "
+                             f"{max_voxels} voxels", folder)
+    for h, w in zip(headers, where):
+        check_rescale(h, folder, w)
+    geometry = [check_geometry(h, folder, w) for h, w in zip(headers, where)]
     if len(paths) == 1:
         iop = geometry[0]["ImageOrientationPatient"] or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
         ps = geometry[0]["PixelSpacing"] or (1.0, 1.0)
@@ -107,10 +126,10 @@ def scan_dicom_series(
     spacings = np.array([g["PixelSpacing"] or (1.0, 1.0) for g in geometry])
     ipps = np.array([g["ImagePositionPatient"] for g in geometry])
     order, pos_sorted, median = stack_order(iops, ipps, spacings, folder, spacing_rtol)
-    inst = [h.get("InstanceNumber") for h in headers]
+    inst = [header_int(h, "InstanceNumber", folder, default=None, where=w) for h, w in zip(headers, where)]
     matches = False
-    if all(i is not None for i in inst) and len({int(i) for i in inst}) == len(inst):
-        by_inst = np.argsort([int(i) for i in inst], kind="stable")
+    if all(i is not None for i in inst) and len(set(inst)) == len(inst):
+        by_inst = np.argsort(inst, kind="stable")
         matches = bool(np.array_equal(by_inst, order) or np.array_equal(by_inst, order[::-1]))
     return DicomSeriesInfo(
         files=[paths[i] for i in order],
@@ -135,6 +154,12 @@ def load_dicom_series(folder: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXE
     Raises:
         VolumeError: see :func:`scan_dicom_series`; InstanceNumber order that disagrees with the positions.
     """
+    with QuietReaders():
+        return _load_series(folder, max_voxels)
+
+
+def _load_series(folder: str | PathLike, max_voxels: int) -> MetaTensor:
+    """:func:`load_dicom_series` without the quiet readers."""
     info = scan_dicom_series(folder, max_voxels)
     if len(info.files) == 1:
         img = load_dicom_file(info.files[0], max_voxels)
@@ -147,5 +172,5 @@ def load_dicom_series(folder: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXE
     check_dicom_pixels(first, info.files[0], max_voxels)
     img = run_loader(cached_loader("series"), folder, lambda e: decode_error(e, first, folder))
     if img.ndim != 4 or img.shape[-1] != len(info.files):
-        raise VolumeError(f"series decoded to unexpected shape {tuple(img.shape)}", folder)
+        raise VolumeError("series decoded to an unexpected shape (not one plane per slice)", folder)
     return clean_meta(img, {**info.meta, "layout": "volume"})

@@ -28,10 +28,12 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
+from ..errors import VolumeError
 from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_dicom_file, scan_dicom_series
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
+from .readers import memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
 
 __all__ = [
@@ -216,8 +218,12 @@ class MedicalImageToPixels(Transform):
 
     def __call__(self, path: str | PathLike) -> dict[str, Any]:  # type: ignore[override]
         """Return ``{"pixel_values": (V, 3, S, S) float32, "views": [...], "modality", "source", "window"}``."""
-        views = self.views(path)
-        pixels = torch.stack([self.pixels(v) for v in views])
+        with memory_guard(path):
+            views = self.views(path)
+            try:
+                pixels = torch.stack([self.pixels(v) for v in views])
+            except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
+                raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
         first = views[0].meta
         return {
             "pixel_values": pixels,

@@ -90,7 +90,7 @@ def resolve_window(window: WindowSpec, meta: dict[str, Any] | None = None) -> tu
             if c is None or w is None or w <= 0:
                 raise VolumeError("window='dicom' but the file has no usable WindowCenter/WindowWidth",
                                   meta.get("source"))
-            return float(c), float(w), f"dicom L{float(c):g} W{float(w):g}"
+            return float(c), float(w), "dicom"  # the file's own window; header values never reach outputs
         if key not in WINDOW_PRESETS:
             raise ValueError(f"unknown window preset {window!r}; choose from {sorted(WINDOW_PRESETS)} or 'dicom'")
         c, w = WINDOW_PRESETS[key]

@@ -7,14 +7,19 @@
 One cached :class:`monai.transforms.LoadImage` per reader kind (``PydicomReader`` for files and series,
 ``NibabelReader``, ``PILReader``); :func:`run_loader` turns any reader failure into a typed error naming the file;
 :func:`clean_meta` keeps only geometry and our own non-identifying keys; :func:`check_values` refuses empty and
-NaN/inf images.
+NaN/inf images. :class:`QuietReaders` keeps the readers' warnings and log records (which may quote header values)
+from reaching the user, and :func:`redact_text` takes quoted values out of a reader's exception text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import re
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -25,8 +30,8 @@ from monai.transforms import LoadImage
 
 from ..errors import ImageReadError, VolumeError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "file_name", "short_text", "cached_loader", "run_loader", "clean_meta",
-           "check_values"]
+__all__ = ["DEFAULT_MAX_VOXELS", "READER_LOGGERS", "file_name", "short_text", "redact_text", "QuietReaders",
+           "memory_guard", "cached_loader", "run_loader", "clean_meta", "check_values"]
 
 #: Refuse anything larger than this many voxels (x channels) for a radiology image (~1.1e9, 4.3 GB as float32).
 DEFAULT_MAX_VOXELS = 1 << 30
@@ -41,6 +46,83 @@ def short_text(e: BaseException, limit: int = 200) -> str:
     """An exception's text on one line, at most ``limit`` characters."""
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: Loggers of the image readers and decoder plugins; their records may quote header values or dump tracebacks.
+READER_LOGGERS = ("pydicom", "pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "PIL", "nibabel", "LoadImage", "monai.data")
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_QUIET_LOCK = threading.Lock()
+_QUIET_STATE: dict[str, Any] = {"depth": 0, "levels": {}}
+
+
+def redact_text(e: BaseException, values: Iterable[str] = (), limit: int = 200) -> str:
+    """:func:`short_text` of ``e`` with quoted substrings and each of ``values`` replaced by ``'...'``.
+
+    Readers quote the offending value in their messages (``invalid literal for int() with base 10: 'MRN123'``);
+    a header can hold anything, patient identifiers included, so none of it may reach a message.
+
+    Args:
+        e: the reader's exception.
+        values: header strings to take out as well (e.g. every text element of the dataset).
+        limit: most characters kept.
+    """
+    text = _QUOTED.sub("'...'", " ".join(str(e).split()))
+    for value in sorted({v for v in values if len(v) >= 3}, key=len, reverse=True):
+        text = text.replace(value, "'...'")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class QuietReaders:
+    """Context manager: the readers' warnings are recorded instead of shown, their log records are dropped.
+
+    pydicom warns with the offending value (``Invalid value for VR IS: 'MRN123'``) and logs an ERROR with a
+    traceback for each decoder plugin that fails; neither may reach the user. Nested and concurrent uses share one
+    count: the loggers in :data:`READER_LOGGERS` are muted while any is active.
+
+    Attributes:
+        warnings: the messages of the warnings caught inside the block (to inspect, never to show).
+    """
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self._catch = warnings.catch_warnings(record=True)
+
+    def __enter__(self) -> QuietReaders:
+        with _QUIET_LOCK:
+            if _QUIET_STATE["depth"] == 0:
+                for name in READER_LOGGERS:
+                    logger = logging.getLogger(name)
+                    _QUIET_STATE["levels"][name] = logger.level
+                    logger.setLevel(logging.CRITICAL + 1)
+            _QUIET_STATE["depth"] += 1
+        self._records = self._catch.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.warnings = [str(w.message) for w in self._records or []]
+        self._catch.__exit__(*exc)
+        with _QUIET_LOCK:
+            _QUIET_STATE["depth"] -= 1
+            if _QUIET_STATE["depth"] == 0:
+                for name, level in _QUIET_STATE["levels"].items():
+                    logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def memory_guard(path: str | PathLike) -> Iterator[None]:
+    """Turn an allocation failure inside the block (``MemoryError``, torch's "can't allocate memory"
+    ``RuntimeError``) into an :class:`ImageReadError` naming ``path``, so one large input does not abort a run.
+
+    Raises:
+        ImageReadError: not enough memory for this input.
+    """
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
+            raise
+        raise ImageReadError(f"not enough memory to load and convert this image ({type(e).__name__})", path) from e
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,28 +142,31 @@ def cached_loader(kind: str) -> LoadImage:
         "nifti": NibabelReader,
         "photo": lambda: PILReader(reverse_indexing=False, converter=convert),
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with QuietReaders():  # building it instantiates every MONAI reader, some of which warn about missing plugins
         return LoadImage(reader=readers[kind](), image_only=True, ensure_channel_first=True)
 
 
 def run_loader(loader: LoadImage, path: str | PathLike, on_error: Callable[[BaseException], Exception] | None = None
                ) -> MetaTensor:
-    """Run a MONAI loader with warnings silenced; a failure becomes ``on_error(e)`` or an :class:`ImageReadError`.
+    """Run a MONAI loader inside :class:`QuietReaders`; a failure becomes ``on_error(e)`` or an :class:`ImageReadError`.
+
+    The loader's own reader is passed explicitly, so a failure is that reader's exception (not ``LoadImage``'s
+    "cannot find a suitable reader ... Please install the reader libraries" after trying every other reader).
 
     Args:
         loader: from :func:`cached_loader`.
         path: the file or folder.
         on_error: builds the typed error from the reader's exception (e.g. a DICOM decode error).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with QuietReaders():
         try:
-            return loader(path)
-        except Exception as e:
+            return loader(path, reader=loader.readers[-1])
+        except BaseException as e:
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, SystemExit; a Rust decoder's PanicException derives from BaseException
             if on_error is not None:
                 raise on_error(e) from e
-            raise ImageReadError(f"cannot read image ({type(e).__name__}: {short_text(e)})", path) from e
+            raise ImageReadError(f"cannot read image ({type(e).__name__}: {redact_text(e)})", path) from e
 
 
 def clean_meta(img: MetaTensor, extra: dict[str, Any]) -> MetaTensor:

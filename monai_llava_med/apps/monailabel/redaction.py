@@ -23,6 +23,7 @@ import logging
 import warnings
 from typing import Any
 
+from ...constants import MODALITY_CODES
 from ...errors import (
     CheckpointError,
     DicomDecodeError,
@@ -45,17 +46,6 @@ __all__ = [
     "ReaderRecordFilter",
     "install_reader_redaction",
 ]
-
-#: DICOM Modality (0008,0060) defined terms, current and retired (PS3.3 C.7.3.1.1.1), plus the library's own
-#: ``PATHOLOGY`` (whole-slide images). Anything else a header says is reported as ``"unknown"``.
-MODALITY_CODES = frozenset(
-    "AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT IVUS "
-    "KER KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG "
-    "RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US "
-    "VA XA XAPROTOCOL XC "
-    "AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF "
-    "PATHOLOGY".split()
-)
 
 #: The detail answered for each typed input error raised while an image is read (first match in order wins).
 INPUT_ERROR_DETAILS: tuple[tuple[type[LlavaMedInputError], str], ...] = (
