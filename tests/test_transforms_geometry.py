@@ -78,7 +78,10 @@ def test_enhanced_ct_matches_its_classic_series_twin(tmp_path):
     enhanced, classic = pre(path), pre(tmp_path / "twin")
     assert torch.equal(enhanced["pixel_values"], classic["pixel_values"])
     assert enhanced["views"] == classic["views"] == [{"kind": "slice", "plane": "axial", "index": i} for i in (0, 1)]
-    assert enhanced["window"] == classic["window"] == "dicom L49 W102"  # the FrameVOILUTSequence window
+    assert enhanced["window"] == classic["window"] == "dicom"  # the file's own window (label holds no values)
+    # ... and that window is the FrameVOILUTSequence one, L49 W102
+    explicit = MedicalImageToPixels(image_size=64, max_views=4, window=(49.0, 102.0))(path)
+    assert torch.equal(enhanced["pixel_values"], explicit["pixel_values"])
     load, orient = LoadMedicalImage(), CanonicalOrientation()
     img = load(path)
     assert (img.meta["window_center"], img.meta["window_width"]) == (49.0, 102.0)
