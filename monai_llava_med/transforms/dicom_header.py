@@ -17,6 +17,7 @@ from typing import Any
 from monai.utils import optional_import
 
 from ..errors import DicomDecodeError, ImageReadError, VolumeError
+from .limits import check_deflated_dicom, check_image_size
 from .readers import DEFAULT_MAX_VOXELS, short_text
 
 pydicom, _ = optional_import("pydicom")
@@ -44,7 +45,11 @@ def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) ->
 
     Returns:
         the ``pydicom.Dataset`` (pixel data not decoded).
+
+    Raises:
+        DicomDecodeError: unreadable, or a deflated data set inflating beyond :data:`~.limits.MAX_INFLATED_BYTES`.
     """
+    check_deflated_dicom(path)  # pydicom inflates a deflated data set whole: bound it first
     try:
         if stop_before_pixels:
             return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(SCAN_TAGS))
@@ -63,7 +68,8 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
 
     Raises:
         DicomDecodeError: no PixelData, bad BitsAllocated.
-        ImageReadError: zero or absurd dimensions.
+        ImageReadError: zero or absurd dimensions (also a frame beyond the aspect-ratio or pixel limits of
+            :mod:`.limits`).
         VolumeError: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing.
     """
     if "PixelData" not in ds:
@@ -81,6 +87,7 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
         raise ImageReadError(
             f"absurd image size {rows}x{cols}x{frames}x{spp} samples (limit {max_voxels}); refusing to decode", path
         )
+    check_image_size(rows, cols, path)  # each frame: aspect ratio and pixels (limits.MAX_IMAGE_PIXELS)
     bits = int(ds.get("BitsAllocated", 0) or 0)
     if bits not in _BITS_ALLOWED:
         raise DicomDecodeError(f"unsupported BitsAllocated={bits}", path)

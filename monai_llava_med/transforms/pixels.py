@@ -13,6 +13,10 @@ Intended differences from ``CLIPImageProcessorPil`` + pad-to-square (measured in
 float inputs are rounded to 8 bits first (the model was trained on 8-bit PNGs); downscaled or same-size images
 match within 1/255 per pixel before normalisation; when a small image is *upscaled*, torch and PIL round their
 intermediate 8-bit pass differently, so a few pixels next to sharp edges (under 1 %) differ by 2/255.
+
+Memory: the square canvas holds ``max(H, W)^2 x 3`` bytes, so an image whose longer side exceeds
+:data:`PAD_FIRST_MAX_SIDE` is resized first (longer side to ``image_size``, same bicubic kernel) and padded after;
+the canvas is then ``image_size^2``. Images up to that side keep the reference order (pad, then resize) exactly.
 """
 
 from __future__ import annotations
@@ -30,12 +34,24 @@ from ..constants import CLIP_MEAN, CLIP_STD
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "PAD_FIRST_MAX_SIDE",
     "pad_to_square",
     "ImageToClipPixels",
     "ImageToClipPixelsd",
     "ImageToClipPixelsD",
     "ImageToClipPixelsDict",
 ]
+
+
+#: Longest side padded before resizing (the reference order); longer images are resized first, then padded.
+PAD_FIRST_MAX_SIDE = 4096
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> ``size`` with bicubic + antialias (torch's port of PIL's resampler)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bicubic", antialias=True)
 
 
 def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -121,15 +137,15 @@ class ImageToClipPixels(Transform):
             x = x.unsqueeze(0)
         elif x.ndim != 4:
             raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
+        s = self.image_size
+        h, w = x.shape[-2:]
+        if self.pad and max(h, w) > PAD_FIRST_MAX_SIDE and h != w:
+            # a huge canvas would cost max(h, w)^2 x 3 bytes: resize the image into its place first, then pad
+            scale = s / max(h, w)
+            x = _resize(x, (max(1, min(s, round(h * scale))), max(1, min(s, round(w * scale)))))
         if self.pad:
             x = pad_to_square(x, self.fill)
-        s = self.image_size
-        if tuple(x.shape[-2:]) != (s, s):
-            # uint8 channels-last bicubic+antialias is torch's port of PIL's resampler (and its fast path)
-            x = F.interpolate(
-                x.contiguous(memory_format=torch.channels_last), size=(s, s), mode="bicubic", antialias=True
-            )
-        x = x.float().contiguous()
+        x = _resize(x, (s, s)).float().contiguous()
         return x[0] if single else x
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:

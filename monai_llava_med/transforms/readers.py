@@ -24,6 +24,7 @@ from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage
 
 from ..errors import ImageReadError, VolumeError
+from .limits import reduce_photo
 
 __all__ = ["DEFAULT_MAX_VOXELS", "file_name", "short_text", "cached_loader", "run_loader", "clean_meta",
            "check_values"]
@@ -52,6 +53,7 @@ def cached_loader(kind: str) -> LoadImage:
     """
 
     def convert(im: Any) -> Any:
+        im = reduce_photo(im)  # huge photos are reduced while decoding (limits.MAX_DECODE_SIDE)
         return im if im.mode in ("L", "RGB", "I;16", "I", "F") else im.convert("RGB")
 
     readers: dict[str, Callable[[], Any]] = {
