@@ -40,10 +40,10 @@ __all__ = [
 
 #: Longest side over shortest side of a 2D image (long-leg radiographs and ECG strips stay well below it).
 MAX_ASPECT_RATIO = 20.0
-#: Most pixels of a 2D image decoded at full size (a DICOM frame, a PNG/TIFF before reduction): 2^25, ~5800^2.
-MAX_IMAGE_PIXELS = 1 << 25
-#: Photos are reduced by an integer factor while decoding so that their longer side is at most this.
-MAX_DECODE_SIDE = 4096
+#: Most pixels of a 2D image decoded at full size (a DICOM frame, a PNG/TIFF before reduction): 2^24 = 4096^2.
+MAX_IMAGE_PIXELS = 1 << 24
+#: Photos are reduced by an integer factor while decoding so that their longer side is at most this (6 x 336).
+MAX_DECODE_SIDE = 2048
 #: Most bytes a deflated DICOM data set may inflate to (its pixels plus header) before pydicom reads it.
 MAX_INFLATED_BYTES = 1 << 28
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
@@ -108,9 +108,8 @@ def check_photo_header(path: str | PathLike) -> tuple[int, int]:
                     k = reduction_factor(height, width)
                     im.draft(im.mode, (max(1, width // k), max(1, height // k)))
                     width, height = (int(v) for v in im.size)
-    except image.DecompressionBombError as e:
-        raise ImageReadError(f"absurd image size: larger than the limit of {MAX_IMAGE_PIXELS} pixels; refusing to decode",
-                             path) from e
+    except image.DecompressionBombError as e:  # over twice PIL's MAX_IMAGE_PIXELS, even before any reduction
+        raise ImageReadError("absurd image size: larger than the decoder's pixel limit; refusing to decode", path) from e
     except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ValueError ...
         raise ImageReadError(f"not a readable image ({type(e).__name__} while reading its header)", path) from e
     check_image_size(height, width, path)

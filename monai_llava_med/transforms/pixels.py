@@ -15,12 +15,15 @@ match within 1/255 per pixel before normalisation; when a small image is *upscal
 intermediate 8-bit pass differently, so a few pixels next to sharp edges (under 1 %) differ by 2/255.
 
 Memory: the square canvas holds ``max(H, W)^2 x 3`` bytes, so an image whose longer side exceeds
-:data:`PAD_FIRST_MAX_SIDE` is resized first (longer side to ``image_size``, same bicubic kernel) and padded after;
-the canvas is then ``image_size^2``. Images up to that side keep the reference order (pad, then resize) exactly.
+:data:`PAD_FIRST_MAX_SIDE` is first reduced by the smallest integer factor that brings it within that side (mean of
+each block), then padded and resized as usual: the canvas stays under ``PAD_FIRST_MAX_SIDE^2 x 3`` bytes and the image
+keeps its place on it to within a fraction of an output pixel. Images up to that side are processed exactly as
+before (pad, then resize).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,6 +55,16 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bicubic", antialias=True)
+
+
+def _box_reduce(x: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> ``(B, 3, ceil(H / k), ceil(W / k))``: mean of each ``k x k`` block, one plane at a time."""
+    out = torch.empty((*x.shape[:2], -(-x.shape[-2] // k), -(-x.shape[-1] // k)), dtype=torch.uint8)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = F.avg_pool2d(x[b, c][None].float(), k, ceil_mode=True)
+            out[b, c] = torch.floor(plane[0] + 0.5).to(torch.uint8)
+    return out
 
 
 def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -138,11 +151,8 @@ class ImageToClipPixels(Transform):
         elif x.ndim != 4:
             raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
         s = self.image_size
-        h, w = x.shape[-2:]
-        if self.pad and max(h, w) > PAD_FIRST_MAX_SIDE and h != w:
-            # a huge canvas would cost max(h, w)^2 x 3 bytes: resize the image into its place first, then pad
-            scale = s / max(h, w)
-            x = _resize(x, (max(1, min(s, round(h * scale))), max(1, min(s, round(w * scale)))))
+        if self.pad and max(x.shape[-2:]) > PAD_FIRST_MAX_SIDE and x.shape[-1] != x.shape[-2]:
+            x = _box_reduce(x, math.ceil(max(x.shape[-2:]) / PAD_FIRST_MAX_SIDE))  # bounded canvas, same geometry
         if self.pad:
             x = pad_to_square(x, self.fill)
         x = _resize(x, (s, s)).float().contiguous()

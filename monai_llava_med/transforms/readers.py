@@ -29,8 +29,10 @@ from .limits import reduce_photo
 __all__ = ["DEFAULT_MAX_VOXELS", "file_name", "short_text", "cached_loader", "run_loader", "clean_meta",
            "check_values"]
 
-#: Refuse anything larger than this many voxels (x channels) for a radiology image (~1.1e9, 4.3 GB as float32).
-DEFAULT_MAX_VOXELS = 1 << 30
+#: Refuse anything larger than this many voxels (x channels) for a radiology volume: 2^27 (512 x 512 x 512). The
+#: whole-volume path peaks at about 25 bytes per voxel (docs/limits.md), ~3.4 GB here; 2D images have their own,
+#: lower limits (:mod:`.limits`).
+DEFAULT_MAX_VOXELS = 1 << 27
 
 
 def file_name(path: str | PathLike) -> str:
