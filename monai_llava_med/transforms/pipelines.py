@@ -32,6 +32,7 @@ from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_di
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
+from .readers import check_values
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
 
 __all__ = [
@@ -99,6 +100,7 @@ class RadiologyViews(Transform):
         views = []
         for index in self.to_views.select(len(info.files)):
             sl = load_dicom_file(info.files[index], self.max_voxels)
+            check_values(sl, info.files[index])  # as LoadMedicalImage does: NaN/inf (e.g. a NaN rescale) is refused
             sl.meta.update(modality=modality, source=source, window_center=info.meta["window_center"],
                            window_width=info.meta["window_width"], photometric=info.meta["photometric"])
             shown = self.intensity(sl)
