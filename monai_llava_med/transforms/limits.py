@@ -69,7 +69,8 @@ def check_image_size(height: int, width: int, path: str | PathLike, max_pixels: 
     if max(height, width) > max_aspect * min(height, width):
         raise ImageReadError(f"absurd aspect ratio: the image is more elongated than the {max_aspect:g}:1 limit", path)
     if height * width > max_pixels:
-        raise ImageReadError(f"absurd image size: larger than the limit of {max_pixels} pixels; refusing to decode", path)
+        raise ImageReadError(f"absurd image size: larger than the limit of {max_pixels} pixels; refusing to decode",
+                             path)
 
 
 def reduction_factor(height: int, width: int, max_side: int = MAX_DECODE_SIDE) -> int:
@@ -109,7 +110,8 @@ def check_photo_header(path: str | PathLike) -> tuple[int, int]:
                     im.draft(im.mode, (max(1, width // k), max(1, height // k)))
                     width, height = (int(v) for v in im.size)
     except image.DecompressionBombError as e:  # over twice PIL's MAX_IMAGE_PIXELS, even before any reduction
-        raise ImageReadError("absurd image size: larger than the decoder's pixel limit; refusing to decode", path) from e
+        raise ImageReadError("absurd image size: larger than the decoder's pixel limit; refusing to decode",
+                             path) from e
     except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ValueError ...
         raise ImageReadError(f"not a readable image ({type(e).__name__} while reading its header)", path) from e
     check_image_size(height, width, path)
@@ -191,7 +193,8 @@ def check_data_size(n_values: int, itemsize: int, offset: int, path: str | PathL
     if n_values < 0 or itemsize <= 0 or offset < 0:
         raise ImageReadError(f"{what} header has a negative size, data type size or data offset", path)
     if not stream_holds(path, offset + n_values * itemsize, gzipped):
-        raise ImageReadError(f"cannot read: the {what} file holds less data than its header claims (truncated or corrupt)", path)
+        raise ImageReadError(
+            f"cannot read: the {what} file holds less data than its header claims (truncated or corrupt)", path)
 
 
 def check_deflated_dicom(path: str | PathLike, max_bytes: int = MAX_INFLATED_BYTES) -> None:

@@ -58,7 +58,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _box_reduce(x: torch.Tensor, k: int) -> torch.Tensor:
-    """uint8 ``(B, 3, H, W)`` -> ``(B, 3, ceil(H / k), ceil(W / k))``: mean of each ``k x k`` block, one plane at a time."""
+    """uint8 ``(B, 3, H, W)`` -> ``(B, 3, ceil(H / k), ceil(W / k))``: mean of each ``k x k`` block, plane by plane."""
     out = torch.empty((*x.shape[:2], -(-x.shape[-2] // k), -(-x.shape[-1] // k)), dtype=torch.uint8)
     for b in range(x.shape[0]):
         for c in range(x.shape[1]):
