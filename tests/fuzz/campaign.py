@@ -40,6 +40,7 @@ class Report:
     seconds: float = 0.0
     max_peak_mb: float = 0.0
     max_seconds: float = 0.0
+    slowest: str = ""
 
     @property
     def failed(self) -> int:
@@ -50,6 +51,7 @@ class Report:
         """A human-readable summary."""
         lines = [f"fuzz: {self.inputs} inputs in {self.seconds:.1f} s; slowest input {self.max_seconds:.2f} s, "
                  f"largest peak RSS above start {self.max_peak_mb:.0f} MB",
+                 f"slowest: {self.slowest}",
                  "counts: " + ", ".join(f"{c} {self.counts[c]}" for c in CATEGORIES)]
         for key, (count, example) in sorted(self.distinct.items()):
             lines.append(f"  {count:5d} x {key}: {example}")
@@ -119,7 +121,9 @@ def run_campaign(n: int, seed: int = 0, seconds: float = 3600.0, failures_dir: s
             report.inputs += 1
             report.counts[outcome.category] += 1
             report.max_peak_mb = max(report.max_peak_mb, outcome.peak_mb)
-            report.max_seconds = max(report.max_seconds, outcome.seconds)
+            if outcome.seconds > report.max_seconds:
+                report.max_seconds = outcome.seconds
+                report.slowest = f"{s.name} {ops!r:.160} -> {outcome.category} {outcome.error_type}"
             if outcome.category in FAILURES:
                 example = f"{s.name} {ops!r:.160} -> {outcome.message[:200]!r}"
                 count, first = report.distinct.get(outcome.key, (0, example))

@@ -16,7 +16,7 @@ from fuzz.campaign import run_campaign
 
 #: Inputs and wall-clock seconds of the short run (the whole test stays under 30 s on a 2-core machine).
 SHORT_N = int(os.environ.get("FUZZ_SHORT_N", "150"))
-SHORT_SECONDS = float(os.environ.get("FUZZ_SHORT_SECONDS", "20"))
+SHORT_SECONDS = float(os.environ.get("FUZZ_SHORT_SECONDS", "15"))
 
 
 def test_short_fuzz_run_has_only_typed_errors(tmp_path):
