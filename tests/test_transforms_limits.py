@@ -150,7 +150,7 @@ def test_photos_are_reduced_at_decode_and_small_ones_are_untouched(tmp_path):
 def test_huge_image_is_box_reduced_before_padding_within_tolerance(monkeypatch, noise):
     t = ImageToClipPixels(336)
     gen = torch.Generator().manual_seed(0)
-    for h, w in [(300, 5000), (4500, 1200), (4097, 230), (12000, 700)]:
+    for h, w in [(300, 5000), (4500, 1200), (4097, 230)]:
         img = torch.full((3, h, w), 60.0)  # smooth content next to flat padding-like grey, or pure noise
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w // 3), indexing="ij")
         img[:, :, : w // 3] = (127 + 120 * torch.sin(yy * 20.0 / h) * torch.cos(xx * 60.0 / w)).round()
@@ -191,4 +191,5 @@ def test_worst_accepted_2d_inputs_stay_under_the_documented_bound(tmp_path, runn
     inputs.append(tmp_path / "max.png")
     for path in inputs:
         out = _run(runner, path)
+        print(f"RESULT peak above start {Path(path).name}: {out.peak_mb:.0f} MB in {out.seconds:.1f} s")
         assert out.category == "ok" and out.peak_mb <= BOUND_MB, (path, out)
