@@ -33,16 +33,16 @@ def guess_nifti_modality(img: torch.Tensor) -> str:
 def load_nifti(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> MetaTensor:
     """Load one 3D (or 2D, as one axial slice) NIfTI volume as float32 ``(C, X, Y, Z)`` (``"volume"``).
 
-    Args:
-        path: a ``.nii`` or ``.nii.gz`` file.
-        max_voxels: size limit (checked from the header before reading).
-
     Before any voxel is read, the data size the header claims (dimensions x data type) is compared with the bytes
     the file holds (for ``.nii.gz``, the gzip stream is inflated in 1 MB chunks and counted, nothing kept), so a
     forged 60-byte header cannot make the reader allocate gigabytes.
 
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+        max_voxels: size limit (checked from the header before reading).
+
     Raises:
-        ImageReadError: unreadable, zero-size or absurd.
+        ImageReadError: unreadable, zero-size or absurd, or holding less data than its header claims.
         VolumeError: NaN/inf or singular affine, more than one volume, NaN/inf values.
     """
     try:

@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_MAX_VOXELS", "file_name", "short_text", "cached_loader", "ru
            "check_values"]
 
 #: Refuse anything larger than this many voxels (x channels) for a radiology volume: 2^27 (512 x 512 x 512). The
-#: whole-volume path peaks at about 25 bytes per voxel (docs/limits.md), ~3.4 GB here; 2D images have their own,
+#: whole-volume path peaks at about 22 bytes per voxel (docs/limits.md), ~3 GB here; 2D images have their own,
 #: lower limits (:mod:`.limits`).
 DEFAULT_MAX_VOXELS = 1 << 27
 

@@ -16,6 +16,7 @@ import gzip
 import io
 import math
 import struct
+import warnings
 from typing import Any
 
 import pydicom
@@ -102,9 +103,15 @@ def cases(draw: Any, seeds: list[Seed]) -> tuple[Seed, int, list[tuple]]:
 
 
 def _set_tag(data: bytes, keyword: str, value: Any) -> bytes:
+    with warnings.catch_warnings():
+        return _set_tag_quietly(data, keyword, value)
+
+
+def _set_tag_quietly(data: bytes, keyword: str, value: Any) -> bytes:
     mode = pydicom.config.settings.writing_validation_mode
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     try:
+        warnings.simplefilter("ignore")  # invalid values on purpose (restored by catch_warnings below)
         ds = pydicom.dcmread(io.BytesIO(data))
         target = ds.file_meta if keyword == "TransferSyntaxUID" else ds
         if value == DELETE:
