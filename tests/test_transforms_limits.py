@@ -193,3 +193,13 @@ def test_worst_accepted_2d_inputs_stay_under_the_documented_bound(tmp_path, runn
         out = _run(runner, path)
         print(f"RESULT peak above start {Path(path).name}: {out.peak_mb:.0f} MB in {out.seconds:.1f} s")
         assert out.category == "ok" and out.peak_mb <= BOUND_MB, (path, out)
+
+
+def test_the_data_sets_photo_loader_applies_the_same_limits(tmp_path):
+    from monai_llava_med.data import PILImageToPixels
+
+    with pytest.raises(ImageReadError, match="aspect ratio") as info:
+        PILImageToPixels(32)(_png(tmp_path / "thin.png", (1, 30000)))
+    assert "thin.png" in str(info.value) and "30000" not in str(info.value)
+    out = PILImageToPixels(32)(_png(tmp_path / "big.png", (MAX_DECODE_SIDE + 900, 1200), value=255))  # reduced
+    assert out["pixel_values"].shape == (1, 3, 32, 32)

@@ -113,7 +113,7 @@ def check_photo_header(path: str | PathLike) -> tuple[int, int]:
         raise ImageReadError("absurd image size: larger than the decoder's pixel limit; refusing to decode",
                              path) from e
     except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ValueError ...
-        raise ImageReadError(f"not a readable image ({type(e).__name__} while reading its header)", path) from e
+        raise ImageReadError(f"cannot read the image ({type(e).__name__} while reading its header)", path) from e
     check_image_size(height, width, path)
     return height, width
 
