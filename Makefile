@@ -32,9 +32,11 @@ FUZZ_N ?= 5000
 FUZZ_SEED ?= 0
 FUZZ_SECONDS ?= 3600
 FUZZ_FAILURES ?= .cache/fuzz-failures
+FUZZ_TIMEOUT ?= 20
+FUZZ_MEMORY_MB ?= 1024
 fuzz: install
 	PYTHONPATH=tests$(if $(PYTHONPATH),:$(PYTHONPATH)) $(PY) -m fuzz --n $(FUZZ_N) --seed $(FUZZ_SEED) \
-		--seconds $(FUZZ_SECONDS) --failures $(FUZZ_FAILURES)
+		--seconds $(FUZZ_SECONDS) --failures $(FUZZ_FAILURES) --timeout $(FUZZ_TIMEOUT) --memory-mb $(FUZZ_MEMORY_MB)
 
 # MONAI Label needs its own venv (numpy<2, pydicom 2.4); recipe verified in ENVIRONMENT notes / docs/monailabel.md
 $(LABEL_VENV)/.installed: requirements/label.txt pyproject.toml
