@@ -203,3 +203,14 @@ def test_the_data_sets_photo_loader_applies_the_same_limits(tmp_path):
     assert "thin.png" in str(info.value) and "30000" not in str(info.value)
     out = PILImageToPixels(32)(_png(tmp_path / "big.png", (MAX_DECODE_SIDE + 900, 1200), value=255))  # reduced
     assert out["pixel_values"].shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "I;16", "LA", "RGBA"])
+def test_large_photos_of_every_mode_are_reduced(tmp_path, mode):
+    arr = (np.add.outer(np.arange(MAX_DECODE_SIDE + 600), np.arange(900)) % 250).astype(np.uint8)
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr.astype(np.uint16) * 200)
+    im.save(tmp_path / "m.png")
+    img = load_photo(tmp_path / "m.png")
+    assert max(img.shape[1:]) <= MAX_DECODE_SIDE and img.shape[0] in (1, 3)
+    if mode == "I;16":
+        assert float(img.max()) > 255  # 16-bit values kept

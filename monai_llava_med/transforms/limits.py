@@ -47,6 +47,7 @@ MAX_DECODE_SIDE = 2048
 #: Most bytes a deflated DICOM data set may inflate to (its pixels plus header) before pydicom reads it.
 MAX_INFLATED_BYTES = 1 << 28
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+_REDUCIBLE_MODES = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr")
 _CHUNK = 1 << 20
 
 
@@ -138,10 +139,10 @@ def reduce_photo(im: Any, max_side: int = MAX_DECODE_SIDE) -> Any:
         k = reduction_factor(height, width, max_side)
     if k == 1:
         return im
-    if im.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "F", "I;16", "P", "CMYK", "YCbCr", "La", "RGBa"):
-        im = im.convert("RGB")
-    if im.mode == "P":
-        im = im.convert("RGB")  # a palette index cannot be averaged
+    if im.mode.startswith("I;16"):
+        im = im.convert("I")  # same values, a mode PIL can reduce
+    elif im.mode not in _REDUCIBLE_MODES:
+        im = im.convert("RGB")  # bilevel, palette (an index cannot be averaged) and the rest
     return im.reduce(k)
 
 
