@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test test-label test-all demo bench clean label-venv
+.PHONY: install test test-label test-all fuzz demo bench clean label-venv
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ install: $(VENV)/.installed
 test: install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not label" tests
+
+# Long fuzz campaign over the loading entry point (tests/fuzz; make test runs a short one): counts of ok / typed /
+# untyped / crash / hang / memory / nonfinite / leak; failing inputs are kept in FUZZ_FAILURES (under .cache/, ignored)
+FUZZ_N ?= 5000
+FUZZ_SEED ?= 0
+FUZZ_SECONDS ?= 3600
+FUZZ_FAILURES ?= .cache/fuzz-failures
+FUZZ_TIMEOUT ?= 20
+FUZZ_MEMORY_MB ?= 1024
+fuzz: install
+	PYTHONPATH=tests$(if $(PYTHONPATH),:$(PYTHONPATH)) $(PY) -m fuzz --n $(FUZZ_N) --seed $(FUZZ_SEED) \
+		--seconds $(FUZZ_SECONDS) --failures $(FUZZ_FAILURES) --timeout $(FUZZ_TIMEOUT) --memory-mb $(FUZZ_MEMORY_MB)
 
 # MONAI Label needs its own venv (numpy<2, pydicom 2.4); recipe verified in ENVIRONMENT notes / docs/monailabel.md
 $(LABEL_VENV)/.installed: requirements/label.txt pyproject.toml

@@ -105,3 +105,18 @@ def test_dict_wrapper_prefix_and_aliases(tmp_path):
     assert d["b_views"] == [{"kind": "slice", "plane": "axial", "index": 0}]
     d = MedicalImageToPixelsd(keys="image", output_prefix="img_", image_size=16)({"image": ANATOMICAL})
     assert d["img_pixel_values"].shape == (4, 3, 16, 16) and d["img_source"] == "anatomical.nii"
+
+
+def test_lazy_axial_series_with_a_nan_rescale_is_a_typed_error(tmp_path):
+    """Found by the fuzz harness: the lazy path skipped the NaN/inf check, so pixels.py raised a bare ValueError."""
+    import pydicom
+
+    from monai_llava_med.errors import VolumeError
+
+    files = write_ct_series(tmp_path / "s", np.zeros((8, 8, 5), np.float32))
+    ds = pydicom.dcmread(files[2])
+    ds.RescaleIntercept = "NaN"
+    save_dicom(ds, files[2])
+    with pytest.raises(VolumeError, match="NaN/inf") as info:
+        MedicalImageToPixels(max_views=5)(tmp_path / "s")
+    assert os.path.basename(files[2]) in str(info.value)

@@ -21,11 +21,10 @@ from PIL import Image, UnidentifiedImageError
 
 from monai_llava_med.errors import ImageReadError
 from monai_llava_med.constants import CLIP_MEAN, CLIP_STD
+from monai_llava_med.transforms.limits import check_photo_header, reduce_photo
 from monai_llava_med.transforms.pixels import ImageToClipPixels
 
 __all__ = ["PILImageToPixels", "read_rgb"]
-
-_MAX_PIXELS = 30000 * 30000
 
 
 def read_rgb(img: Image.Image) -> np.ndarray:
@@ -56,15 +55,15 @@ class PILImageToPixels:
         self.pixels = ImageToClipPixels(int(image_size), tuple(mean), tuple(std))
 
     def __call__(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Read ``path``; raises :class:`ImageReadError` naming the file for unreadable or absurd images."""
+        """Read ``path``; raises :class:`ImageReadError` naming the file for unreadable or absurd images.
+
+        The size the header claims is checked first and large photos are reduced while decoding, as in
+        :func:`monai_llava_med.transforms.photo.load_photo` (``docs/limits.md``).
+        """
+        check_photo_header(path)
         try:
             with Image.open(path) as img:
-                if img.width * img.height > _MAX_PIXELS or img.width < 1 or img.height < 1:
-                    raise ImageReadError(f"unusable image size {img.width}x{img.height}", path)
-                img.load()
-                pixels = self.pixels(read_rgb(img))
-        except ImageReadError:
-            raise
+                pixels = self.pixels(read_rgb(reduce_photo(img)))
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-            raise ImageReadError(f"cannot read the image: {type(e).__name__}: {e}", path) from e
+            raise ImageReadError(f"cannot read the image: {type(e).__name__} while decoding it", path) from e
         return {"pixel_values": pixels.unsqueeze(0), "views": 1, "modality": None, "source": str(path)}

@@ -23,12 +23,13 @@ _SUBMODULE_ATTRS = {
         "DEFAULT_MAX_VOXELS", "DicomSeriesInfo", "LoadMedicalImage", "LoadMedicalImaged", "LoadMedicalImageD",
         "LoadMedicalImageDict", "detect_input_kind", "scan_dicom_series",
     ],
+    "limits": ["MAX_ASPECT_RATIO", "MAX_DECODE_SIDE", "MAX_IMAGE_PIXELS", "MAX_INFLATED_BYTES"],
     "pathology": ["SlideTiles", "SlideTilesd", "SlideTilesD", "SlideTilesDict", "select_level", "tissue_mask"],
     "pipelines": [
         "MedicalImageToPixels", "MedicalImageToPixelsd", "MedicalImageToPixelsD", "MedicalImageToPixelsDict",
         "RadiologyViews", "TEXT_RESERVE", "pixels_from_config",
     ],
-    "pixels": ["ImageToClipPixels", "ImageToClipPixelsd", "ImageToClipPixelsD", "ImageToClipPixelsDict"],
+    "pixels": ["PAD_FIRST_MAX_SIDE", "ImageToClipPixels", "ImageToClipPixelsd", "ImageToClipPixelsD", "ImageToClipPixelsDict"],
     "radiology": [
         "DEFAULT_COMPOSITE", "WINDOW_PRESETS", "CanonicalOrientation", "CanonicalOrientationd", "CanonicalOrientationD",
         "CanonicalOrientationDict", "CTWindow", "CTWindowd", "CTWindowD", "CTWindowDict", "InvertMonochrome1",

@@ -20,6 +20,7 @@ from monai.utils import optional_import
 
 from ..constants import MODALITY_CODES
 from ..errors import DicomDecodeError, ImageReadError, VolumeError
+from .limits import check_deflated_dicom, check_image_size
 from .readers import DEFAULT_MAX_VOXELS, QuietReaders, redact_text
 
 pydicom, _ = optional_import("pydicom")
@@ -55,8 +56,10 @@ def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) ->
         the ``pydicom.Dataset`` (pixel data not decoded).
 
     Raises:
-        DicomDecodeError: not DICOM, or truncated before its PixelData ends.
+        DicomDecodeError: not DICOM, truncated before its PixelData ends, or a deflated data set inflating beyond
+            :data:`~.limits.MAX_INFLATED_BYTES`.
     """
+    check_deflated_dicom(path)  # pydicom inflates a deflated data set whole: bound it first
     with QuietReaders() as quiet:
         try:
             if stop_before_pixels:
@@ -159,7 +162,8 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
     Raises:
         DicomDecodeError: no PixelData, a segmentation object, malformed integer fields, bad BitsAllocated, zero or
             non-finite RescaleSlope.
-        ImageReadError: zero or absurd dimensions.
+        ImageReadError: zero or absurd dimensions (also a frame beyond the aspect-ratio or pixel limits of
+            :mod:`.limits`).
         VolumeError: malformed ImageOrientationPatient, ImagePositionPatient or PixelSpacing.
     """
     if "PixelData" not in ds:
@@ -181,6 +185,7 @@ def check_dicom_pixels(ds: Any, path: str | PathLike, max_voxels: int = DEFAULT_
             f"absurd image size: Rows x Columns x NumberOfFrames x SamplesPerPixel is over the limit of {max_voxels} "
             "samples; refusing to decode", path
         )
+    check_image_size(rows, cols, path)  # each frame: aspect ratio and pixels (limits.MAX_IMAGE_PIXELS)
     bits = header_int(ds, "BitsAllocated", path)
     if bits not in _BITS_ALLOWED:
         raise DicomDecodeError(f"unsupported BitsAllocated (one of {', '.join(map(str, _BITS_ALLOWED))} expected)",

@@ -63,7 +63,7 @@ def tiff_level_shapes(path: str | PathLike) -> list[tuple[int, ...]]:
             shapes = [tuple(int(s) for s in page.shape) for page in tif.pages]
     except Exception as e:
         raise SlideError(f"unreadable TIFF ({type(e).__name__}: {' '.join(str(e).split())[:160]})", path) from e
-    if not shapes or min(min(s[:2]) for s in shapes) <= 0:
+    if not shapes or any(len(s) < 2 or min(s[:2]) <= 0 for s in shapes):  # a page may have no shape at all
         raise SlideError("TIFF holds no image (no pages or a zero-size page)", path)
     return shapes
 

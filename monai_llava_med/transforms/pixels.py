@@ -13,10 +13,17 @@ Intended differences from ``CLIPImageProcessorPil`` + pad-to-square (measured in
 float inputs are rounded to 8 bits first (the model was trained on 8-bit PNGs); downscaled or same-size images
 match within 1/255 per pixel before normalisation; when a small image is *upscaled*, torch and PIL round their
 intermediate 8-bit pass differently, so a few pixels next to sharp edges (under 1 %) differ by 2/255.
+
+Memory: the square canvas holds ``max(H, W)^2 x 3`` bytes, so an image whose longer side exceeds
+:data:`PAD_FIRST_MAX_SIDE` is first reduced by the smallest integer factor that brings it within that side (mean of
+each block), then padded and resized as usual: the canvas stays under ``PAD_FIRST_MAX_SIDE^2 x 3`` bytes and the image
+keeps its place on it to within a fraction of an output pixel. Images up to that side are processed exactly as
+before (pad, then resize).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,12 +37,34 @@ from ..constants import CLIP_MEAN, CLIP_STD
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "PAD_FIRST_MAX_SIDE",
     "pad_to_square",
     "ImageToClipPixels",
     "ImageToClipPixelsd",
     "ImageToClipPixelsD",
     "ImageToClipPixelsDict",
 ]
+
+
+#: Longest side padded before resizing (the reference order); longer images are resized first, then padded.
+PAD_FIRST_MAX_SIDE = 4096
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> ``size`` with bicubic + antialias (torch's port of PIL's resampler)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x.contiguous(memory_format=torch.channels_last), size=size, mode="bicubic", antialias=True)
+
+
+def _box_reduce(x: torch.Tensor, k: int) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> ``(B, 3, ceil(H / k), ceil(W / k))``: mean of each ``k x k`` block, plane by plane."""
+    out = torch.empty((*x.shape[:2], -(-x.shape[-2] // k), -(-x.shape[-1] // k)), dtype=torch.uint8)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = F.avg_pool2d(x[b, c][None].float(), k, ceil_mode=True)
+            out[b, c] = torch.floor(plane[0] + 0.5).to(torch.uint8)
+    return out
 
 
 def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -121,15 +150,12 @@ class ImageToClipPixels(Transform):
             x = x.unsqueeze(0)
         elif x.ndim != 4:
             raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
+        s = self.image_size
+        if self.pad and max(x.shape[-2:]) > PAD_FIRST_MAX_SIDE and x.shape[-1] != x.shape[-2]:
+            x = _box_reduce(x, math.ceil(max(x.shape[-2:]) / PAD_FIRST_MAX_SIDE))  # bounded canvas, same geometry
         if self.pad:
             x = pad_to_square(x, self.fill)
-        s = self.image_size
-        if tuple(x.shape[-2:]) != (s, s):
-            # uint8 channels-last bicubic+antialias is torch's port of PIL's resampler (and its fast path)
-            x = F.interpolate(
-                x.contiguous(memory_format=torch.channels_last), size=(s, s), mode="bicubic", antialias=True
-            )
-        x = x.float().contiguous()
+        x = _resize(x, (s, s)).float().contiguous()
         return x[0] if single else x
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -29,12 +29,15 @@ from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage
 
 from ..errors import ImageReadError, VolumeError
+from .limits import reduce_photo
 
 __all__ = ["DEFAULT_MAX_VOXELS", "READER_LOGGERS", "file_name", "short_text", "redact_text", "QuietReaders",
            "memory_guard", "cached_loader", "run_loader", "clean_meta", "check_values"]
 
-#: Refuse anything larger than this many voxels (x channels) for a radiology image (~1.1e9, 4.3 GB as float32).
-DEFAULT_MAX_VOXELS = 1 << 30
+#: Refuse anything larger than this many voxels (x channels) for a radiology volume: 2^27 (512 x 512 x 512). The
+#: whole-volume path peaks at about 22 bytes per voxel (docs/limits.md), ~3 GB here; 2D images have their own,
+#: lower limits (:mod:`.limits`).
+DEFAULT_MAX_VOXELS = 1 << 27
 
 
 def file_name(path: str | PathLike) -> str:
@@ -134,6 +137,7 @@ def cached_loader(kind: str) -> LoadImage:
     """
 
     def convert(im: Any) -> Any:
+        im = reduce_photo(im)  # huge photos are reduced while decoding (limits.MAX_DECODE_SIDE)
         return im if im.mode in ("L", "RGB", "I;16", "I", "F") else im.convert("RGB")
 
     readers: dict[str, Callable[[], Any]] = {
