@@ -108,15 +108,17 @@ def test_dict_wrapper_prefix_and_aliases(tmp_path):
 
 
 def test_lazy_axial_series_with_a_nan_rescale_is_a_typed_error(tmp_path):
-    """Found by the fuzz harness: the lazy path skipped the NaN/inf check, so pixels.py raised a bare ValueError."""
+    """Found by the fuzz harness: the lazy path skipped the NaN/inf check, so pixels.py raised a bare ValueError.
+
+    The series scan now refuses the non-finite RescaleIntercept of the slice before any pixel is decoded."""
     import pydicom
 
-    from monai_llava_med.errors import VolumeError
+    from monai_llava_med.errors import DicomDecodeError
 
     files = write_ct_series(tmp_path / "s", np.zeros((8, 8, 5), np.float32))
     ds = pydicom.dcmread(files[2])
     ds.RescaleIntercept = "NaN"
     save_dicom(ds, files[2])
-    with pytest.raises(VolumeError, match="NaN/inf") as info:
+    with pytest.raises(DicomDecodeError, match="RescaleIntercept: not a finite number") as info:
         MedicalImageToPixels(max_views=5)(tmp_path / "s")
     assert os.path.basename(files[2]) in str(info.value)
