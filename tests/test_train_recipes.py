@@ -140,10 +140,11 @@ def test_documented_two_process_command_runs_and_says_each_thing_once(tmp_path):
     manifest = json.loads((ckpt / "manifest.json").read_text())  # both ranks' files, hashed by both ranks
     assert {"rng_state_rank0.safetensors", "rng_state_rank1.safetensors", "mp_rank_00_model_states.pt"} <= set(manifest["files"])
     assert verify_checkpoint(ckpt, collective=False) is None
-    # each thing said once: no DeepSpeed FutureWarning, MONAI's nvImageCodec line once, losses and INFO on rank 0
+    # each thing said once: no DeepSpeed FutureWarning, MONAI's nvImageCodec line at most once (the DICOM reads
+    # mute reader loggers), losses and INFO on rank 0
     out = proc.stdout + proc.stderr
     assert out.count("all_gather_into_tensor") == 0
-    assert out.count("nvImageCodec is not available") == 1
+    assert out.count("nvImageCodec is not available") <= 1
     assert len(re.findall(r"Iter: \d+/\d+ -- loss: ", out)) == 2  # MONAI StatsHandler, one line per iteration
     assert out.count("Engine run finished") == 1 and out.count("saved checkpoint") == 1
     assert out.count("monai_llava_med.networks.checkpoint INFO loaded") == 1
