@@ -20,12 +20,13 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from _transforms_fixtures import PATIENT_ID, PATIENT_NAME, make_ct_dataset, save_dicom, write_ct_series
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 
 from monai_llava_med.constants import MODALITY_CODES
-from monai_llava_med.errors import DicomDecodeError, ImageReadError, LlavaMedInputError
+from monai_llava_med.errors import DicomDecodeError, ImageReadError, LlavaMedInputError, VolumeError
 from monai_llava_med.transforms import LoadMedicalImage, MedicalImageToPixels
 
 SECRET = "MRN99887766"
@@ -279,3 +280,35 @@ def test_out_of_memory_is_a_typed_error(tmp_path, extra_mib):
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
     last = run.stdout.strip().splitlines()[-1]
     assert last == "DECODED" or (last.startswith("TYPED") and path in last and "memory" in last), last
+
+
+def test_an_element_claiming_more_bytes_than_the_file_holds_is_refused_before_it_is_read(tmp_path):
+    """Found by the fuzz harness: a trailing element declaring ~4 GB made pydicom reserve that much to read it."""
+    path = _ct(tmp_path)
+    # a private element after PixelData, explicit VR "UN" with a 4-byte length of 0xFFF3FFEC, then 2 bytes
+    with open(path, "ab") as f:
+        f.write(struct.pack("<HH2sHI", 0x7FE1, 0x0010, b"UN", 0, 0xFFF3FFEC) + b"\x00\x00")
+    with pytest.raises(DicomDecodeError, match="declared length runs past the end of the file") as info:
+        MedicalImageToPixels()(path)
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize("keyword, value", [("PixelSpacing", "1e308\\1"), ("PixelSpacing", "0\\1"),
+                                            ("PixelSpacing", "-0.5\\0.5"), ("ImagePositionPatient", "1e300\\0\\0"),
+                                            ("ImageOrientationPatient", "5\\0\\0\\0\\1\\0")])
+def test_geometry_outside_the_physical_range_is_a_typed_error(tmp_path, keyword, value):
+    """Found by the fuzz harness: PixelSpacing 1e308 overflowed the affine and MONAI's orientation code raised."""
+    path = _ct(tmp_path, **{keyword: value})
+    with pytest.raises(VolumeError, match=f"malformed {keyword}: outside the physically possible range") as info:
+        MedicalImageToPixels()(path)
+    assert info.value.path == path
+
+
+def test_a_zero_pixel_spacing_means_unknown_and_loads_like_none(tmp_path):
+    """Some writers put ``0\\0`` for an unknown spacing (pydicom's RG1_*.dcm radiographs): read as absent."""
+    zero = MedicalImageToPixels()(_ct(tmp_path, "zero.dcm", PixelSpacing="0\\0"))
+    ds = make_ct_dataset(np.full((8, 8), 1000, np.int16))
+    del ds.PixelSpacing
+    save_dicom(ds, tmp_path / "none.dcm")
+    absent = MedicalImageToPixels()(str(tmp_path / "none.dcm"))
+    assert zero["views"] == absent["views"] and torch.equal(zero["pixel_values"], absent["pixel_values"])

@@ -13,6 +13,7 @@ are kept from the user (:class:`~.readers.QuietReaders`). Integer fields are rea
 from __future__ import annotations
 
 import math
+import os
 from os import PathLike
 from typing import Any
 
@@ -42,6 +43,14 @@ SCAN_TAGS = (
 )
 #: Geometry elements and the number of values each must hold.
 _GEOMETRY_TAGS = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2}
+#: Physically possible ranges (mm, direction cosines) of geometry values: (lowest, highest, lowest exclusive).
+_GEOMETRY_RANGES = {
+    "ImageOrientationPatient": (-1.01, 1.01, False),
+    "ImagePositionPatient": (-1e6, 1e6, False),
+    "PixelSpacing": (0.0, 1e4, True),
+}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 
 
 def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) -> Any:
@@ -69,7 +78,25 @@ def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) ->
             raise DicomDecodeError(f"not a readable DICOM file ({type(e).__name__}: {redact_text(e)})", path) from e
     if "PixelData" not in ds and any("End of file reached" in w for w in quiet.warnings):
         raise DicomDecodeError("file is truncated: it ends inside an element, before its PixelData", path)
+    _check_deferred_lengths(ds, path)
     return ds
+
+
+def _check_deferred_lengths(ds: Any, path: str | PathLike) -> None:
+    """Refuse a deferred element whose declared length runs past the end of the file.
+
+    pydicom reads such a value with one ``read(length)`` call, which reserves the declared size (up to 4 GB) before
+    finding the file shorter; the value would be cut anyway.
+    """
+    if str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == _DEFLATED:
+        return  # read from the inflated stream, whose size is bounded by check_deflated_dicom
+    size = os.path.getsize(path)
+    for raw in list(vars(ds).get("_dict", {}).values()):  # the raw elements: reading a value would convert it
+        length, tell = getattr(raw, "length", 0), getattr(raw, "value_tell", None)
+        if getattr(raw, "value", b"") is None and tell is not None and length != _UNDEFINED_LENGTH \
+                and tell + length > size:
+            raise DicomDecodeError("file is truncated or corrupt: an element's declared length runs past the end "
+                                   "of the file", path)
 
 
 def _get(ds: Any, keyword: str, path: str | PathLike, where: str = "") -> Any:
@@ -213,7 +240,9 @@ def header_value(ds: Any, keyword: str) -> float | None:
 
 
 def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str = "") -> tuple[float, ...] | None:
-    """A geometry element as exactly ``n`` finite floats, or None when it is absent or empty.
+    """A geometry element as exactly ``n`` finite floats in their physical range, or None when it is absent or empty.
+
+    A PixelSpacing of ``0\\0`` means unknown and is read as absent.
 
     Args:
         ds: a pydicom dataset.
@@ -223,7 +252,8 @@ def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str =
         where: prefix naming the slice inside a folder, for messages.
 
     Raises:
-        VolumeError: the element holds other than ``n`` values, or non-numeric or non-finite ones.
+        VolumeError: the element holds other than ``n`` values, or non-numeric, non-finite or physically impossible
+            ones (a non-positive or over 10 m pixel spacing, a position over 1 km, a direction cosine over 1).
     """
     value = _get(ds, keyword, path, where)
     if value is None or value == "":
@@ -235,6 +265,13 @@ def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str =
         raise VolumeError(f"{where}malformed {keyword}: values are not numbers", path) from e
     if len(values) != n or not all(math.isfinite(v) for v in values):
         raise VolumeError(f"{where}malformed {keyword}: expected {n} finite numbers, got {len(values)}", path)
+    if keyword == "PixelSpacing" and values == (0.0, 0.0):
+        return None  # "0\\0": written by some modalities for an unknown spacing (e.g. pydicom's RG1_J2KR.dcm)
+    if keyword in _GEOMETRY_RANGES:
+        low, high, open_low = _GEOMETRY_RANGES[keyword]
+        if not all((low < v if open_low else low <= v) and v <= high for v in values):
+            raise VolumeError(f"{where}malformed {keyword}: outside the physically possible range "
+                              f"({'(' if open_low else '['}{low:g}, {high:g}])", path)
     return values
 
 
