@@ -57,8 +57,8 @@ from monai_llava_med.networks import LlavaMedConfig, load_pretrained, save_pretr
 from monai_llava_med.transforms.pipelines import MedicalImageToPixels
 
 # The --tune grid (stage 2, on val only) and the setting it chose. CHOSEN_PROVENANCE says which run chose it.
-GRID_LRS = (1.0e-3, 2.0e-3)
-GRID_STEPS = (2400, 3600)
+GRID_LRS = (1.5e-3, 3.0e-3)
+GRID_STEPS = (1200,)
 CHOSEN = {"stage2_lr": 1.5e-3, "stage2_steps": 3600}
 CHOSEN_PROVENANCE = "PENDING"
 Z95 = 1.959963984540054
@@ -358,38 +358,38 @@ def main() -> None:
         model.config.name = DEMO_NAME
         save_pretrained(model, args.save_dir, tokenizer)
         print(f"saved {args.save_dir} ({sum(f.stat().st_size for f in Path(args.save_dir).iterdir()) / 2**20:.1f} MiB)")
-    control = None
-    if not args.skip_control:
+    test_groups = groups(test_q)
+    c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
+    for name, idx in test_groups.items():
+        if name not in ("CLOSED", "OPEN"):
+            print(f"RESULT split=test family={name} n={len(idx)} {fmt('acc', pick(real, idx))} "
+                  f"chance={np.mean(pick(chance, idx)):.4f} {fmt('majority', pick(majority, idx))} "
+                  f"{fmt('blank_image', pick(blank, idx))}")
+    closed_p, closed_lo, _ = wilson(pick(real, c))
+    print(f"goal: closed >= 0.90 ({'met' if closed_p >= 0.9 else 'NOT met'}; 95 % lower bound {closed_lo:.3f} "
+          f"{'>=' if closed_lo >= 0.9 else '<'} 0.90)")
+    print(f"RESULT split=test stage2_lr={lr:g} stage2_steps={steps} n_closed={len(c)} {fmt('closed_acc', pick(real, c))} "
+          f"chance=0.5000 {fmt('majority', pick(majority, c))} {fmt('blank_image', pick(blank, c))} "
+          f"n_open={len(o)} {fmt('open_acc', pick(real, o))} open_chance={np.mean(pick(chance, o)) if o else float('nan'):.4f} "
+          f"{fmt('open_majority', pick(majority, o))} {fmt('open_blank_image', pick(blank, o))} "
+          f"minutes={(time.perf_counter() - start) / 60:.2f}", flush=True)
+    if not args.skip_control:  # printed after the real run's lines, so a cut-short control loses only itself
         blank_train = torch.zeros_like(pix["train"])
         cinit, _ = train_stage1(work / "control" / "stage1", tokenizer, config, train_cases, blank_train, args)
         cmodel, closs = train_stage2(work / "control" / "stage2", cinit, tokenizer, config, train_cases, blank_train,
                                      lr, steps, args)
         control = evaluate(cmodel, tokenizer, torch.zeros_like(pix["test"]), test_q)
-        print(f"control (trained and tested on blank images): stage2 loss {closs:.3f}", flush=True)
+        print(f"control (trained and tested on blank images, same setting): stage2 loss {closs:.3f}")
+        for name, idx in test_groups.items():
+            if name not in ("CLOSED", "OPEN"):
+                print(f"RESULT split=test family={name} n={len(idx)} {fmt('control', pick(control, idx))} "
+                      f"chance={np.mean(pick(chance, idx)):.4f}")
+        control_p = wilson(pick(control, c))[0]
+        print(f"goal: control within 0.10 of chance 0.50 ({'met' if abs(control_p - 0.5) <= 0.10 else 'NOT met'})")
+        print(f"RESULT split=test {fmt('control_acc', pick(control, c))} chance=0.5000 "
+              f"{fmt('open_control_acc', pick(control, o))} minutes={(time.perf_counter() - start) / 60:.2f}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    minutes = (time.perf_counter() - start) / 60
-
-    test_groups = groups(test_q)
-    for name, idx in test_groups.items():
-        if name in ("CLOSED", "OPEN"):
-            continue
-        ctrl = f" {fmt('control', pick(control, idx))}" if control is not None else ""
-        print(f"RESULT split=test family={name} n={len(idx)} {fmt('acc', pick(real, idx))} "
-              f"chance={np.mean(pick(chance, idx)):.4f} {fmt('majority', pick(majority, idx))} "
-              f"{fmt('blank_image', pick(blank, idx))}{ctrl}")
-    c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
-    closed_p, closed_lo, _ = wilson(pick(real, c))
-    control_p = wilson(pick(control, c))[0] if control is not None else float("nan")
-    print(f"goal: closed >= 0.90 ({'met' if closed_p >= 0.9 else 'NOT met'}; 95 % lower bound {closed_lo:.3f} "
-          f"{'>=' if closed_lo >= 0.9 else '<'} 0.90), control within 0.10 of chance 0.50 "
-          f"({'met' if abs(control_p - 0.5) <= 0.10 else 'NOT met'})")
-    ctrl = f" {fmt('control_acc', pick(control, c))}" if control is not None else ""
-    print(f"RESULT split=test stage2_lr={lr:g} stage2_steps={steps} n_closed={len(c)} {fmt('closed_acc', pick(real, c))} "
-          f"chance=0.5000 {fmt('majority', pick(majority, c))} {fmt('blank_image', pick(blank, c))}{ctrl} "
-          f"n_open={len(o)} {fmt('open_acc', pick(real, o))} open_chance={np.mean(pick(chance, o)) if o else float('nan'):.4f} "
-          f"{fmt('open_majority', pick(majority, o))} {fmt('open_blank_image', pick(blank, o))} minutes={minutes:.2f}")
-
 
 if __name__ == "__main__":
     main()
