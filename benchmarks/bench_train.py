@@ -23,16 +23,20 @@ that question text, no image), ``blank_image`` (the trained model shown the neut
 normalisation, i.e. the mean colour) and ``control`` (a model trained identically with every image blanked,
 evaluated blanked). Goal: closed accuracy >= 90 % for the real run, the control within 10 points of chance.
 
-Run: ``python benchmarks/bench_train.py [--tune] [--smoke] [--save-dir DIR]``. ``--smoke`` is a tiny
-configuration (< 1 min) that only checks the code path. ``--save-dir`` writes the trained real-run model
-(``save_pretrained`` layout, ``name=llava-med-phantom-demo``). Lines ``RESULT ...``; the test summary is last.
+Run: ``python benchmarks/bench_train.py [--tune] [--smoke] [--control-only] [--save-dir DIR]``. ``--smoke`` is
+a tiny configuration (about a minute) that only checks the code path; ``--control-only`` trains and tests only
+the control (it never sees a test image, so it does not re-evaluate the chosen model). ``--save-dir`` writes
+the real-run model (``save_pretrained`` layout, ``name=llava-med-phantom-demo``). Output: ``RESULT`` lines.
+
+Measured 2026-12-02 on a 2-core Intel Xeon VM shared with other jobs (``nice -n 10 ... --tune --skip-control``,
+18.4 min, then ``--control-only``): val chose lr 1.5e-3 at 600 steps; test closed 0.670 [0.640-0.698] vs
+majority 0.507, blank image 0.512, chance 0.500; open 0.554 [0.510-0.597] vs majority 0.398, blank image 0.346.
+The earlier default (3,600 steps at lr 1.5e-3, closed 0.900) had been picked on the test split.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import math
 import os
 import shutil
 import tempfile
@@ -50,18 +54,22 @@ from torch.utils.data import Dataset
 
 from monai_llava_med.conversation import build_bpe_tokenizer, build_generation_inputs, tokenize_conversation
 from monai_llava_med.data import LlavaMedCollator
-from monai_llava_med.data.phantom import FAMILIES, case_rng, generate_phantom, make_questions, write_dicom
+from monai_llava_med.data.phantom import case_rng, generate_phantom, make_questions, write_dicom
 from monai_llava_med.data.phantom.questions import NUMBER_WORDS, findings_from_label_map
 from monai_llava_med.metrics import closed_answer, normalize_answer
 from monai_llava_med.networks import LlavaMedConfig, load_pretrained, save_pretrained
 from monai_llava_med.transforms.pipelines import MedicalImageToPixels
 
-# The --tune grid (stage 2, on val only) and the setting it chose. CHOSEN_PROVENANCE says which run chose it.
+from vqa_scoring import check_disjoint, fmt, groups, image_free_baselines, pick, wilson  # benchmarks/ (script dir)
+
+# The --tune grid (stage 2, on val only) and the setting it chose. The grid is small because of CPU time: on
+# 2 CPU cores shared with other jobs stage 2 ran at 40-120 steps/min, so the planned lr x {2400, 3600} grid
+# could not finish; at 600 steps the test closed accuracy (0.670) is far from the 0.90 goal.
 GRID_LRS = (1.5e-3, 3.0e-3)
-GRID_STEPS = (1200,)
-CHOSEN = {"stage2_lr": 1.5e-3, "stage2_steps": 3600}
-CHOSEN_PROVENANCE = "PENDING"
-Z95 = 1.959963984540054
+GRID_STEPS = (600,)
+CHOSEN = {"stage2_lr": 1.5e-3, "stage2_steps": 600}
+CHOSEN_PROVENANCE = ("chosen by `--tune` on 2026-12-02 (2-core Intel Xeon VM, shared), val closed 0.655 "
+                     "[0.625-0.684] vs 0.621 [0.591-0.651] at lr 3e-3")
 
 DEMO_NAME = "llava-med-phantom-demo"
 IMAGE_SIZE = 64
@@ -170,46 +178,6 @@ def balanced_eval_set(cases: list, limit: int, seed: int) -> list[tuple[int, obj
     return closed + open_qs
 
 
-def wilson(hits: list[int]) -> tuple[float, float, float]:
-    """Accuracy and its Wilson 95 % score interval (nan for no questions)."""
-    n = len(hits)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    p, z2 = sum(hits) / n, Z95**2
-    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
-
-
-def fmt(key: str, hits: list[int]) -> str:
-    p, lo, hi = wilson(hits)
-    return f"{key}={p:.4f} {key}_ci95={lo:.4f}-{hi:.4f}"
-
-
-def check_disjoint(splits: dict[str, list]) -> None:
-    """Refuse to run if two splits share a phantom image (they come from separate random streams)."""
-    seen: dict[bytes, str] = {}
-    for name, cases in splits.items():
-        for case in cases:
-            key = hashlib.sha1(case.image.tobytes()).digest()
-            if seen.setdefault(key, name) != name:
-                raise RuntimeError(f"phantom {case.case_id} of split {name} repeats an image of split {seen[key]}")
-
-
-def image_free_baselines(train_cases: list, questions: list) -> tuple[list[float], list[int]]:
-    """Per question: chance (1 / answers seen for that text in train) and the train majority answer's hit."""
-    answers: dict[str, Counter] = defaultdict(Counter)
-    for case in train_cases:
-        for qa in make_questions(case):
-            answers[qa.question][normalize_answer(qa.answer)] += 1
-    chance, majority = [], []
-    for _, qa in questions:
-        seen = answers[qa.question]
-        truth = normalize_answer(qa.answer)
-        chance.append((1.0 / len(seen)) if truth in seen else 0.0)
-        majority.append(int(bool(seen) and seen.most_common(1)[0][0] == truth))
-    return chance, majority
-
-
 @torch.no_grad()
 def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size: int = 128) -> list[int]:
     """Greedy answers -> one hit (0/1) per question: closed normalised yes/no, open exact match."""
@@ -232,19 +200,6 @@ def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size
             ok = closed_answer(pred) == qa.answer if qa.answer_type == "CLOSED" else normalize_answer(pred) == normalize_answer(qa.answer)
             hits.append(int(ok))
     return hits
-
-
-def groups(questions: list) -> dict[str, list[int]]:
-    """Question indices per answer type (CLOSED, OPEN) and per family, in :data:`FAMILIES` order."""
-    out: dict[str, list[int]] = defaultdict(list)
-    for i, (_, qa) in enumerate(questions):
-        out[qa.answer_type].append(i)
-        out[qa.family].append(i)
-    return {k: out[k] for k in ("CLOSED", "OPEN", *FAMILIES) if out[k]}
-
-
-def pick(values: list, idx: list[int]) -> list:
-    return [values[i] for i in idx]
 
 
 def common_trainer_args(args, config) -> dict:
@@ -298,6 +253,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", default=None, help="training outputs (default: a temporary folder)")
     parser.add_argument("--save-dir", default=None, help="write the trained real-run model here (save_pretrained)")
     parser.add_argument("--skip-control", action="store_true", help="train only the real run (no ablation)")
+    parser.add_argument("--control-only", action="store_true", help="train and test only the control (chosen setting)")
     args = parser.parse_args()
     args.grid = [(lr, steps) for lr in GRID_LRS for steps in GRID_STEPS]
     if args.smoke:
@@ -307,6 +263,54 @@ def parse_args() -> argparse.Namespace:
     args.chosen = args.grid[0] if args.smoke and not args.tune else chosen
     args.overridden = args.stage2_lr is not None or args.stage2_steps is not None
     return args
+
+
+def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q: list, test_q: list,
+             chance: list, majority: list, start: float) -> tuple[float, int]:
+    """Stage 1, stage 2 per setting on val, then the chosen model on the test split once; returns the setting."""
+    test_groups = groups(test_q)
+    init, loss1 = train_stage1(work / "real" / "stage1", tokenizer, config, cases["train"], pix["train"], args)
+    print(f"real stage 1: loss {loss1:.3f}", flush=True)
+    val_groups = groups(val_q)
+    grid = args.grid if args.tune else [args.chosen]
+    val_closed: dict[tuple[float, int], float] = {}
+    for lr, steps in grid:
+        t0 = time.perf_counter()
+        model, loss2 = train_stage2(work / "real" / f"stage2_lr{lr:g}_s{steps}", init, tokenizer, config, cases["train"],
+                                    pix["train"], lr, steps, args)
+        hits = evaluate(model, tokenizer, pix["val"], val_q)
+        val_closed[(lr, steps)] = wilson(pick(hits, val_groups["CLOSED"]))[0]
+        print(f"RESULT split=val stage2_lr={lr:g} stage2_steps={steps} {fmt('closed_acc', pick(hits, val_groups['CLOSED']))} "
+              f"{fmt('open_acc', pick(hits, val_groups['OPEN']))} stage2_loss={loss2:.3f} "
+              f"train_min={(time.perf_counter() - t0) / 60:.2f}", flush=True)
+    lr, steps = max(grid, key=lambda s: (val_closed[s], -s[1]))  # best val closed accuracy; ties: fewer steps
+    how = "chosen on val by this run (--tune)" if args.tune else (
+        "given on the command line, NOT chosen on val" if args.overridden else f"committed, {CHOSEN_PROVENANCE}")
+    print(f"stage 2 setting: lr={lr:g} steps={steps} ({how})", flush=True)
+    model, _ = load_pretrained(work / "real" / f"stage2_lr{lr:g}_s{steps}" / "model", dtype=torch.float32)
+
+    # The test split, once: the chosen model, the same model on blank images (next to the image-free baselines).
+    real = evaluate(model, tokenizer, pix["test"], test_q)
+    blank = evaluate(model, tokenizer, torch.zeros_like(pix["test"]), test_q)
+    if args.save_dir:
+        model.config.name = DEMO_NAME
+        save_pretrained(model, args.save_dir, tokenizer)
+        print(f"saved {args.save_dir} ({sum(f.stat().st_size for f in Path(args.save_dir).iterdir()) / 2**20:.1f} MiB)")
+    c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
+    for name, idx in test_groups.items():
+        if name not in ("CLOSED", "OPEN"):
+            print(f"RESULT split=test family={name} n={len(idx)} {fmt('acc', pick(real, idx))} "
+                  f"chance={np.mean(pick(chance, idx)):.4f} {fmt('majority', pick(majority, idx))} "
+                  f"{fmt('blank_image', pick(blank, idx))}")
+    closed_p, closed_lo, _ = wilson(pick(real, c))
+    print(f"goal: closed >= 0.90 ({'met' if closed_p >= 0.9 else 'NOT met'}; 95 % lower bound {closed_lo:.3f} "
+          f"{'>=' if closed_lo >= 0.9 else '<'} 0.90)")
+    print(f"RESULT split=test stage2_lr={lr:g} stage2_steps={steps} n_closed={len(c)} {fmt('closed_acc', pick(real, c))} "
+          f"chance=0.5000 {fmt('majority', pick(majority, c))} {fmt('blank_image', pick(blank, c))} "
+          f"n_open={len(o)} {fmt('open_acc', pick(real, o))} open_chance={np.mean(pick(chance, o)) if o else float('nan'):.4f} "
+          f"{fmt('open_majority', pick(majority, o))} {fmt('open_blank_image', pick(blank, o))} "
+          f"minutes={(time.perf_counter() - start) / 60:.2f}", flush=True)
+    return lr, steps
 
 
 def main() -> None:
@@ -328,68 +332,28 @@ def main() -> None:
     print(f"data: {len(train_cases)} train / {len(cases['val'])} val / {len(cases['test'])} test phantoms (disjoint) via "
           f"DICOM + MedicalImageToPixels; {len(val_q)} val / {len(test_q)} test questions "
           f"({Counter(q.answer_type for _, q in test_q)}), {(time.perf_counter() - start) / 60:.2f} min", flush=True)
-
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_train_"))
-    init, loss1 = train_stage1(work / "real" / "stage1", tokenizer, config, train_cases, pix["train"], args)
-    print(f"real stage 1: loss {loss1:.3f}", flush=True)
-    val_groups = groups(val_q)
-    grid = args.grid if args.tune else [args.chosen]
-    val_closed: dict[tuple[float, int], float] = {}
-    for lr, steps in grid:
-        t0 = time.perf_counter()
-        model, loss2 = train_stage2(work / "real" / f"stage2_lr{lr:g}_s{steps}", init, tokenizer, config, train_cases,
-                                    pix["train"], lr, steps, args)
-        hits = evaluate(model, tokenizer, pix["val"], val_q)
-        val_closed[(lr, steps)] = wilson(pick(hits, val_groups["CLOSED"]))[0]
-        print(f"RESULT split=val stage2_lr={lr:g} stage2_steps={steps} {fmt('closed_acc', pick(hits, val_groups['CLOSED']))} "
-              f"{fmt('open_acc', pick(hits, val_groups['OPEN']))} stage2_loss={loss2:.3f} "
-              f"train_min={(time.perf_counter() - t0) / 60:.2f}", flush=True)
-    lr, steps = max(grid, key=lambda s: (val_closed[s], -s[1]))  # best val closed accuracy; ties: fewer steps
-    how = "chosen on val by this run (--tune)" if args.tune else (
-        "given on the command line, NOT chosen on val" if args.overridden else f"committed, {CHOSEN_PROVENANCE}")
-    print(f"stage 2 setting: lr={lr:g} steps={steps} ({how})", flush=True)
-    model, _ = load_pretrained(work / "real" / f"stage2_lr{lr:g}_s{steps}" / "model", dtype=torch.float32)
-
-    # The test split, once: the chosen model, the same model on blank images, the image-free baselines.
-    real = evaluate(model, tokenizer, pix["test"], test_q)
-    blank = evaluate(model, tokenizer, torch.zeros_like(pix["test"]), test_q)
     chance, majority = image_free_baselines(train_cases, test_q)
-    if args.save_dir:
-        model.config.name = DEMO_NAME
-        save_pretrained(model, args.save_dir, tokenizer)
-        print(f"saved {args.save_dir} ({sum(f.stat().st_size for f in Path(args.save_dir).iterdir()) / 2**20:.1f} MiB)")
     test_groups = groups(test_q)
     c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
-    for name, idx in test_groups.items():
-        if name not in ("CLOSED", "OPEN"):
-            print(f"RESULT split=test family={name} n={len(idx)} {fmt('acc', pick(real, idx))} "
-                  f"chance={np.mean(pick(chance, idx)):.4f} {fmt('majority', pick(majority, idx))} "
-                  f"{fmt('blank_image', pick(blank, idx))}")
-    closed_p, closed_lo, _ = wilson(pick(real, c))
-    print(f"goal: closed >= 0.90 ({'met' if closed_p >= 0.9 else 'NOT met'}; 95 % lower bound {closed_lo:.3f} "
-          f"{'>=' if closed_lo >= 0.9 else '<'} 0.90)")
-    print(f"RESULT split=test stage2_lr={lr:g} stage2_steps={steps} n_closed={len(c)} {fmt('closed_acc', pick(real, c))} "
-          f"chance=0.5000 {fmt('majority', pick(majority, c))} {fmt('blank_image', pick(blank, c))} "
-          f"n_open={len(o)} {fmt('open_acc', pick(real, o))} open_chance={np.mean(pick(chance, o)) if o else float('nan'):.4f} "
-          f"{fmt('open_majority', pick(majority, o))} {fmt('open_blank_image', pick(blank, o))} "
-          f"minutes={(time.perf_counter() - start) / 60:.2f}", flush=True)
+    lr, steps = args.chosen if args.control_only else run_real(
+        args, work, tokenizer, config, cases, pix, val_q, test_q, chance, majority, start)
     if not args.skip_control:  # printed after the real run's lines, so a cut-short control loses only itself
         blank_train = torch.zeros_like(pix["train"])
         cinit, _ = train_stage1(work / "control" / "stage1", tokenizer, config, train_cases, blank_train, args)
-        cmodel, closs = train_stage2(work / "control" / "stage2", cinit, tokenizer, config, train_cases, blank_train,
-                                     lr, steps, args)
+        cmodel, closs = train_stage2(work / "control" / "stage2", cinit, tokenizer, config, train_cases, blank_train, lr, steps, args)
         control = evaluate(cmodel, tokenizer, torch.zeros_like(pix["test"]), test_q)
         print(f"control (trained and tested on blank images, same setting): stage2 loss {closs:.3f}")
         for name, idx in test_groups.items():
             if name not in ("CLOSED", "OPEN"):
                 print(f"RESULT split=test family={name} n={len(idx)} {fmt('control', pick(control, idx))} "
                       f"chance={np.mean(pick(chance, idx)):.4f}")
-        control_p = wilson(pick(control, c))[0]
-        print(f"goal: control within 0.10 of chance 0.50 ({'met' if abs(control_p - 0.5) <= 0.10 else 'NOT met'})")
+        print(f"goal: control within 0.10 of chance 0.50 ({'met' if abs(wilson(pick(control, c))[0] - 0.5) <= 0.1 else 'NOT met'})")
         print(f"RESULT split=test {fmt('control_acc', pick(control, c))} chance=0.5000 "
               f"{fmt('open_control_acc', pick(control, o))} minutes={(time.perf_counter() - start) / 60:.2f}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()
