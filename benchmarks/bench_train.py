@@ -30,7 +30,8 @@ the real-run model (``save_pretrained`` layout, ``name=llava-med-phantom-demo``)
 
 Measured 2026-12-02 on a 2-core Intel Xeon VM shared with other jobs (``nice -n 10 ... --tune --skip-control``,
 18.4 min, then ``--control-only``): val chose lr 1.5e-3 at 600 steps; test closed 0.670 [0.640-0.698] vs
-majority 0.507, blank image 0.512, chance 0.500; open 0.554 [0.510-0.597] vs majority 0.398, blank image 0.346.
+majority 0.507, blank image 0.512, control 0.495 [0.464-0.526], chance 0.500; open 0.554 [0.510-0.597] vs
+majority 0.398, blank image 0.346, control 0.398.
 The earlier default (3,600 steps at lr 1.5e-3, closed 0.900) had been picked on the test split.
 """
 
