@@ -10,13 +10,29 @@ model on questions, ``mistral_instruct``) with the vision tower frozen at its ra
 Images are made exactly as at inference: each phantom is written as a DICOM file by the phantom writer and
 read back through ``MedicalImageToPixels`` (the pixel tensors are cached on disk).
 
-Baseline measured in the same run: the image-ablated control, trained identically with every image blanked.
-Evaluation: greedy answers on held-out phantoms; closed (yes/no) questions are balanced per question text, so
-chance is 50 %. Goal: closed accuracy >= 90 % for the real run, the control within 10 points of chance, all
-in <= 15 minutes on 2 CPU cores.
+Splits: train, val and test phantoms come from separate random streams (``case_rng(seed, split, i)``) and are
+checked to share no image. Stage-2 learning rate and steps are chosen on the val split only (``--tune`` runs
+the grid :data:`GRID_LRS` x :data:`GRID_STEPS` on val, picks the best val closed accuracy, then evaluates
+that model on the test split once). A normal run trains the committed :data:`CHOSEN` setting and reports val
+and test. Evaluation: greedy answers to balanced held-out questions (closed ones balanced yes/no per
+question text), each figure with its Wilson 95 % interval, per question family too.
 
-Run: ``python benchmarks/bench_train.py [--save-dir DIR] [--stage2-steps N]``. ``--save-dir`` writes the
-trained real-run model (``save_pretrained`` layout, ``name=llava-med-phantom-demo``). Last line ``RESULT ...``.
+Baselines on the same test questions, in the same run: ``chance`` (uniform guess among the answers the
+question has in the train split; 0.5 for closed), ``majority`` (the train split's most frequent answer to
+that question text, no image), ``blank_image`` (the trained model shown the neutral image: zeros after CLIP
+normalisation, i.e. the mean colour) and ``control`` (a model trained identically with every image blanked,
+evaluated blanked). Goal: closed accuracy >= 90 % for the real run, the control within 10 points of chance.
+
+Run: ``python benchmarks/bench_train.py [--tune] [--smoke] [--control-only] [--save-dir DIR]``. ``--smoke`` is
+a tiny configuration (about a minute) that only checks the code path; ``--control-only`` trains and tests only
+the control (it never sees a test image, so it does not re-evaluate the chosen model). ``--save-dir`` writes
+the real-run model (``save_pretrained`` layout, ``name=llava-med-phantom-demo``). Output: ``RESULT`` lines.
+
+Measured 2026-12-02 on a 2-core Intel Xeon VM shared with other jobs (``nice -n 10 ... --tune --skip-control``,
+18.4 min, then ``--control-only``): val chose lr 1.5e-3 at 600 steps; test closed 0.670 [0.640-0.698] vs
+majority 0.507, blank image 0.512, control 0.495 [0.464-0.526], chance 0.500; open 0.554 [0.510-0.597] vs
+majority 0.398, blank image 0.346, control 0.398.
+The earlier default (3,600 steps at lr 1.5e-3, closed 0.900) had been picked on the test split.
 """
 
 from __future__ import annotations
@@ -44,6 +60,17 @@ from monai_llava_med.data.phantom.questions import NUMBER_WORDS, findings_from_l
 from monai_llava_med.metrics import closed_answer, normalize_answer
 from monai_llava_med.networks import LlavaMedConfig, load_pretrained, save_pretrained
 from monai_llava_med.transforms.pipelines import MedicalImageToPixels
+
+from vqa_scoring import check_disjoint, fmt, groups, image_free_baselines, pick, wilson  # benchmarks/ (script dir)
+
+# The --tune grid (stage 2, on val only) and the setting it chose. The grid is small because of CPU time: on
+# 2 CPU cores shared with other jobs stage 2 ran at 40-120 steps/min, so the planned lr x {2400, 3600} grid
+# could not finish; at 600 steps the test closed accuracy (0.670) is far from the 0.90 goal.
+GRID_LRS = (1.5e-3, 3.0e-3)
+GRID_STEPS = (600,)
+CHOSEN = {"stage2_lr": 1.5e-3, "stage2_steps": 600}
+CHOSEN_PROVENANCE = ("chosen by `--tune` on 2026-12-02 (2-core Intel Xeon VM, shared), val closed 0.655 "
+                     "[0.625-0.684] vs 0.621 [0.591-0.651] at lr 3e-3")
 
 DEMO_NAME = "llava-med-phantom-demo"
 IMAGE_SIZE = 64
@@ -153,11 +180,11 @@ def balanced_eval_set(cases: list, limit: int, seed: int) -> list[tuple[int, obj
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size: int = 128) -> dict[str, float]:
-    """Greedy answers -> closed accuracy (normalised yes/no) and open exact match, per family too."""
+def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size: int = 128) -> list[int]:
+    """Greedy answers -> one hit (0/1) per question: closed normalised yes/no, open exact match."""
     cfg = model.config
     collate = LlavaMedCollator(tokenizer.pad_token_id, "left")
-    hits: dict[str, list[int]] = defaultdict(list)
+    hits: list[int] = []
     model.eval()
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
@@ -172,41 +199,54 @@ def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size
         for (_, qa), ids in zip(chunk, new):
             pred = tokenizer.decode(ids, skip_special_tokens=True)
             ok = closed_answer(pred) == qa.answer if qa.answer_type == "CLOSED" else normalize_answer(pred) == normalize_answer(qa.answer)
-            hits[qa.answer_type].append(int(ok))
-            hits[qa.family].append(int(ok))
-    return {k: float(np.mean(v)) for k, v in hits.items()}
+            hits.append(int(ok))
+    return hits
 
 
-def train_two_stages(tag: str, work: Path, tokenizer, config, train_cases, pixels, args) -> object:
-    """Stage 1 (projector, captions, 1 epoch) then stage 2 (projector + LM, questions) with the real trainer."""
+def common_trainer_args(args, config) -> dict:
+    return {"micro_batch_size": args.batch_size, "global_batch_size": args.batch_size, "deepspeed": "zero2",
+            "gradient_checkpointing": False, "save_every_n_steps": args.save_every, "keep_last_checkpoints": 1,
+            "log_every_n_steps": 50, "seed": args.seed, "max_length": config.model_max_length, "restart": True}
+
+
+def train_stage1(out: Path, tokenizer, config, train_cases, pixels, args) -> tuple[Path, float]:
+    """Stage 1 (projector, captions, 1 epoch) with the real trainer; returns the export folder and last loss."""
     from monai_llava_med.engines import build_trainer
 
-    common = {"micro_batch_size": args.batch_size, "global_batch_size": args.batch_size, "deepspeed": "zero2",
-              "gradient_checkpointing": False, "save_every_n_steps": args.save_every, "keep_last_checkpoints": 1,
-              "log_every_n_steps": 50, "seed": args.seed, "max_length": config.model_max_length, "restart": True}
     s1 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage1"), pixels)
-    t1 = build_trainer("stage1", train_data=s1, model_config=config, tokenizer=tokenizer, output_dir=str(work / tag / "stage1"),
-                       learning_rate=args.stage1_lr, num_epochs=1, template="plain", export_name=DEMO_NAME, **common)
+    t1 = build_trainer("stage1", train_data=s1, model_config=config, tokenizer=tokenizer, output_dir=str(out),
+                       learning_rate=args.stage1_lr, num_epochs=1, template="plain", export_name=DEMO_NAME,
+                       **common_trainer_args(args, config))
     t1.run()
+    return out / "model", t1.state.output["loss"]
+
+
+def train_stage2(out: Path, init: Path, tokenizer, config, train_cases, pixels, lr: float, steps: int, args):
+    """Stage 2 (projector + LM, questions) from the stage-1 export; returns the trained model and last loss."""
+    from monai_llava_med.engines import build_trainer
+
     s2 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage2"), pixels)
-    epochs = max(1, -(-args.stage2_steps * args.batch_size // len(s2)))
-    t2 = build_trainer("stage2", train_data=s2, init_from=str(work / tag / "stage1" / "model"), tokenizer=tokenizer,
-                       output_dir=str(work / tag / "stage2"), learning_rate=args.stage2_lr, num_epochs=epochs,
-                       max_steps=args.stage2_steps, warmup_ratio=0.03, export_name=DEMO_NAME, **common)
+    epochs = max(1, -(-steps * args.batch_size // len(s2)))
+    t2 = build_trainer("stage2", train_data=s2, init_from=str(init), tokenizer=tokenizer, output_dir=str(out),
+                       learning_rate=lr, num_epochs=epochs, max_steps=steps, warmup_ratio=0.03,
+                       export_name=DEMO_NAME, **common_trainer_args(args, config))
     t2.run()
-    model, _ = load_pretrained(work / tag / "stage2" / "model", dtype=torch.float32)
-    return model, t1.state.output["loss"], t2.state.output["loss"]
+    model, _ = load_pretrained(out / "model", dtype=torch.float32)
+    return model, t2.state.output["loss"]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tune", action="store_true", help="run the stage-2 grid on val and pick by val closed accuracy")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (< 1 min): checks the code path only")
     parser.add_argument("--train-cases", type=int, default=4000)
+    parser.add_argument("--val-cases", type=int, default=600)
     parser.add_argument("--test-cases", type=int, default=600)
-    parser.add_argument("--eval-questions", type=int, default=1000, help="closed questions evaluated (plus half as many open)")
-    parser.add_argument("--stage2-steps", type=int, default=3600)
+    parser.add_argument("--eval-questions", type=int, default=1000, help="closed questions per split (plus half as many open)")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override the chosen setting (not then val-chosen)")
+    parser.add_argument("--stage2-lr", type=float, default=None, help="override the chosen setting (not then val-chosen)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--stage1-lr", type=float, default=2e-3)
-    parser.add_argument("--stage2-lr", type=float, default=1.5e-3)
     parser.add_argument("--save-every", type=int, default=1000, help="checkpoint interval (optimizer steps)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -214,47 +254,106 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None, help="training outputs (default: a temporary folder)")
     parser.add_argument("--save-dir", default=None, help="write the trained real-run model here (save_pretrained)")
     parser.add_argument("--skip-control", action="store_true", help="train only the real run (no ablation)")
+    parser.add_argument("--control-only", action="store_true", help="train and test only the control (chosen setting)")
     args = parser.parse_args()
+    args.grid = [(lr, steps) for lr in GRID_LRS for steps in GRID_STEPS]
+    if args.smoke:
+        args.train_cases, args.val_cases, args.test_cases, args.eval_questions = 48, 24, 24, 16
+        args.batch_size, args.save_every, args.grid = 8, 1000, [(1.5e-3, 4), (2.5e-3, 4)]
+    chosen = (args.stage2_lr or CHOSEN["stage2_lr"], args.stage2_steps or CHOSEN["stage2_steps"])
+    args.chosen = args.grid[0] if args.smoke and not args.tune else chosen
+    args.overridden = args.stage2_lr is not None or args.stage2_steps is not None
+    return args
+
+
+def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q: list, test_q: list,
+             chance: list, majority: list, start: float) -> tuple[float, int]:
+    """Stage 1, stage 2 per setting on val, then the chosen model on the test split once; returns the setting."""
+    test_groups = groups(test_q)
+    init, loss1 = train_stage1(work / "real" / "stage1", tokenizer, config, cases["train"], pix["train"], args)
+    print(f"real stage 1: loss {loss1:.3f}", flush=True)
+    val_groups = groups(val_q)
+    grid = args.grid if args.tune else [args.chosen]
+    val_closed: dict[tuple[float, int], float] = {}
+    for lr, steps in grid:
+        t0 = time.perf_counter()
+        model, loss2 = train_stage2(work / "real" / f"stage2_lr{lr:g}_s{steps}", init, tokenizer, config, cases["train"],
+                                    pix["train"], lr, steps, args)
+        hits = evaluate(model, tokenizer, pix["val"], val_q)
+        val_closed[(lr, steps)] = wilson(pick(hits, val_groups["CLOSED"]))[0]
+        print(f"RESULT split=val stage2_lr={lr:g} stage2_steps={steps} {fmt('closed_acc', pick(hits, val_groups['CLOSED']))} "
+              f"{fmt('open_acc', pick(hits, val_groups['OPEN']))} stage2_loss={loss2:.3f} "
+              f"train_min={(time.perf_counter() - t0) / 60:.2f}", flush=True)
+    lr, steps = max(grid, key=lambda s: (val_closed[s], -s[1]))  # best val closed accuracy; ties: fewer steps
+    how = "chosen on val by this run (--tune)" if args.tune else (
+        "given on the command line, NOT chosen on val" if args.overridden else f"committed, {CHOSEN_PROVENANCE}")
+    print(f"stage 2 setting: lr={lr:g} steps={steps} ({how})", flush=True)
+    model, _ = load_pretrained(work / "real" / f"stage2_lr{lr:g}_s{steps}" / "model", dtype=torch.float32)
+
+    # The test split, once: the chosen model, the same model on blank images (next to the image-free baselines).
+    real = evaluate(model, tokenizer, pix["test"], test_q)
+    blank = evaluate(model, tokenizer, torch.zeros_like(pix["test"]), test_q)
+    if args.save_dir:
+        model.config.name = DEMO_NAME
+        save_pretrained(model, args.save_dir, tokenizer)
+        print(f"saved {args.save_dir} ({sum(f.stat().st_size for f in Path(args.save_dir).iterdir()) / 2**20:.1f} MiB)")
+    c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
+    for name, idx in test_groups.items():
+        if name not in ("CLOSED", "OPEN"):
+            print(f"RESULT split=test family={name} n={len(idx)} {fmt('acc', pick(real, idx))} "
+                  f"chance={np.mean(pick(chance, idx)):.4f} {fmt('majority', pick(majority, idx))} "
+                  f"{fmt('blank_image', pick(blank, idx))}")
+    closed_p, closed_lo, _ = wilson(pick(real, c))
+    print(f"goal: closed >= 0.90 ({'met' if closed_p >= 0.9 else 'NOT met'}; 95 % lower bound {closed_lo:.3f} "
+          f"{'>=' if closed_lo >= 0.9 else '<'} 0.90)")
+    print(f"RESULT split=test stage2_lr={lr:g} stage2_steps={steps} n_closed={len(c)} {fmt('closed_acc', pick(real, c))} "
+          f"chance=0.5000 {fmt('majority', pick(majority, c))} {fmt('blank_image', pick(blank, c))} "
+          f"n_open={len(o)} {fmt('open_acc', pick(real, o))} open_chance={np.mean(pick(chance, o)) if o else float('nan'):.4f} "
+          f"{fmt('open_majority', pick(majority, o))} {fmt('open_blank_image', pick(blank, o))} "
+          f"minutes={(time.perf_counter() - start) / 60:.2f}", flush=True)
+    return lr, steps
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-
-    train_cases = make_cases("train", args.train_cases, args.seed)
-    test_cases = make_cases("test", args.test_cases, args.seed)
     cache = Path(args.cache_dir)
-    train_pix = pixels_via_dicom(train_cases, cache / f"train_s{args.seed}_n{args.train_cases}_{IMAGE_SIZE}.pt")
-    test_pix = pixels_via_dicom(test_cases, cache / f"test_s{args.seed}_n{args.test_cases}_{IMAGE_SIZE}.pt")
+    cases, pix = {}, {}
+    for split, n in (("train", args.train_cases), ("val", args.val_cases), ("test", args.test_cases)):
+        cases[split] = make_cases(split, n, args.seed)
+        pix[split] = pixels_via_dicom(cases[split], cache / f"{split}_s{args.seed}_n{n}_{IMAGE_SIZE}.pt")
+    check_disjoint(cases)
+    train_cases = cases["train"]
     texts = [caption(c) for c in train_cases[:500]] + [f"{qa.question} {qa.answer}" for c in train_cases[:500] for qa in make_questions(c)]
     tokenizer = build_bpe_tokenizer(texts, vocab_size=400, model_max_length=256)
     config = demo_config(tokenizer)
-    questions = balanced_eval_set(test_cases, args.eval_questions, args.seed)
-    prep_min = (time.perf_counter() - start) / 60
-    print(f"data: {len(train_cases)} train / {len(test_cases)} test phantoms via DICOM + MedicalImageToPixels, "
-          f"{len(questions)} eval questions ({Counter(q.answer_type for _, q in questions)}), {prep_min:.2f} min", flush=True)
-
+    val_q = balanced_eval_set(cases["val"], args.eval_questions, args.seed + 1)
+    test_q = balanced_eval_set(cases["test"], args.eval_questions, args.seed)
+    print(f"data: {len(train_cases)} train / {len(cases['val'])} val / {len(cases['test'])} test phantoms (disjoint) via "
+          f"DICOM + MedicalImageToPixels; {len(val_q)} val / {len(test_q)} test questions "
+          f"({Counter(q.answer_type for _, q in test_q)}), {(time.perf_counter() - start) / 60:.2f} min", flush=True)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_train_"))
-    runs = {"real": train_pix} if args.skip_control else {"real": train_pix, "control": torch.zeros_like(train_pix)}
-    scores = {}
-    for tag, pix in runs.items():
-        t0 = time.perf_counter()
-        model, loss1, loss2 = train_two_stages(tag, work, tokenizer, config, train_cases, pix, args)
-        train_min = (time.perf_counter() - t0) / 60
-        eval_pix = test_pix if tag == "real" else torch.zeros_like(test_pix)
-        scores[tag] = evaluate(model, tokenizer, eval_pix, questions)
-        detail = " ".join(f"{k}={v:.3f}" for k, v in sorted(scores[tag].items()))
-        print(f"{tag}: stage1 loss {loss1:.3f}, stage2 loss {loss2:.3f}, train {train_min:.2f} min | {detail}", flush=True)
-        if tag == "real" and args.save_dir:
-            model.config.name = DEMO_NAME
-            save_pretrained(model, args.save_dir, tokenizer)
-            size = sum(f.stat().st_size for f in Path(args.save_dir).iterdir()) / 2**20
-            print(f"saved {args.save_dir} ({size:.1f} MiB)", flush=True)
+    chance, majority = image_free_baselines(train_cases, test_q)
+    test_groups = groups(test_q)
+    c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
+    lr, steps = args.chosen if args.control_only else run_real(
+        args, work, tokenizer, config, cases, pix, val_q, test_q, chance, majority, start)
+    if not args.skip_control:  # printed after the real run's lines, so a cut-short control loses only itself
+        blank_train = torch.zeros_like(pix["train"])
+        cinit, _ = train_stage1(work / "control" / "stage1", tokenizer, config, train_cases, blank_train, args)
+        cmodel, closs = train_stage2(work / "control" / "stage2", cinit, tokenizer, config, train_cases, blank_train, lr, steps, args)
+        control = evaluate(cmodel, tokenizer, torch.zeros_like(pix["test"]), test_q)
+        print(f"control (trained and tested on blank images, same setting): stage2 loss {closs:.3f}")
+        for name, idx in test_groups.items():
+            if name not in ("CLOSED", "OPEN"):
+                print(f"RESULT split=test family={name} n={len(idx)} {fmt('control', pick(control, idx))} "
+                      f"chance={np.mean(pick(chance, idx)):.4f}")
+        print(f"goal: control within 0.10 of chance 0.50 ({'met' if abs(wilson(pick(control, c))[0] - 0.5) <= 0.1 else 'NOT met'})")
+        print(f"RESULT split=test {fmt('control_acc', pick(control, c))} chance=0.5000 "
+              f"{fmt('open_control_acc', pick(control, o))} minutes={(time.perf_counter() - start) / 60:.2f}")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    minutes = (time.perf_counter() - start) / 60
-    closed, control = scores["real"]["CLOSED"], scores.get("control", {}).get("CLOSED", float("nan"))
-    print(f"goal: closed >= 0.90 ({'met' if closed >= 0.9 else 'NOT met'}), control within 0.10 of chance 0.50 "
-          f"({'met' if abs(control - 0.5) <= 0.10 else 'NOT met'}), <= 15 min ({'met' if minutes <= 15 else 'NOT met'})")
-    print(f"RESULT closed_acc={closed:.4f} control_acc={control:.4f} chance=0.5000 "
-          f"open_acc={scores['real'].get('OPEN', float('nan')):.4f} minutes={minutes:.2f}")
 
 
 if __name__ == "__main__":
