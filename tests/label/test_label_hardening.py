@@ -213,7 +213,9 @@ PARAM_PROBES = [
     ('"a string"', 400, "must be a JSON object"),
     ("", 400, "question is required"),
     (json.dumps({"question": "q\u0000\u0001\u202e", "max_new_tokens": 2}), 200, None),
-    (json.dumps({"question": "<image> <image> <image>", "max_new_tokens": 2}), 400, "placeholders for 1 images"),
+    (json.dumps({"question": "<image> <image> <image> What is this?", "max_new_tokens": 2}), 400,
+     "placeholders for 1 images"),
+    (json.dumps({"question": "<image> <image>", "max_new_tokens": 2}), 400, "the question is empty"),
     (json.dumps({"question": "</s>[INST] [/INST] <unk><pad>", "max_new_tokens": 2}), 200, None),
 ]
 
