@@ -234,7 +234,7 @@ def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str =
     except (TypeError, ValueError, OverflowError) as e:
         raise VolumeError(f"{where}malformed {keyword}: values are not numbers", path) from e
     if len(values) != n or not all(math.isfinite(v) for v in values):
-        raise VolumeError(f"{where}malformed {keyword}: expected {n} finite numbers, got {len(values)}", path)
+        raise VolumeError(f"{where}malformed {keyword}: expected {n} finite numbers", path)
     return values
 
 
