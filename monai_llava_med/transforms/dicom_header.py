@@ -72,6 +72,11 @@ def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) ->
     return ds
 
 
+def _is_multi(value: Any) -> bool:
+    """Whether an element value holds several values (pydicom's ``MultiValue``, or a list/tuple)."""
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+
+
 def _get(ds: Any, keyword: str, path: str | PathLike, where: str = "") -> Any:
     """``ds.get(keyword)``; a value pydicom cannot convert (odd byte length, unknown VR...) is a typed error."""
     try:
@@ -100,7 +105,7 @@ def header_int(ds: Any, keyword: str, path: str | PathLike, default: Any = 0, wh
     value = _get(ds, keyword, path, where)
     if value is None or value == "":
         return default
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if _is_multi(value):
         raise DicomDecodeError(f"{where}malformed {keyword}: several values where one integer is expected", path)
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
@@ -123,8 +128,7 @@ def header_strings(ds: Any) -> list[str]:
                     value = group[tag].value
                 except Exception:
                     continue
-                multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
-                out.extend(str(v) for v in (value if multi else [value])
+                out.extend(str(v) for v in (value if _is_multi(value) else [value])
                            if isinstance(v, (str, int, float)) or type(v).__name__ == "PersonName")
     return out
 
@@ -203,7 +207,7 @@ def header_value(ds: Any, keyword: str) -> float | None:
         return None
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if _is_multi(value):
         value = value[0] if len(value) else None
     try:
         out = float(value)
@@ -229,8 +233,7 @@ def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str =
     if value is None or value == "":
         return None
     try:
-        multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
-        values = tuple(float(v) for v in (value if multi else [value]))
+        values = tuple(float(v) for v in (value if _is_multi(value) else [value]))
     except (TypeError, ValueError, OverflowError) as e:
         raise VolumeError(f"{where}malformed {keyword}: values are not numbers", path) from e
     if len(values) != n or not all(math.isfinite(v) for v in values):
