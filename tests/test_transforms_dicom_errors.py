@@ -261,25 +261,31 @@ try:
     pre(path)
     print("DECODED")
 except LlavaMedInputError as e:
-    print("TYPED", type(e).__name__, e.path, e.reason)
+    print("TYPED", type(e).__name__)
+    print(e.path)
+    print(e.reason)
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc and RLIMIT_AS")
-@pytest.mark.parametrize("extra_mib", [300, 1600])  # fails inside pydicom; fails in torch after decoding (here)
+@pytest.mark.parametrize("extra_mib", [150, 400])  # fails inside pydicom; fails in torch after decoding (here)
 def test_out_of_memory_is_a_typed_error(tmp_path, extra_mib):
-    """A 8192x8192 CT slice under an address-space limit: whichever allocation fails, the error names the file."""
+    """A 4096x4096 CT slice (the largest a 2D image may claim, limits.MAX_IMAGE_PIXELS) under an address-space
+    limit: whichever allocation fails, the error is typed, names the file and says memory ran out.
+
+    (With a larger slice the header check refuses it before any allocation; 600 MiB more decodes it whole.)
+    """
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OMP_NUM_THREADS": "1"}
     path = str(tmp_path / "big.dcm")
-    run = subprocess.run([sys.executable, "-c", _UNDER_MEMORY_LIMIT, path, "8192", str(extra_mib)], env=env,
+    run = subprocess.run([sys.executable, "-c", _UNDER_MEMORY_LIMIT, path, "4096", str(extra_mib)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
-    last = run.stdout.strip().splitlines()[-1]
-    assert last == "DECODED" or (last.startswith("TYPED") and path in last and "memory" in last), last
+    kind, where, reason = run.stdout.strip().splitlines()[-3:]
+    assert kind.startswith("TYPED") and where == path and "not enough memory" in reason, (kind, where, reason)
 
 
 def test_an_element_claiming_more_bytes_than_the_file_holds_is_refused_before_it_is_read(tmp_path):

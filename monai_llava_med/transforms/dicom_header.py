@@ -99,6 +99,11 @@ def _check_deferred_lengths(ds: Any, path: str | PathLike) -> None:
                                    "of the file", path)
 
 
+def _is_multi(value: Any) -> bool:
+    """Whether an element value holds several values (pydicom's ``MultiValue``, or a list/tuple)."""
+    return isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+
+
 def _get(ds: Any, keyword: str, path: str | PathLike, where: str = "") -> Any:
     """``ds.get(keyword)``; a value pydicom cannot convert (odd byte length, unknown VR...) is a typed error."""
     try:
@@ -127,7 +132,7 @@ def header_int(ds: Any, keyword: str, path: str | PathLike, default: Any = 0, wh
     value = _get(ds, keyword, path, where)
     if value is None or value == "":
         return default
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if _is_multi(value):
         raise DicomDecodeError(f"{where}malformed {keyword}: several values where one integer is expected", path)
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
@@ -150,8 +155,7 @@ def header_strings(ds: Any) -> list[str]:
                     value = group[tag].value
                 except Exception:
                     continue
-                multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
-                out.extend(str(v) for v in (value if multi else [value])
+                out.extend(str(v) for v in (value if _is_multi(value) else [value])
                            if isinstance(v, (str, int, float)) or type(v).__name__ == "PersonName")
     return out
 
@@ -230,7 +234,7 @@ def header_value(ds: Any, keyword: str) -> float | None:
         return None
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if _is_multi(value):
         value = value[0] if len(value) else None
     try:
         out = float(value)
@@ -259,12 +263,11 @@ def tag_floats(ds: Any, keyword: str, n: int, path: str | PathLike, where: str =
     if value is None or value == "":
         return None
     try:
-        multi = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
-        values = tuple(float(v) for v in (value if multi else [value]))
+        values = tuple(float(v) for v in (value if _is_multi(value) else [value]))
     except (TypeError, ValueError, OverflowError) as e:
         raise VolumeError(f"{where}malformed {keyword}: values are not numbers", path) from e
     if len(values) != n or not all(math.isfinite(v) for v in values):
-        raise VolumeError(f"{where}malformed {keyword}: expected {n} finite numbers, got {len(values)}", path)
+        raise VolumeError(f"{where}malformed {keyword}: expected {n} finite numbers", path)
     if keyword == "PixelSpacing" and values == (0.0, 0.0):
         return None  # "0\\0": written by some modalities for an unknown spacing (e.g. pydicom's RG1_J2KR.dcm)
     if keyword in _GEOMETRY_RANGES:

@@ -20,7 +20,7 @@ import os
 import warnings
 import zlib
 from os import PathLike
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..errors import DicomDecodeError, ImageReadError
 
@@ -146,6 +146,37 @@ def reduce_photo(im: Any, max_side: int = MAX_DECODE_SIDE) -> Any:
     return im.reduce(k)
 
 
+def _inflates_to(fh: BinaryIO, wbits: int, needed: int, members: bool = False) -> bool:
+    """Whether the compressed stream read from ``fh`` inflates to at least ``needed`` bytes (1 MB chunks, nothing kept).
+
+    Args:
+        fh: the file, positioned at the start of the stream.
+        wbits: ``zlib`` window bits: ``16 + MAX_WBITS`` for gzip, ``-MAX_WBITS`` for a raw deflate stream.
+        needed: bytes wanted; counting stops as soon as they are reached.
+        members: go on with the next member when a stream ends (multi-member gzip files).
+
+    Returns:
+        False also for a stream that ends early (truncated) or is corrupt.
+    """
+    inflate = zlib.decompressobj(wbits)
+    total = 0
+    try:
+        while total < needed:
+            data = inflate.unconsumed_tail or fh.read(_CHUNK)
+            if not data:
+                return False
+            total += len(inflate.decompress(data, _CHUNK))
+            if inflate.eof:
+                if not (members and inflate.unused_data):
+                    break
+                rest = inflate.unused_data  # a multi-member gzip file: go on with the next member
+                inflate = zlib.decompressobj(wbits)
+                total += len(inflate.decompress(rest, _CHUNK))
+    except zlib.error:
+        return False
+    return total >= needed
+
+
 def stream_holds(path: str | PathLike, needed: int, gzipped: bool) -> bool:
     """Whether a file (or its gzip stream) holds at least ``needed`` bytes, read in 1 MB chunks, nothing kept.
 
@@ -156,24 +187,8 @@ def stream_holds(path: str | PathLike, needed: int, gzipped: bool) -> bool:
     """
     if not gzipped:
         return os.path.getsize(path) >= needed
-    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    total = 0
-    try:
-        with open(path, "rb") as fh:
-            while total < needed:
-                data = inflate.unconsumed_tail or fh.read(_CHUNK)
-                if not data:
-                    return False
-                total += len(inflate.decompress(data, _CHUNK))
-                if inflate.eof:
-                    if not inflate.unused_data:
-                        return total >= needed
-                    rest = inflate.unused_data  # a multi-member gzip file: go on with the next member
-                    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    total += len(inflate.decompress(rest, _CHUNK))
-    except zlib.error:
-        return False
-    return total >= needed
+    with open(path, "rb") as fh:
+        return _inflates_to(fh, 16 + zlib.MAX_WBITS, needed, members=True)
 
 
 def check_data_size(n_values: int, itemsize: int, offset: int, path: str | PathLike, gzipped: bool,
@@ -219,16 +234,8 @@ def check_deflated_dicom(path: str | PathLike, max_bytes: int = MAX_INFLATED_BYT
             if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_TS:
                 return
             # _read_file_meta_info leaves fh at the end of the meta group: the raw deflate stream starts here
-            inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-            total = 0
-            while not inflate.eof:
-                data = inflate.unconsumed_tail or fh.read(_CHUNK)
-                if not data:
-                    return
-                total += len(inflate.decompress(data, _CHUNK))
-                if total > max_bytes:
-                    break
+            too_large = _inflates_to(fh, -zlib.MAX_WBITS, max_bytes + 1)
     except Exception:  # unreadable meta or stream: the DICOM reader reports it with its typed error
         return
-    if total > max_bytes:
+    if too_large:
         raise DicomDecodeError(f"deflated DICOM data inflates to more than the limit of {max_bytes} bytes", path)

@@ -35,6 +35,7 @@ from monai.transforms import ForegroundMask, MapTransform, Transform
 from monai.utils import optional_import
 
 from ..errors import SlideError
+from .readers import redact_text
 
 tifffile, _ = optional_import("tifffile")
 threshold_otsu, has_skimage = optional_import("skimage.filters", name="threshold_otsu")
@@ -62,7 +63,7 @@ def tiff_level_shapes(path: str | PathLike) -> list[tuple[int, ...]]:
         with tifffile.TiffFile(str(path)) as tif:
             shapes = [tuple(int(s) for s in page.shape) for page in tif.pages]
     except Exception as e:
-        raise SlideError(f"unreadable TIFF ({type(e).__name__}: {' '.join(str(e).split())[:160]})", path) from e
+        raise SlideError(f"unreadable TIFF ({type(e).__name__}: {redact_text(e, limit=160)})", path) from e
     if not shapes or any(len(s) < 2 or min(s[:2]) <= 0 for s in shapes):  # a page may have no shape at all
         raise SlideError("TIFF holds no image (no pages or a zero-size page)", path)
     return shapes
@@ -157,7 +158,7 @@ class SlideTiles(Transform):
             shapes = tiff_level_shapes(path)
             sizes = [s[0] * s[1] for s in shapes]
             if any(b >= a for a, b in zip(sizes, sizes[1:])):
-                raise SlideError(f"pyramid levels are not successively smaller: {[s[:2] for s in shapes]}", path)
+                raise SlideError("pyramid levels are not successively smaller", path)  # sizes come from the header
         backends = [self.backend] + (["tifffile"] if self.auto and self.backend != "tifffile" else [])
         for n, backend in enumerate(backends):
             reader = WSIReader(backend=backend)
@@ -165,8 +166,7 @@ class SlideTiles(Transform):
                 return reader, reader.read(str(path)), backend
             except Exception as e:  # auto: openslide refuses some generic TIFF pyramids, tifffile reads them
                 if n + 1 == len(backends):
-                    msg = " ".join(str(e).split())[:160]
-                    raise SlideError(f"unreadable slide ({type(e).__name__}: {msg})", path) from e
+                    raise SlideError(f"unreadable slide ({type(e).__name__}: {redact_text(e, limit=160)})", path) from e
         raise SlideError("no WSIReader backend", path)
 
     def _read(self, reader: WSIReader, wsi: Any, path: str | PathLike, **kwargs: Any) -> np.ndarray:
@@ -175,7 +175,7 @@ class SlideTiles(Transform):
                 warnings.simplefilter("ignore")
                 data, _ = reader.get_data(wsi, **kwargs)
         except Exception as e:
-            raise SlideError(f"cannot read slide region {kwargs} ({type(e).__name__}: {e})", path) from e
+            raise SlideError(f"cannot read slide region {kwargs} ({type(e).__name__}: {redact_text(e)})", path) from e
         return np.asarray(data)
 
     def __call__(self, path: str | PathLike) -> list[MetaTensor]:  # type: ignore[override]
