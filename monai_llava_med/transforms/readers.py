@@ -52,7 +52,8 @@ def short_text(e: BaseException, limit: int = 200) -> str:
 
 
 #: Loggers of the image readers and decoder plugins; their records may quote header values or dump tracebacks.
-READER_LOGGERS = ("pydicom", "pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "PIL", "nibabel", "LoadImage", "monai.data")
+READER_LOGGERS = ("pydicom", "pylibjpeg", "libjpeg", "openjpeg", "jpeg_ls", "PIL", "nibabel", "SimpleITK", "tifffile",
+                  "highdicom", "LoadImage", "monai.data")
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 _QUIET_LOCK = threading.Lock()
 _QUIET_STATE: dict[str, Any] = {"depth": 0, "levels": {}}

@@ -24,6 +24,7 @@ import warnings
 from typing import Any
 
 from ...constants import MODALITY_CODES
+from ...transforms.readers import READER_LOGGERS
 from ...errors import (
     CheckpointError,
     DicomDecodeError,
@@ -57,8 +58,8 @@ INPUT_ERROR_DETAILS: tuple[tuple[type[LlavaMedInputError], str], ...] = (
     (RecordError, "the request cannot be turned into a model input"),
     (CheckpointError, "the model cannot be used"),
 )
-#: Packages (top-level names, for loggers) that parse image files; their texts may quote header values.
-READER_PACKAGES = ("pydicom", "PIL", "SimpleITK", "nibabel", "tifffile", "highdicom", "pylibjpeg", "openjpeg")
+#: Loggers of the packages that parse image files (the list the transforms mute); their texts may quote header values.
+READER_PACKAGES = READER_LOGGERS
 #: Source folders whose warnings are withheld: the readers above plus MONAI's and this library's image loaders.
 READER_SOURCES = (*READER_PACKAGES, "monai/data", "monai/transforms/io", "monai_llava_med/transforms")
 #: What replaces a withheld message.
