@@ -29,11 +29,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from ..errors import VolumeError
-from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_dicom_file, scan_dicom_series
+from .dicom_file import load_dicom_slice
+from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, scan_dicom_series
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
-from .readers import memory_guard
+from .readers import QuietReaders, memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
 
 __all__ = [
@@ -132,11 +133,12 @@ class RadiologyViews(Transform):
         """Return the views of ``path``."""
         kind = kind or detect_input_kind(path)
         if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central"):
-            info = scan_dicom_series(path, self.max_voxels)
-            modality = (self.modality or info.meta["modality"]).upper()
-            fixed_window = self.window not in ("auto", "percentile", None) or modality == "CT"
-            if len(info.files) > 1 and info.is_standard_axial and fixed_window:
-                return self._lazy_axial(info, Path(path).name, modality)
+            with QuietReaders():  # once for the whole series, not again for each of its files
+                info = scan_dicom_series(path, self.max_voxels)
+                modality = (self.modality or info.meta["modality"]).upper()
+                fixed_window = self.window not in ("auto", "percentile", None) or modality == "CT"
+                if len(info.files) > 1 and info.is_standard_axial and fixed_window:
+                    return self._lazy_axial(info, Path(path).name, modality)
         img = self.loader(path, kind=kind)  # type: ignore[arg-type]
         img = self.orient(img)
         img = self.intensity(img)
@@ -145,9 +147,9 @@ class RadiologyViews(Transform):
     def _lazy_axial(self, info: Any, source: str, modality: str) -> list[MetaTensor]:
         views = []
         for index in self.to_views.select(len(info.files)):
-            sl = load_dicom_file(info.files[index], self.max_voxels)
-            sl.meta.update(modality=modality, source=source, window_center=info.meta["window_center"],
-                           window_width=info.meta["window_width"], photometric=info.meta["photometric"])
+            sl = MetaTensor(load_dicom_slice(info.files[index], self.max_voxels))
+            sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
+                       "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
             shown = self.intensity(sl)
             shown = _square_pixels(shown, info.spacing[0], info.spacing[1])
             meta = shown.meta if isinstance(shown, MetaTensor) else sl.meta
@@ -221,7 +223,11 @@ class MedicalImageToPixels(Transform):
         with memory_guard(path):
             views = self.views(path)
             try:
-                pixels = torch.stack([self.pixels(v) for v in views])
+                head = self.pixels(views[0])
+                pixels = torch.empty((len(views), *head.shape), dtype=head.dtype)  # filled in place: no stack copy
+                pixels[0] = head
+                for i, v in enumerate(views[1:], 1):
+                    pixels[i] = self.pixels(v)
             except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
                 raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
         first = views[0].meta
