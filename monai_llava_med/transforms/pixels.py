@@ -33,6 +33,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from ..constants import CLIP_MEAN, CLIP_STD
+from .readers import all_finite
 
 __all__ = [
     "CLIP_MEAN",
@@ -67,12 +68,6 @@ def _box_reduce(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """Whether a float tensor holds no NaN/inf: one min/max pass (NaN propagates through both, inf shows in one)."""
-    lo, hi = torch.aminmax(t)
-    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
-
-
 def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     """Values in [0, 255] -> uint8, floats rounded half up (``floor(x + 0.5)``); same shape.
 
@@ -82,7 +77,7 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.uint8:
         return t
     if t.is_floating_point():
-        if not _all_finite(t):
+        if not all_finite(t):
             raise ValueError("image holds NaN/inf values")
         # x + 0.5 >= 0.5 after the clamp, so the cast's truncation is floor(x + 0.5)
         return t.clamp(0, 255).add_(0.5).to(torch.uint8)
