@@ -509,3 +509,19 @@ def test_series_slice_decode_refuses_nan_rescale_and_bad_pixels(tmp_path):
     ds.PixelData = ds.PixelData[:100]
     with pytest.raises(LlavaMedInputError):
         load_dicom_slice(save_dicom(ds, tmp_path / "short.dcm"))
+
+
+@pytest.mark.parametrize("slope,intercept", [(1.0, -1024.0), (2.0, 5.0), (1.0, 0.0), (0.5, 0.3), (1.3, -1024.7),
+                                             (256.0, -8000000.0), (-1.0, 3.0)])
+def test_series_slice_rescale_equals_the_file_reader(tmp_path, slope, intercept):
+    """Integer and fractional rescales over the whole int16 range: the slice decode's values are the reader's."""
+    from monai_llava_med.transforms.dicom_file import load_dicom_file, load_dicom_slice
+
+    rng = np.random.default_rng(7)
+    stored = rng.integers(-32768, 32768, (64, 64)).astype(np.int16)
+    stored[0, :4] = (-32768, 32767, 0, -1)
+    path = save_dicom(make_ct_dataset(stored, intercept=intercept, slope=slope), tmp_path / "s.dcm")
+    ref = load_dicom_file(path).as_subclass(torch.Tensor)
+    got = load_dicom_slice(path)
+    assert got.dtype == ref.dtype == torch.float32
+    assert np.array_equal(got.numpy().view(np.uint32), ref.numpy().view(np.uint32))  # bit for bit, signed zeros too

@@ -195,6 +195,23 @@ def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) 
     return img
 
 
+def _rescaled(data: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """PydicomReader's rescale, ``float32(data) * slope + intercept`` (float64 scalars), as float32.
+
+    Integer pixels of at most 16 bits with an integer slope and intercept whose results stay below 2^24 are exact
+    integers in float32 arithmetic as in float64, so that common case (CT) is computed in place in float32.
+    """
+    out = data.astype(np.float32)
+    small = data.dtype.kind in "iu" and data.dtype.itemsize <= 2
+    if small and float(slope).is_integer() and float(intercept).is_integer() and (
+            65535 * abs(float(slope)) + abs(float(intercept)) < 2**24):
+        if slope != 1:
+            out *= np.float32(slope)
+        out += np.float32(intercept)
+        return out
+    return out * slope + intercept
+
+
 def load_dicom_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> torch.Tensor:
     """The pixels of one slice of a scanned series: float32 ``(C, H, W)``, the values :func:`load_dicom_file` gives.
 
@@ -222,9 +239,9 @@ def load_dicom_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS)
             return load_dicom_file(path, max_voxels).as_subclass(torch.Tensor)
         try:
             data = ds.pixel_array
-            if "RescaleSlope" in ds or "RescaleIntercept" in ds:  # PydicomReader's rescale, in its dtype
-                data = data.astype(np.float32) * (ds.RescaleSlope if "RescaleSlope" in ds else 1.0) + (
-                    ds.RescaleIntercept if "RescaleIntercept" in ds else 0.0)
+            if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+                data = _rescaled(data, ds.RescaleSlope if "RescaleSlope" in ds else 1.0,
+                                 ds.RescaleIntercept if "RescaleIntercept" in ds else 0.0)
         except BaseException as e:
             if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                 raise  # KeyboardInterrupt, SystemExit; a Rust decoder's PanicException derives from BaseException

@@ -167,8 +167,8 @@ class ImageToClipPixels(Transform):
         self._mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1) * 255.0)
 
-    def to_unnormalised(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
+    def _resized(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Padded and resized uint8 ``(..., C, S, S)``; C is 1 for a grey image that needs no coloured padding."""
         x, grey = _grey_uint8(img)
         single = x.ndim == 3
         if single:
@@ -176,22 +176,23 @@ class ImageToClipPixels(Transform):
         elif x.ndim != 4:
             raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
         s = self.image_size
-        if grey and (not self.pad or x.shape[-1] == x.shape[-2]):
-            # no coloured padding: resizing the one grey plane, then spreading it, gives the same pixels
-            x = _to_rgb(_resize(x, (s, s))).float().contiguous()
-            return x[0] if single else x
-        x = _to_rgb(x)
-        if self.pad and max(x.shape[-2:]) > PAD_FIRST_MAX_SIDE and x.shape[-1] != x.shape[-2]:
-            x = _box_reduce(x, math.ceil(max(x.shape[-2:]) / PAD_FIRST_MAX_SIDE))  # bounded canvas, same geometry
-        if self.pad:
-            x = pad_to_square(x, self.fill)
-        x = _resize(x, (s, s)).float().contiguous()
+        if not (grey and (not self.pad or x.shape[-1] == x.shape[-2])):
+            # (a grey image without coloured padding is resized as its one plane: the same pixels, a third the work)
+            x = _to_rgb(x)
+            if self.pad and max(x.shape[-2:]) > PAD_FIRST_MAX_SIDE and x.shape[-1] != x.shape[-2]:
+                x = _box_reduce(x, math.ceil(max(x.shape[-2:]) / PAD_FIRST_MAX_SIDE))  # bounded canvas, same geometry
+            if self.pad:
+                x = pad_to_square(x, self.fill)
+        x = _resize(x, (s, s))
         return x[0] if single else x
+
+    def to_unnormalised(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
+        return _to_rgb(self._resized(img)).float().contiguous()
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Pad, resize and normalise ``img``."""
-        x = self.to_unnormalised(img)
-        return (x - self._mean) * self._inv_std
+        return (self._resized(img).float().contiguous() - self._mean).mul_(self._inv_std)  # grey broadcasts to 3
 
 
 class ImageToClipPixelsd(MapTransform):
