@@ -126,3 +126,14 @@ def test_grey_plane_equals_the_same_image_spread_to_rgb(pad, shape):
     bad[0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN/inf"):
         pix(bad)
+
+
+def test_out_argument_gives_the_same_pixels():
+    """``out=`` writes exactly what the call returns (the pipeline fills its batch this way)."""
+    rng = np.random.default_rng(5)
+    pix = ImageToClipPixels(224)
+    for img in (torch.as_tensor(rng.uniform(0, 255, (1, 300, 300)).astype(np.float32)),
+                torch.as_tensor(rng.integers(0, 256, (3, 200, 320), dtype=np.uint8))):
+        buf = torch.full((2, 3, 224, 224), 7.0)
+        assert pix(img, out=buf[1]) is not None
+        assert torch.equal(buf[1], pix(img)) and bool((buf[0] == 7.0).all())

@@ -132,8 +132,7 @@ class RadiologyViews(Transform):
     def __call__(self, path: str | PathLike, kind: str | None = None) -> list[MetaTensor]:  # type: ignore[override]
         """Return the views of ``path``."""
         with QuietReaders():  # once for the whole input, not again for each file of a series
-            count, views = self.stream(path, kind)
-            return list(views)
+            return list(self.stream(path, kind)[1])
 
     def stream(self, path: str | PathLike, kind: str | None = None) -> tuple[int, Iterator[MetaTensor]]:
         """The number of views of ``path`` and an iterator over them, in order.
@@ -251,12 +250,14 @@ class MedicalImageToPixels(Transform):
             pixels = torch.empty(0)
             for i, view in enumerate(views):  # errors while making a view propagate as they are
                 try:
-                    p = self.pixels(view)
+                    if i == 0:
+                        head = self.pixels(view)
+                        pixels = torch.empty((count, *head.shape), dtype=head.dtype)  # filled in place: no stack
+                        pixels[0] = head
+                    else:
+                        self.pixels(view, out=pixels[i])
                 except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
                     raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
-                if i == 0:
-                    pixels = torch.empty((count, *p.shape), dtype=p.dtype)  # filled in place: no stack copy
-                pixels[i] = p
                 metas.append(view.meta)
         first = metas[0]
         return {

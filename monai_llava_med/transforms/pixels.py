@@ -190,9 +190,12 @@ class ImageToClipPixels(Transform):
         """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
         return _to_rgb(self._resized(img)).float().contiguous()
 
-    def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Pad, resize and normalise ``img``."""
-        return (self._resized(img).float().contiguous() - self._mean).mul_(self._inv_std)  # grey broadcasts to 3
+    def __call__(self, img: torch.Tensor | np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Pad, resize and normalise ``img``, into ``out`` (a float32 tensor of the result's shape) when given."""
+        x = self._resized(img).float().contiguous()
+        if out is None:
+            return (x - self._mean).mul_(self._inv_std)  # a grey plane broadcasts to three channels
+        return torch.sub(x, self._mean, out=out).mul_(self._inv_std)
 
 
 class ImageToClipPixelsd(MapTransform):
