@@ -105,3 +105,35 @@ def test_dict_wrapper_and_errors():
         ImageToClipPixels(8)(torch.full((1, 4, 4), float("nan")))
     with pytest.raises(ValueError):
         ImageToClipPixels(0)
+
+
+@pytest.mark.parametrize("pad,shape", [(True, (512, 512)), (True, (96, 96)), (False, (300, 500)), (True, (300, 500))])
+def test_grey_plane_equals_the_same_image_spread_to_rgb(pad, shape):
+    """A grey image is converted and resized as one plane: bit for bit what its three-channel copy gives."""
+    rng = np.random.default_rng(3)
+    grey = torch.as_tensor(rng.uniform(-20, 280, (1, *shape)).astype(np.float32))
+    grey[0, :, shape[1] // 2] = 127.5  # exact halves round up
+    rgb = grey.expand(3, *shape).clone()
+    pix = ImageToClipPixels(224, pad=pad)
+    assert torch.equal(pix(grey), pix(rgb))
+    assert torch.equal(pix(grey[None].repeat(2, 1, 1, 1)), pix(rgb[None].repeat(2, 1, 1, 1)))
+    u8 = torch.as_tensor(rng.integers(0, 256, (1, *shape), dtype=np.uint8))
+    assert torch.equal(pix.to_unnormalised(u8), pix.to_unnormalised(u8.expand(3, *shape)))
+    bad = grey.clone()
+    bad[0, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        pix(bad)
+    bad[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        pix(bad)
+
+
+def test_out_argument_gives_the_same_pixels():
+    """``out=`` writes exactly what the call returns (the pipeline fills its batch this way)."""
+    rng = np.random.default_rng(5)
+    pix = ImageToClipPixels(224)
+    for img in (torch.as_tensor(rng.uniform(0, 255, (1, 300, 300)).astype(np.float32)),
+                torch.as_tensor(rng.integers(0, 256, (3, 200, 320), dtype=np.uint8))):
+        buf = torch.full((2, 3, 224, 224), 7.0)
+        assert pix(img, out=buf[1]) is not None
+        assert torch.equal(buf[1], pix(img)) and bool((buf[0] == 7.0).all())

@@ -48,7 +48,7 @@ apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_
 if not _has_color_lut:  # pydicom 2.x
     apply_color_lut, _ = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
 
-__all__ = ["load_dicom_file", "decode_error"]
+__all__ = ["load_dicom_file", "load_dicom_slice", "decode_error"]
 
 _LIBJPEG = (("pylibjpeg", "pylibjpeg"), ("pylibjpeg-libjpeg", "libjpeg"))
 _OPENJPEG = (("pylibjpeg", "pylibjpeg"), ("pylibjpeg-openjpeg", "openjpeg"))
@@ -191,6 +191,64 @@ def load_dicom_file(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) 
     """
     with QuietReaders(), memory_guard(path):
         img = _load(path, max_voxels)
+        check_values(img, path)
+    return img
+
+
+def _rescaled(data: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """PydicomReader's rescale, ``float32(data) * slope + intercept`` (float64 scalars), as float32.
+
+    Integer pixels of at most 16 bits with an integer slope and intercept whose results stay below 2^24 are exact
+    integers in float32 arithmetic as in float64, so that common case (CT) is computed in place in float32.
+    """
+    out = data.astype(np.float32)
+    small = data.dtype.kind in "iu" and data.dtype.itemsize <= 2
+    if small and float(slope).is_integer() and float(intercept).is_integer() and (
+            65535 * abs(float(slope)) + abs(float(intercept)) < 2**24):
+        if slope != 1:
+            out *= np.float32(slope)
+        out += np.float32(intercept)
+        return out
+    return out * slope + intercept
+
+
+def load_dicom_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> torch.Tensor:
+    """The pixels of one slice of a scanned series: float32 ``(C, H, W)``, the values :func:`load_dicom_file` gives.
+
+    A single-frame grey image (no PALETTE COLOR, rescale at the top level or none) is decoded by pydicom directly,
+    with the reader's rescale (``float32(pixels) * RescaleSlope + RescaleIntercept``), and no geometry or reader
+    metadata is built; any other file goes through :func:`load_dicom_file`. The checks are the same.
+
+    Args:
+        path: a DICOM file.
+        max_voxels: size limit (checked from the header before decoding).
+
+    Raises:
+        DicomDecodeError: see :func:`load_dicom_file`.
+        ImageReadError: see :func:`load_dicom_file`.
+        VolumeError: NaN/inf values, see :func:`load_dicom_file`.
+    """
+    with QuietReaders(), memory_guard(path):
+        ds = read_dicom_header(path)
+        check_dicom_pixels(ds, path, max_voxels)
+        simple = (header_int(ds, "NumberOfFrames", path, default=1) == 1
+                  and header_int(ds, "SamplesPerPixel", path, default=1) == 1
+                  and dicom_meta(ds, file_name(path))["photometric"] != "PALETTE COLOR"
+                  and _frame_rescale(ds, 1, path) is None)
+        if not simple:
+            return load_dicom_file(path, max_voxels).as_subclass(torch.Tensor)
+        try:
+            data = ds.pixel_array
+            if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+                data = _rescaled(data, ds.RescaleSlope if "RescaleSlope" in ds else 1.0,
+                                 ds.RescaleIntercept if "RescaleIntercept" in ds else 0.0)
+        except BaseException as e:
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, SystemExit; a Rust decoder's PanicException derives from BaseException
+            raise decode_error(e, ds, path) from e
+        if data.ndim != 2:
+            raise VolumeError(f"DICOM image decoded to {data.ndim + 1} dimensions (3 expected)", path)
+        img = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
         check_values(img, path)
     return img
 

@@ -18,7 +18,7 @@ equals the full-volume path. The result has no patient identifiers: only the fie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,12 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from ..errors import VolumeError
-from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, load_dicom_file, scan_dicom_series
+from .dicom_file import load_dicom_slice
+from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, scan_dicom_series
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
-from .readers import memory_guard
+from .readers import QuietReaders, memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
 
 __all__ = [
@@ -130,29 +131,44 @@ class RadiologyViews(Transform):
 
     def __call__(self, path: str | PathLike, kind: str | None = None) -> list[MetaTensor]:  # type: ignore[override]
         """Return the views of ``path``."""
+        with QuietReaders():  # once for the whole input, not again for each file of a series
+            return list(self.stream(path, kind)[1])
+
+    def stream(self, path: str | PathLike, kind: str | None = None) -> tuple[int, Iterator[MetaTensor]]:
+        """The number of views of ``path`` and an iterator over them, in order.
+
+        An axial series read slice by slice (see ``lazy_series``) decodes each slice only when its view is taken,
+        so a caller that converts the views one by one holds one decoded slice at a time.
+
+        Args:
+            path: the input.
+            kind: its kind, as :func:`~.input_kind.detect_input_kind` names it (detected when None).
+        """
         kind = kind or detect_input_kind(path)
         if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central"):
-            info = scan_dicom_series(path, self.max_voxels)
+            with QuietReaders():
+                info = scan_dicom_series(path, self.max_voxels)
             modality = (self.modality or info.meta["modality"]).upper()
             fixed_window = self.window not in ("auto", "percentile", None) or modality == "CT"
             if len(info.files) > 1 and info.is_standard_axial and fixed_window:
-                return self._lazy_axial(info, Path(path).name, modality)
+                indices = self.to_views.select(len(info.files))
+                return len(indices), self._lazy_axial(info, indices, Path(path).name, modality)
         img = self.loader(path, kind=kind)  # type: ignore[arg-type]
         img = self.orient(img)
         img = self.intensity(img)
-        return self.to_views(img)
+        views = self.to_views(img)
+        return len(views), iter(views)
 
-    def _lazy_axial(self, info: Any, source: str, modality: str) -> list[MetaTensor]:
-        views = []
-        for index in self.to_views.select(len(info.files)):
-            sl = load_dicom_file(info.files[index], self.max_voxels)
-            sl.meta.update(modality=modality, source=source, window_center=info.meta["window_center"],
-                           window_width=info.meta["window_width"], photometric=info.meta["photometric"])
+    def _lazy_axial(self, info: Any, indices: list[int], source: str, modality: str) -> Iterator[MetaTensor]:
+        for index in indices:
+            with QuietReaders():
+                sl = MetaTensor(load_dicom_slice(info.files[index], self.max_voxels))
+            sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
+                       "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
             shown = self.intensity(sl)
             shown = _square_pixels(shown, info.spacing[0], info.spacing[1])
             meta = shown.meta if isinstance(shown, MetaTensor) else sl.meta
-            views.append(_view(shown, {"kind": "slice", "plane": "axial", "index": int(index)}, meta))
-        return views
+            yield _view(shown, {"kind": "slice", "plane": "axial", "index": int(index)}, meta)
 
 
 class MedicalImageToPixels(Transform):
@@ -211,23 +227,42 @@ class MedicalImageToPixels(Transform):
 
     def views(self, path: str | PathLike) -> list[MetaTensor]:
         """The display images (before CLIP pixels) of ``path``, each with ``meta["view"]``."""
+        with QuietReaders():
+            return list(self._stream(path)[1])
+
+    def _stream(self, path: str | PathLike) -> tuple[int, Iterator[MetaTensor]]:
+        """Number of views/tiles of ``path`` and an iterator over them (see :meth:`RadiologyViews.stream`)."""
         kind = detect_input_kind(path)
         if kind == "slide":
-            return self.pathology(path)
-        return self.radiology(path, kind=kind)
+            tiles = self.pathology(path)
+            return len(tiles), iter(tiles)
+        return self.radiology.stream(path, kind=kind)
 
     def __call__(self, path: str | PathLike) -> dict[str, Any]:  # type: ignore[override]
-        """Return ``{"pixel_values": (V, 3, S, S) float32, "views": [...], "modality", "source", "window"}``."""
-        with memory_guard(path):
-            views = self.views(path)
-            try:
-                pixels = torch.stack([self.pixels(v) for v in views])
-            except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
-                raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
-        first = views[0].meta
+        """Return ``{"pixel_values": (V, 3, S, S) float32, "views": [...], "modality", "source", "window"}``.
+
+        Views are converted as they come (:meth:`RadiologyViews.stream`) into one preallocated batch, so a series
+        read slice by slice never holds all its display images at once.
+        """
+        with memory_guard(path), QuietReaders():
+            count, views = self._stream(path)
+            metas: list[dict[str, Any]] = []
+            pixels = torch.empty(0)
+            for i, view in enumerate(views):  # errors while making a view propagate as they are
+                try:
+                    if i == 0:
+                        head = self.pixels(view)
+                        pixels = torch.empty((count, *head.shape), dtype=head.dtype)  # filled in place: no stack
+                        pixels[0] = head
+                    else:
+                        self.pixels(view, out=pixels[i])
+                except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
+                    raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
+                metas.append(view.meta)
+        first = metas[0]
         return {
             "pixel_values": pixels,
-            "views": [dict(v.meta["view"]) for v in views],
+            "views": [dict(m["view"]) for m in metas],
             "modality": str(first.get("modality", "OT")),
             "source": Path(path).name,
             "window": first.get("window"),

@@ -33,6 +33,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from ..constants import CLIP_MEAN, CLIP_STD
+from .readers import all_finite
 
 __all__ = [
     "CLIP_MEAN",
@@ -67,8 +68,30 @@ def _box_reduce(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``(..., C, H, W)`` with values in [0, 255], C in {1, 3, 4} -> uint8 ``(..., 3, H, W)``."""
+def _to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 255] -> uint8, floats rounded half up (``floor(x + 0.5)``); same shape.
+
+    Raises:
+        ValueError: a float tensor with NaN/inf values.
+    """
+    if t.dtype == torch.uint8:
+        return t
+    if t.is_floating_point():
+        if not all_finite(t):
+            raise ValueError("image holds NaN/inf values")
+        # x + 0.5 >= 0.5 after the clamp, so the cast's truncation is floor(x + 0.5)
+        return t.clamp(0, 255).add_(0.5).to(torch.uint8)
+    return t.clamp(0, 255).to(torch.uint8)
+
+
+def _grey_uint8(img: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, bool]:
+    """``(..., C, H, W)`` in [0, 255] -> uint8 with C in {1, 3} (alpha dropped) and whether C is 1 (grey).
+
+    Conversion happens before a grey image is spread to three channels, so it runs on one plane.
+
+    Raises:
+        ValueError: fewer than 3 dimensions, a channel count other than 1, 3 or 4, a zero-size side, NaN/inf.
+    """
     t = torch.as_tensor(np.asarray(img) if not isinstance(img, torch.Tensor) else img)
     if isinstance(t, torch.Tensor) and type(t) is not torch.Tensor:
         t = t.as_subclass(torch.Tensor)  # drop MetaTensor: its metadata has no place in the pixels
@@ -77,19 +100,21 @@ def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
     channels = t.shape[-3]
     if channels == 4:
         t = t[..., :3, :, :]
-    elif channels == 1:
-        t = t.expand(*t.shape[:-3], 3, *t.shape[-2:])
-    elif channels != 3:
+    elif channels not in (1, 3):
         raise ValueError(f"expected 1, 3 or 4 channels, got {channels} (shape {tuple(t.shape)})")
     if min(t.shape[-2:]) <= 0:
         raise ValueError(f"image has a zero-size side: {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        return t
-    if t.is_floating_point():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError("image holds NaN/inf values")
-        return torch.floor(t.clamp(0, 255) + 0.5).to(torch.uint8)
-    return t.clamp(0, 255).to(torch.uint8)
+    return _to_uint8(t), channels == 1
+
+
+def _to_rgb(t: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(..., 1 or 3, H, W)`` -> ``(..., 3, H, W)`` (grey spread to three channels, a view)."""
+    return t.expand(*t.shape[:-3], 3, *t.shape[-2:]) if t.shape[-3] == 1 else t
+
+
+def _to_uint8_rgb(img: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``(..., C, H, W)`` with values in [0, 255], C in {1, 3, 4} -> uint8 ``(..., 3, H, W)``."""
+    return _to_rgb(_grey_uint8(img)[0])
 
 
 def pad_to_square(img: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
@@ -142,26 +167,35 @@ class ImageToClipPixels(Transform):
         self._mean = torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1) * 255.0)
 
-    def to_unnormalised(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
-        x = _to_uint8_rgb(img)
+    def _resized(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Padded and resized uint8 ``(..., C, S, S)``; C is 1 for a grey image that needs no coloured padding."""
+        x, grey = _grey_uint8(img)
         single = x.ndim == 3
         if single:
             x = x.unsqueeze(0)
         elif x.ndim != 4:
             raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(x.shape)}")
         s = self.image_size
-        if self.pad and max(x.shape[-2:]) > PAD_FIRST_MAX_SIDE and x.shape[-1] != x.shape[-2]:
-            x = _box_reduce(x, math.ceil(max(x.shape[-2:]) / PAD_FIRST_MAX_SIDE))  # bounded canvas, same geometry
-        if self.pad:
-            x = pad_to_square(x, self.fill)
-        x = _resize(x, (s, s)).float().contiguous()
+        if not (grey and (not self.pad or x.shape[-1] == x.shape[-2])):
+            # (a grey image without coloured padding is resized as its one plane: the same pixels, a third the work)
+            x = _to_rgb(x)
+            if self.pad and max(x.shape[-2:]) > PAD_FIRST_MAX_SIDE and x.shape[-1] != x.shape[-2]:
+                x = _box_reduce(x, math.ceil(max(x.shape[-2:]) / PAD_FIRST_MAX_SIDE))  # bounded canvas, same geometry
+            if self.pad:
+                x = pad_to_square(x, self.fill)
+        x = _resize(x, (s, s))
         return x[0] if single else x
 
-    def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Pad, resize and normalise ``img``."""
-        x = self.to_unnormalised(img)
-        return (x - self._mean) * self._inv_std
+    def to_unnormalised(self, img: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
+        return _to_rgb(self._resized(img)).float().contiguous()
+
+    def __call__(self, img: torch.Tensor | np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Pad, resize and normalise ``img``, into ``out`` (a float32 tensor of the result's shape) when given."""
+        x = self._resized(img).float().contiguous()
+        if out is None:
+            return (x - self._mean).mul_(self._inv_std)  # a grey plane broadcasts to three channels
+        return torch.sub(x, self._mean, out=out).mul_(self._inv_std)
 
 
 class ImageToClipPixelsd(MapTransform):

@@ -32,7 +32,7 @@ from ..errors import ImageReadError, VolumeError
 from .limits import reduce_photo
 
 __all__ = ["DEFAULT_MAX_VOXELS", "READER_LOGGERS", "file_name", "short_text", "redact_text", "QuietReaders",
-           "memory_guard", "cached_loader", "run_loader", "clean_meta", "check_values"]
+           "memory_guard", "cached_loader", "run_loader", "clean_meta", "all_finite", "check_values"]
 
 #: Refuse anything larger than this many voxels (x channels) for a radiology volume: 2^27 (512 x 512 x 512). The
 #: whole-volume path peaks at about 22 bytes per voxel (docs/limits.md), ~3 GB here; 2D images have their own,
@@ -181,6 +181,16 @@ def clean_meta(img: MetaTensor, extra: dict[str, Any]) -> MetaTensor:
     return img
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether a float tensor holds no NaN/inf, in one min/max pass (NaN propagates to both, inf shows in one).
+
+    Args:
+        t: a non-empty floating-point tensor.
+    """
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+
+
 def check_values(img: torch.Tensor, path: str | PathLike) -> None:
     """Refuse an empty image or one holding NaN/inf values.
 
@@ -189,6 +199,6 @@ def check_values(img: torch.Tensor, path: str | PathLike) -> None:
     """
     if img.numel() == 0:
         raise VolumeError(f"image is empty (shape {tuple(img.shape)})", path)
-    if img.is_floating_point() and not bool(torch.isfinite(img).all()):
+    if img.is_floating_point() and not all_finite(img):
         bad = int((~torch.isfinite(img)).sum())
         raise VolumeError(f"image holds {bad} NaN/inf values", path)
