@@ -484,44 +484,44 @@ def test_instance_order_scrambled_is_refused_for_full_volume(tmp_path):
 )
 def test_series_slice_decode_equals_the_file_reader(name):
     """The series' direct slice decode gives load_dicom_file's values bit for bit (dtype included)."""
-    from monai_llava_med.transforms.dicom_file import load_dicom_file, load_dicom_slice
+    from monai_llava_med.transforms.dicom_file import load_dicom_file, decode_series_slice
 
     ref = load_dicom_file(shipped_file(name)).as_subclass(torch.Tensor)
-    got = load_dicom_slice(shipped_file(name))
+    got = decode_series_slice(shipped_file(name))
     assert type(got) is torch.Tensor and got.dtype == ref.dtype == torch.float32
     assert torch.equal(got, ref)
 
 
 def test_series_slice_decode_refuses_nan_rescale_and_bad_pixels(tmp_path):
     """The direct decode keeps the file reader's checks: NaN rescale, NaN pixels and a truncated PixelData."""
-    from monai_llava_med.transforms.dicom_file import load_dicom_slice
+    from monai_llava_med.transforms.dicom_file import decode_series_slice
 
     hu = np.arange(64 * 64, dtype=np.int16).reshape(64, 64) - 1000
     ds = make_ct_dataset(hu)
     good = save_dicom(ds, tmp_path / "good.dcm")
     expected = hu.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-    np.testing.assert_array_equal(load_dicom_slice(good)[0].numpy(), expected)
+    np.testing.assert_array_equal(decode_series_slice(good)[0].numpy(), expected)
     ds = make_ct_dataset(hu)
     ds.RescaleIntercept = "NaN"
     with pytest.raises(DicomDecodeError):
-        load_dicom_slice(save_dicom(ds, tmp_path / "nan.dcm"))
+        decode_series_slice(save_dicom(ds, tmp_path / "nan.dcm"))
     ds = make_ct_dataset(hu)
     ds.PixelData = ds.PixelData[:100]
     with pytest.raises(LlavaMedInputError):
-        load_dicom_slice(save_dicom(ds, tmp_path / "short.dcm"))
+        decode_series_slice(save_dicom(ds, tmp_path / "short.dcm"))
 
 
 @pytest.mark.parametrize("slope,intercept", [(1.0, -1024.0), (2.0, 5.0), (1.0, 0.0), (0.5, 0.3), (1.3, -1024.7),
                                              (256.0, -8000000.0), (-1.0, 3.0)])
 def test_series_slice_rescale_equals_the_file_reader(tmp_path, slope, intercept):
     """Integer and fractional rescales over the whole int16 range: the slice decode's values are the reader's."""
-    from monai_llava_med.transforms.dicom_file import load_dicom_file, load_dicom_slice
+    from monai_llava_med.transforms.dicom_file import load_dicom_file, decode_series_slice
 
     rng = np.random.default_rng(7)
     stored = rng.integers(-32768, 32768, (64, 64)).astype(np.int16)
     stored[0, :4] = (-32768, 32767, 0, -1)
     path = save_dicom(make_ct_dataset(stored, intercept=intercept, slope=slope), tmp_path / "s.dcm")
     ref = load_dicom_file(path).as_subclass(torch.Tensor)
-    got = load_dicom_slice(path)
+    got = decode_series_slice(path)
     assert got.dtype == ref.dtype == torch.float32
     assert np.array_equal(got.numpy().view(np.uint32), ref.numpy().view(np.uint32))  # bit for bit, signed zeros too

@@ -48,7 +48,7 @@ apply_color_lut, _has_color_lut = optional_import("pydicom.pixels", name="apply_
 if not _has_color_lut:  # pydicom 2.x
     apply_color_lut, _ = optional_import("pydicom.pixel_data_handlers.util", name="apply_color_lut")
 
-__all__ = ["load_dicom_file", "load_dicom_slice", "decode_error"]
+__all__ = ["load_dicom_file", "decode_series_slice", "decode_error"]
 
 _LIBJPEG = (("pylibjpeg", "pylibjpeg"), ("pylibjpeg-libjpeg", "libjpeg"))
 _OPENJPEG = (("pylibjpeg", "pylibjpeg"), ("pylibjpeg-openjpeg", "openjpeg"))
@@ -212,7 +212,7 @@ def _rescaled(data: np.ndarray, slope: float, intercept: float) -> np.ndarray:
     return out * slope + intercept
 
 
-def load_dicom_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> torch.Tensor:
+def decode_series_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> torch.Tensor:
     """The pixels of one slice of a scanned series: float32 ``(C, H, W)``, the values :func:`load_dicom_file` gives.
 
     A single-frame grey image (no PALETTE COLOR, rescale at the top level or none) is decoded by pydicom directly,

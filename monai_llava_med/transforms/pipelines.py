@@ -29,7 +29,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from ..errors import VolumeError
-from .dicom_file import load_dicom_slice
+from .dicom_file import decode_series_slice
 from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, scan_dicom_series
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
@@ -162,7 +162,7 @@ class RadiologyViews(Transform):
     def _lazy_axial(self, info: Any, indices: list[int], source: str, modality: str) -> Iterator[MetaTensor]:
         for index in indices:
             with QuietReaders():
-                sl = MetaTensor(load_dicom_slice(info.files[index], self.max_voxels))
+                sl = MetaTensor(decode_series_slice(info.files[index], self.max_voxels))
             sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
                        "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
             shown = self.intensity(sl)
