@@ -51,6 +51,7 @@ _GEOMETRY_RANGES = {
 }
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+_PIXEL_DATA = 0x7FE00010
 
 
 def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) -> Any:
@@ -95,6 +96,9 @@ def _check_deferred_lengths(ds: Any, path: str | PathLike) -> None:
         length, tell = getattr(raw, "length", 0), getattr(raw, "value_tell", None)
         if getattr(raw, "value", b"") is None and tell is not None and length != _UNDEFINED_LENGTH \
                 and tell + length > size:
+            if getattr(raw, "tag", None) == _PIXEL_DATA:
+                raise DicomDecodeError("file is truncated: its pixel data (PixelData) ends before its declared "
+                                       "length", path)
             raise DicomDecodeError("file is truncated or corrupt: an element's declared length runs past the end "
                                    "of the file", path)
 
