@@ -21,10 +21,12 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
+# pytest-xdist runs the suite on TEST_WORKERS processes (2: the cores of the reference machine; 0 = serial)
+TEST_WORKERS ?= 2
 # lint-imports checks the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md)
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not label" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not label" tests
 
 # Long fuzz campaign over the loading entry point (tests/fuzz; make test runs a short one): counts of ok / typed /
 # untyped / crash / hang / memory / nonfinite / leak; failing inputs are kept in FUZZ_FAILURES (under .cache/, ignored)
