@@ -109,11 +109,11 @@ def _is_multi(value: Any) -> bool:
 
 
 def _get(ds: Any, keyword: str, path: str | PathLike, where: str = "") -> Any:
-    """``ds.get(keyword)``; a value pydicom cannot convert (odd byte length, unknown VR...) is a typed error."""
+    """``ds.get(keyword)``; a value pydicom cannot convert (odd byte length, or an unknown VR) is a typed error."""
     try:
         with QuietReaders():
             return ds.get(keyword)
-    except Exception as e:  # BytesLengthException, NotImplementedError (unknown VR), ValueError ...
+    except Exception as e:  # BytesLengthException, NotImplementedError (unknown VR), ValueError and the like
         raise DicomDecodeError(f"{where}unreadable {keyword} element ({type(e).__name__})", path) from e
 
 
