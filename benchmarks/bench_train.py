@@ -55,13 +55,17 @@ from torch.utils.data import Dataset
 
 from monai_llava_med.conversation import build_bpe_tokenizer, build_generation_inputs, tokenize_conversation
 from monai_llava_med.data import LlavaMedCollator
-from monai_llava_med.data.phantom import case_rng, generate_phantom, make_questions, write_dicom
+from monai_llava_med.data.phantom import (
+    case_rng, generate_phantom, make_questions, presence_agreement, weighted_questions, write_dicom,
+)
 from monai_llava_med.data.phantom.questions import NUMBER_WORDS, findings_from_label_map
 from monai_llava_med.metrics import closed_answer, normalize_answer
 from monai_llava_med.networks import LlavaMedConfig, load_pretrained, save_pretrained
 from monai_llava_med.transforms.pipelines import MedicalImageToPixels
 
-from vqa_scoring import check_disjoint, fmt, groups, image_free_baselines, pick, wilson  # benchmarks/ (script dir)
+from vqa_scoring import (  # benchmarks/ (script dir)
+    balanced_accuracy, check_disjoint, consistent_answers, fmt, groups, image_free_baselines, pick, wilson,
+)
 
 # The --tune grid (stage 2, on val only) and the setting it chose. The grid is small because of CPU time: on
 # 2 CPU cores shared with other jobs stage 2 ran at 40-120 steps/min, so the planned lr x {2400, 3600} grid
@@ -144,20 +148,46 @@ class PixelQADataset(Dataset):
         return item
 
 
-def build_items(cases: list, tokenizer, config: LlavaMedConfig, stage: str) -> list[dict]:
+def stage2_questions(cases: list, sampling: str, seed: int) -> list[tuple[int, object]]:
+    """The stage-2 questions: ``"all"`` asks every question of every phantom; ``"weighted"`` draws as many
+    by family weight with side answers that disagree with presence half of the time (``data.phantom.sampling``)."""
+    if sampling == "all":
+        return [(k, qa) for k, case in enumerate(cases) for qa in make_questions(case)]
+    n = sum(len(make_questions(case)) for case in cases)
+    return weighted_questions(cases, n, np.random.default_rng([seed, 7]))
+
+
+def build_items(cases: list, tokenizer, config: LlavaMedConfig, stage: str, sampling: str = "weighted",
+                seed: int = 0) -> list[dict]:
     common = {"num_images": 1, "num_image_tokens": config.num_image_tokens, "image_token_id": config.image_token_id,
               "max_length": config.model_max_length}
-    items = []
-    for k, case in enumerate(cases):
-        if stage == "stage1":
-            convs = [("plain", [("user", "<image>"), ("assistant", caption(case))])]
-        else:
-            convs = [("mistral_instruct", [("user", f"<image>\n{qa.question}"), ("assistant", qa.answer)])
-                     for qa in make_questions(case)]
-        for template, turns in convs:
-            enc = tokenize_conversation(turns, tokenizer, template, **common)
-            items.append({"case": k, **enc})
-    return items
+    if stage == "stage1":
+        convs = [(k, "plain", [("user", "<image>"), ("assistant", caption(case))]) for k, case in enumerate(cases)]
+    else:
+        convs = [(k, "mistral_instruct", [("user", f"<image>\n{qa.question}"), ("assistant", qa.answer)])
+                 for k, qa in stage2_questions(cases, sampling, seed)]
+    return [{"case": k, **tokenize_conversation(turns, tokenizer, template, **common)} for k, template, turns in convs]
+
+
+#: The four questions whose answers must agree with each other on every phantom (contradiction rate).
+CONSISTENCY_QUESTIONS = ("Is there a lesion in this image?", "Is there a lesion on the left side?",
+                         "Is there a lesion on the right side?", "How many lesions are there?")
+
+
+def consistency_set(cases: list, limit: int) -> list[tuple[int, object]]:
+    """The presence, left, right and count questions of the first ``limit`` phantoms, in that order."""
+    out = []
+    for k, case in enumerate(cases[:limit]):
+        qas = {qa.question: qa for qa in make_questions(case)}
+        out += [(k, qas[q]) for q in CONSISTENCY_QUESTIONS]
+    return out
+
+
+def contradiction_rate(answers: list[str]) -> list[int]:
+    """One 0/1 per phantom: 1 when its four answers (:data:`CONSISTENCY_QUESTIONS` order) contradict each other."""
+    return [int(not consistent_answers(closed_answer(answers[i]), closed_answer(answers[i + 1]),
+                                       closed_answer(answers[i + 2]), normalize_answer(answers[i + 3])))
+            for i in range(0, len(answers), 4)]
 
 
 def balanced_eval_set(cases: list, limit: int, seed: int) -> list[tuple[int, object]]:
@@ -180,8 +210,10 @@ def balanced_eval_set(cases: list, limit: int, seed: int) -> list[tuple[int, obj
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size: int = 128) -> list[int]:
-    """Greedy answers -> one hit (0/1) per question: closed normalised yes/no, open exact match."""
+def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size: int = 128,
+             answers: list[str] | None = None) -> list[int]:
+    """Greedy answers -> one hit (0/1) per question: closed normalised yes/no, open exact match (the decoded
+    answers are appended to ``answers`` when a list is given)."""
     cfg = model.config
     collate = LlavaMedCollator(tokenizer.pad_token_id, "left")
     hits: list[int] = []
@@ -198,6 +230,8 @@ def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for (_, qa), ids in zip(chunk, new):
             pred = tokenizer.decode(ids, skip_special_tokens=True)
+            if answers is not None:
+                answers.append(pred)
             ok = closed_answer(pred) == qa.answer if qa.answer_type == "CLOSED" else normalize_answer(pred) == normalize_answer(qa.answer)
             hits.append(int(ok))
     return hits
@@ -225,7 +259,7 @@ def train_stage2(out: Path, init: Path, tokenizer, config, train_cases, pixels, 
     """Stage 2 (projector + LM, questions) from the stage-1 export; returns the trained model and last loss."""
     from monai_llava_med.engines import build_trainer
 
-    s2 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage2"), pixels)
+    s2 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage2", args.sampling, args.seed), pixels)
     epochs = max(1, -(-steps * args.batch_size // len(s2)))
     t2 = build_trainer("stage2", train_data=s2, init_from=str(init), tokenizer=tokenizer, output_dir=str(out),
                        learning_rate=lr, num_epochs=epochs, max_steps=steps, warmup_ratio=0.03,
@@ -253,6 +287,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".cache" / "bench_train"))
     parser.add_argument("--work-dir", default=None, help="training outputs (default: a temporary folder)")
     parser.add_argument("--save-dir", default=None, help="write the trained real-run model here (save_pretrained)")
+    parser.add_argument("--sampling", choices=("weighted", "all"), default="weighted",
+                        help="stage-2 question mix: weighted families (default) or every question of every phantom")
+    parser.add_argument("--consistency-cases", type=int, default=300, help="test phantoms asked presence/left/right/count")
     parser.add_argument("--skip-control", action="store_true", help="train only the real run (no ablation)")
     parser.add_argument("--control-only", action="store_true", help="train and test only the control (chosen setting)")
     args = parser.parse_args()
@@ -260,6 +297,7 @@ def parse_args() -> argparse.Namespace:
     if args.smoke:
         args.train_cases, args.val_cases, args.test_cases, args.eval_questions = 48, 24, 24, 16
         args.batch_size, args.save_every, args.grid = 8, 1000, [(1.5e-3, 4), (2.5e-3, 4)]
+        args.consistency_cases = 12
     chosen = (args.stage2_lr or CHOSEN["stage2_lr"], args.stage2_steps or CHOSEN["stage2_steps"])
     args.chosen = args.grid[0] if args.smoke and not args.tune else chosen
     args.overridden = args.stage2_lr is not None or args.stage2_steps is not None
@@ -298,6 +336,16 @@ def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q:
         save_pretrained(model, args.save_dir, tokenizer)
         print(f"saved {args.save_dir} ({sum(f.stat().st_size for f in Path(args.save_dir).iterdir()) / 2**20:.1f} MiB)")
     c, o = test_groups["CLOSED"], test_groups.get("OPEN", [])
+    side = test_groups.get("side", [])
+    side_bacc = balanced_accuracy(pick(real, side), [test_q[i][1].answer for i in side])
+    cons_q, cons_answers = consistency_set(cases["test"], args.consistency_cases), []
+    evaluate(model, tokenizer, pix["test"], cons_q, answers=cons_answers)
+    contradictions = contradiction_rate(cons_answers)
+    same_sides = [int(closed_answer(cons_answers[i + 1]) == closed_answer(cons_answers[i + 2]))
+                  for i in range(0, len(cons_answers), 4) if len({les.side for les in cases["test"][cons_q[i][0]].lesions}) == 1]
+    print(f"RESULT split=test side_bacc={side_bacc:.4f} side_bacc_chance=0.5000 {fmt('contradiction_rate', contradictions)} "
+          f"phantoms={len(contradictions)} left_equals_right_on_one_sided={np.mean(same_sides) if same_sides else float('nan'):.4f}",
+          flush=True)
     for name, idx in test_groups.items():
         if name not in ("CLOSED", "OPEN"):
             print(f"RESULT split=test family={name} n={len(idx)} {fmt('acc', pick(real, idx))} "
@@ -310,7 +358,8 @@ def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q:
           f"chance=0.5000 {fmt('majority', pick(majority, c))} {fmt('blank_image', pick(blank, c))} "
           f"n_open={len(o)} {fmt('open_acc', pick(real, o))} open_chance={np.mean(pick(chance, o)) if o else float('nan'):.4f} "
           f"{fmt('open_majority', pick(majority, o))} {fmt('open_blank_image', pick(blank, o))} "
-          f"minutes={(time.perf_counter() - start) / 60:.2f}", flush=True)
+          f"sampling={args.sampling} side_bacc={side_bacc:.4f} {fmt('count_acc', pick(real, test_groups.get('count', [])))} "
+          f"contradiction_rate={np.mean(contradictions):.4f} minutes={(time.perf_counter() - start) / 60:.2f}", flush=True)
     return lr, steps
 
 
@@ -333,6 +382,10 @@ def main() -> None:
     print(f"data: {len(train_cases)} train / {len(cases['val'])} val / {len(cases['test'])} test phantoms (disjoint) via "
           f"DICOM + MedicalImageToPixels; {len(val_q)} val / {len(test_q)} test questions "
           f"({Counter(q.answer_type for _, q in test_q)}), {(time.perf_counter() - start) / 60:.2f} min", flush=True)
+    mix = stage2_questions(train_cases, args.sampling, args.seed)
+    print(f"stage-2 mix ({args.sampling}): {len(mix)} questions, {Counter(q.family for _, q in mix).most_common()}; "
+          f"side questions answered correctly by copying presence: "
+          f"{presence_agreement([(train_cases[k], q) for k, q in mix]):.3f}", flush=True)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="bench_train_"))
     chance, majority = image_free_baselines(train_cases, test_q)
     test_groups = groups(test_q)

@@ -13,7 +13,10 @@ from collections import Counter, defaultdict
 from monai_llava_med.data.phantom import FAMILIES, make_questions
 from monai_llava_med.metrics import normalize_answer
 
-__all__ = ["check_disjoint", "fmt", "groups", "image_free_baselines", "pick", "wilson"]
+__all__ = [
+    "balanced_accuracy", "check_disjoint", "consistent_answers", "fmt", "groups", "image_free_baselines", "pick",
+    "wilson",
+]
 
 Z95 = 1.959963984540054
 
@@ -117,3 +120,43 @@ def pick(values: list, idx: list[int]) -> list:
         The selected values, in ``idx`` order.
     """
     return [values[i] for i in idx]
+
+
+def balanced_accuracy(hits: list[int], truths: list[str]) -> float:
+    """Mean of the accuracies on each truth value (for side questions: yes and no), nan when one is missing.
+
+    Args:
+        hits: one 0/1 per question.
+        truths: the ground-truth answer of each question.
+
+    Returns:
+        The balanced accuracy.
+    """
+    per = defaultdict(list)
+    for h, t in zip(hits, truths):
+        per[normalize_answer(t)].append(h)
+    if len(per) < 2:
+        return float("nan")
+    return sum(sum(v) / len(v) for v in per.values()) / len(per)
+
+
+_COUNTS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "0": 0, "1": 1, "2": 2, "3": 3}
+
+
+def consistent_answers(presence: str | None, left: str | None, right: str | None, count: str) -> bool:
+    """Whether a model's four answers about one phantom can all be true together.
+
+    Args:
+        presence: closed answer ("yes"/"no"/None) to "Is there a lesion in this image?".
+        left: closed answer to "Is there a lesion on the left side?".
+        right: closed answer to "...on the right side?".
+        count: normalised answer to "How many lesions are there?".
+
+    Returns:
+        False when an answer is not yes/no (or not a count), or when presence disagrees with the sides or the
+        count, or both sides are "yes" with a count below two.
+    """
+    if None in (presence, left, right) or count not in _COUNTS:
+        return False
+    p, sides, n = presence == "yes", (left == "yes") + (right == "yes"), _COUNTS[count]
+    return p == (sides > 0) and p == (n > 0) and n >= sides

@@ -49,3 +49,33 @@ def test_majority_and_chance_come_from_the_train_answers():
         if len(counts) == 1 or counts[0][0] > counts[1][0]:  # a tie has no single majority answer to compare with
             assert m == int(counts[0][1] == qa.answer)
         assert c == (1 / len(set(answers)) if qa.answer in answers else 0.0)
+
+
+def test_balanced_accuracy_weights_each_truth_equally():
+    from vqa_scoring import balanced_accuracy
+
+    # 9 "no" questions all right, 1 "yes" question wrong: plain accuracy 0.9, balanced 0.5
+    assert balanced_accuracy([1] * 9 + [0], ["no"] * 9 + ["yes"]) == pytest.approx(0.5)
+    assert balanced_accuracy([1, 0, 1, 1], ["yes", "yes", "no", "no"]) == pytest.approx(0.75)
+    assert balanced_accuracy([1, 1], ["yes", "yes"]) != balanced_accuracy([1, 1], ["yes", "yes"])  # nan: one truth only
+
+
+@pytest.mark.parametrize(
+    "answers, ok",
+    [
+        (("no", "no", "no", "zero"), True),
+        (("yes", "yes", "no", "one"), True),
+        (("yes", "yes", "yes", "two"), True),
+        (("yes", "no", "yes", "three"), True),
+        (("yes", "yes", "yes", "one"), False),  # both sides but one lesion: the example
+        (("yes", "no", "no", "one"), False),  # a lesion on no side
+        (("no", "yes", "no", "zero"), False),  # a side lesion but no lesion
+        (("yes", "yes", "no", "zero"), False),
+        (("yes", None, "no", "one"), False),  # not a yes/no answer
+        (("yes", "yes", "no", "several"), False),
+    ],
+)
+def test_consistent_answers(answers, ok):
+    from vqa_scoring import consistent_answers
+
+    assert consistent_answers(*answers) is ok

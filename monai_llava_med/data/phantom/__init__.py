@@ -21,6 +21,7 @@ _SUBMODULE_ATTRS = {
     "questions": [
         "FAMILIES", "LesionFinding", "PhantomQA", "findings_from_label_map", "make_questions", "sample_question",
     ],
+    "sampling": ["DEFAULT_FAMILY_WEIGHTS", "family_probabilities", "presence_agreement", "weighted_questions"],
     "writers": ["nifti_affine", "window_to_uint8", "write_dicom", "write_nifti", "write_png"],
 }
 
