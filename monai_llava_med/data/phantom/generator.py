@@ -161,7 +161,8 @@ def generate_phantom(
         num_lesions: 0-3 (random when None); fewer are placed if they do not fit (rare).
         case_id: identifier stored on the case.
         lesion_z: ``"any"`` (default: lesion centres anywhere along z inside the organ) or ``"peripheral"``
-            (volumes: no lesion voxel on :func:`central_slices`; each lesion lies wholly above or below them).
+            (volumes: no lesion voxel on :func:`central_slices`; each lesion lies wholly above or below them, and
+            the sphere grown by one voxel lies inside the organ).
 
     Raises:
         ValueError: a bad argument, or ``"peripheral"`` with a depth too small for any lesion to fit
@@ -240,13 +241,15 @@ def generate_phantom(
                 for o in lesions
             ):
                 continue
+            dist2 = (xx - x) ** 2 + (yy - y) ** 2 + ((zz - z) ** 2 if ndim == 3 else 0.0)
+            if peripheral and not organ[dist2 <= (radius + 1.0) ** 2].all():
+                continue  # strictly inside: the sphere grown by one voxel lies in the organ
             if modality == "CT":
                 delta = float(rng.uniform(60, 150) if kind == "bright" else -rng.uniform(50, 120))
             else:
                 delta = float(rng.uniform(250, 500) if kind == "bright" else -rng.uniform(200, 350))
             center = (float(z), float(y), float(x)) if ndim == 3 else (float(y), float(x))
             lesions.append(Lesion(LABEL_FIRST_LESION + len(lesions), center, radius, kind, side, delta))
-            dist2 = (xx - x) ** 2 + (yy - y) ** 2 + ((zz - z) ** 2 if ndim == 3 else 0.0)
             disc = dist2 <= radius**2
             label[disc] = lesions[-1].label
             image[disc] = organ_value + delta
