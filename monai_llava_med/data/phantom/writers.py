@@ -30,7 +30,9 @@ from pydicom.valuerep import DSfloat
 
 from .generator import PhantomCase
 
-__all__ = ["INSTANCE_ORDERS", "lps_affine", "window_to_uint8", "nifti_affine", "write_dicom", "write_nifti", "write_png"]
+__all__ = [
+    "INSTANCE_ORDERS", "lps_affine", "window_to_uint8", "nifti_affine", "write_dicom", "write_nifti", "write_png",
+]
 
 _CT_INTERCEPT = -1024.0
 INSTANCE_ORDERS = ("ascending", "descending")
