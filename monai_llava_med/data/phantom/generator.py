@@ -162,7 +162,8 @@ def generate_phantom(
         case_id: identifier stored on the case.
         lesion_z: ``"any"`` (default: lesion centres anywhere along z inside the organ) or ``"peripheral"``
             (volumes: no lesion voxel on :func:`central_slices`; each lesion lies wholly above or below them, and
-            the sphere grown by one voxel lies inside the organ).
+            the sphere grown by one voxel lies inside the organ; a lesion that does not fit is shrunk down to
+            the smallest radius before it is dropped).
 
     Raises:
         ValueError: a bad argument, or ``"peripheral"`` with a depth too small for any lesion to fit
@@ -214,8 +215,11 @@ def generate_phantom(
         radius = float(rng.uniform(0.05, 0.11) * size)
         side = "left" if rng.random() < 0.5 else "right"
         kind = "bright" if rng.random() < 0.5 else "dark"
-        for _ in range(200):
+        radius0 = radius
+        for attempt in range(200):
             if peripheral:
+                # crowded slabs: shrink the lesion every 40 failed draws, never below the smallest radius
+                radius = max(0.05 * size, radius0 * 0.85 ** (attempt // 40))
                 centre = _peripheral_centre(rng, c, axes, mid, radius, side, band)
                 if centre is None:
                     break
