@@ -6,10 +6,14 @@
 
 DICOM: CT Image Storage or MR Image Storage, Explicit VR Little Endian, unsigned 16-bit pixels with
 RescaleSlope 1 and RescaleIntercept -1024 (CT, Hounsfield units) or 0 (MR); identity orientation, one
-file per slice with ImagePositionPatient stepping along z; deterministic UIDs derived from the case id
-and seed. Patient fields hold only the synthetic case id; no dates, no real data.
+file per slice with ImagePositionPatient stepping along z (:func:`lps_affine`: index ``(x, y, z)`` = (column,
+row, slice) -> LPS mm; slice ``k`` lies at ``z = (k - (D - 1) / 2) * spacing_z``, so higher slices are
+more superior); deterministic UIDs derived from the case id and seed. Patient fields hold only the
+synthetic case id; no dates, no real data. ``instance_order="descending"`` numbers (and names) the slices
+from the most superior one down, the geometry unchanged, as many scanners do.
 NIfTI: int16 intensities and a uint8 ``*_seg.nii.gz`` label map, with the RAS affine that matches the
-DICOM LPS geometry (x and y flipped).
+DICOM LPS geometry (x and y flipped); ``flip_z=True`` stores the slices in reverse order with the affine
+compensating (the same patient geometry).
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from pydicom.valuerep import DSfloat
 
 from .generator import PhantomCase
 
-__all__ = ["window_to_uint8", "nifti_affine", "write_dicom", "write_nifti", "write_png"]
+__all__ = [
+    "INSTANCE_ORDERS", "lps_affine", "window_to_uint8", "nifti_affine", "write_dicom", "write_nifti", "write_png",
+]
 
 _CT_INTERCEPT = -1024.0
+INSTANCE_ORDERS = ("ascending", "descending")
 
 
 def window_to_uint8(case: PhantomCase) -> np.ndarray:
@@ -42,6 +49,21 @@ def _spacing_and_origin(case: PhantomCase) -> tuple[tuple[float, float, float], 
     sz, sy, sx = case.spacing if case.ndim == 3 else (1.0, *case.spacing)
     nz, ny, nx = (1, *case.image.shape) if case.ndim == 2 else case.image.shape
     return (sz, sy, sx), (-(nx - 1) * sx / 2.0, -(ny - 1) * sy / 2.0, -(nz - 1) * sz / 2.0)
+
+
+def lps_affine(case: PhantomCase) -> np.ndarray:
+    """LPS affine of the DICOM geometry :func:`write_dicom` writes: index ``(x, y, z, 1)`` -> mm.
+
+    ``x`` is the column (last array axis), ``y`` the row, ``z`` the slice (first axis of a volume; 0 for an
+    image). Identity orientation: +x is the patient's left, +y posterior, +z superior.
+
+    Args:
+        case: the phantom.
+    """
+    (sz, sy, sx), origin = _spacing_and_origin(case)
+    affine = np.diag([sx, sy, sz, 1.0])
+    affine[:3, 3] = origin
+    return affine
 
 
 def nifti_affine(case: PhantomCase) -> np.ndarray:
@@ -94,17 +116,23 @@ def _ds(value: float) -> DSfloat:
     return DSfloat(float(value), auto_format=True)
 
 
-def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> list[Path]:
+def write_dicom(
+    case: PhantomCase, out: str | os.PathLike, *, seed: int = 0, instance_order: str = "ascending"
+) -> list[Path]:
     """Write a phantom as DICOM: one file for an image, a folder of slice files for a volume.
 
     Args:
         case: the phantom.
         out: file path (``.dcm``) for a 2-D case, folder for a 3-D case.
         seed: mixed into the UIDs (same case + seed -> same UIDs, byte-identical files).
+        instance_order: ``"ascending"`` (InstanceNumber 1 and ``slice_0000.dcm`` = the most inferior slice) or
+            ``"descending"`` (numbered and named from the most superior slice); positions are the same.
 
     Returns:
-        The written files, in slice order.
+        The written files, in slice order (inferior -> superior).
     """
+    if instance_order not in INSTANCE_ORDERS:
+        raise ValueError(f"instance_order must be one of {INSTANCE_ORDERS}, got {instance_order!r}")
     out = Path(out)
     vol = case.image[None] if case.ndim == 2 else case.image
     (sz, sy, sx), origin = _spacing_and_origin(case)
@@ -122,7 +150,8 @@ def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> 
     for k in range(vol.shape[0]):
         ds = _base_dataset(case, uid_seed)
         ds.SOPInstanceUID = generate_uid(entropy_srcs=[uid_seed, "instance", str(k)])
-        ds.InstanceNumber = k + 1
+        number = k if instance_order == "ascending" else vol.shape[0] - 1 - k
+        ds.InstanceNumber = number + 1
         # DS values are at most 16 characters: let pydicom format them (a raw float repr can be longer)
         ds.ImagePositionPatient = [_ds(origin[0]), _ds(origin[1]), _ds(origin[2] + k * sz)]
         ds.SliceLocation = _ds(origin[2] + k * sz)
@@ -135,23 +164,36 @@ def write_dicom(case: PhantomCase, out: str | os.PathLike, *, seed: int = 0) -> 
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
-        path = out / f"slice_{k:04d}.dcm" if case.ndim == 3 else out
+        path = out / f"slice_{number:04d}.dcm" if case.ndim == 3 else out
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return files
 
 
-def write_nifti(case: PhantomCase, out: str | os.PathLike, label_out: str | os.PathLike | None = None) -> Path:
+def write_nifti(
+    case: PhantomCase,
+    out: str | os.PathLike,
+    label_out: str | os.PathLike | None = None,
+    *,
+    flip_z: bool = False,
+) -> Path:
     """Write a phantom (and optionally its label map) as NIfTI.
 
     Args:
         case: the phantom.
         out: ``.nii`` or ``.nii.gz`` path of the intensities (int16).
         label_out: path of the label map (uint8), skipped when None.
+        flip_z: store the slices superior -> inferior, the affine's z column negated and its origin moved to
+            the last slice, so every voxel keeps its patient position.
     """
     vol = case.image[None] if case.ndim == 2 else case.image
     lab = case.label[None] if case.ndim == 2 else case.label
     affine = nifti_affine(case)
+    if flip_z:
+        vol, lab = vol[::-1], lab[::-1]
+        reverse = np.eye(4)
+        reverse[2, 2], reverse[2, 3] = -1.0, vol.shape[0] - 1  # new slice k holds old slice D - 1 - k
+        affine = affine @ reverse
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0)).astype(np.int16), affine)
