@@ -42,7 +42,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,7 +56,8 @@ from torch.utils.data import Dataset
 from monai_llava_med.conversation import build_bpe_tokenizer, build_generation_inputs, tokenize_conversation
 from monai_llava_med.data import LlavaMedCollator
 from monai_llava_med.data.phantom import (
-    case_rng, generate_phantom, make_questions, presence_agreement, weighted_questions, write_dicom,
+    balanced_question_set, case_rng, generate_phantom, make_questions, presence_agreement, weighted_questions,
+    write_dicom,
 )
 from monai_llava_med.data.phantom.questions import NUMBER_WORDS, findings_from_label_map
 from monai_llava_med.metrics import closed_answer, normalize_answer
@@ -188,25 +189,6 @@ def contradiction_rate(answers: list[str]) -> list[int]:
     return [int(not consistent_answers(closed_answer(answers[i]), closed_answer(answers[i + 1]),
                                        closed_answer(answers[i + 2]), normalize_answer(answers[i + 3])))
             for i in range(0, len(answers), 4)]
-
-
-def balanced_eval_set(cases: list, limit: int, seed: int) -> list[tuple[int, object]]:
-    """Held-out questions: closed ones balanced yes/no per question text (chance = 50 %), plus open ones."""
-    rng = np.random.default_rng(seed)
-    by_text: dict[tuple[str, str], list] = defaultdict(list)
-    open_qs = []
-    for k, case in enumerate(cases):
-        for qa in make_questions(case):
-            (by_text[(qa.question, qa.answer)] if qa.answer_type == "CLOSED" else open_qs).append((k, qa))
-    closed = []
-    for text in sorted({q for q, _ in by_text}):
-        yes, no = by_text[(text, "yes")], by_text[(text, "no")]
-        n = min(len(yes), len(no))
-        for pool in (yes, no):
-            closed += [pool[i] for i in rng.permutation(len(pool))[:n]]
-    closed = [closed[i] for i in rng.permutation(len(closed))[:limit]]
-    open_qs = [open_qs[i] for i in rng.permutation(len(open_qs))[: limit // 2]]
-    return closed + open_qs
 
 
 @torch.no_grad()
@@ -377,8 +359,8 @@ def main() -> None:
     texts = [caption(c) for c in train_cases[:500]] + [f"{qa.question} {qa.answer}" for c in train_cases[:500] for qa in make_questions(c)]
     tokenizer = build_bpe_tokenizer(texts, vocab_size=400, model_max_length=256)
     config = demo_config(tokenizer)
-    val_q = balanced_eval_set(cases["val"], args.eval_questions, args.seed + 1)
-    test_q = balanced_eval_set(cases["test"], args.eval_questions, args.seed)
+    val_q = balanced_question_set(cases["val"], make_questions, args.eval_questions, args.seed + 1)
+    test_q = balanced_question_set(cases["test"], make_questions, args.eval_questions, args.seed)
     print(f"data: {len(train_cases)} train / {len(cases['val'])} val / {len(cases['test'])} test phantoms (disjoint) via "
           f"DICOM + MedicalImageToPixels; {len(val_q)} val / {len(test_q)} test questions "
           f"({Counter(q.answer_type for _, q in test_q)}), {(time.perf_counter() - start) / 60:.2f} min", flush=True)

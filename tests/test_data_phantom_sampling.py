@@ -69,3 +69,23 @@ def test_family_weights_are_checked():
             family_probabilities(bad)
     with pytest.raises(ValueError):
         weighted_questions([], 5, np.random.default_rng(0))
+
+
+def test_volume_mix_balances_side_and_half_against_presence():
+    from monai_llava_med.data.phantom import DEFAULT_VOLUME_FAMILY_WEIGHTS, make_volume_questions
+    from monai_llava_med.data.phantom import weighted_volume_questions
+
+    vols = [generate_phantom(case_rng(5, "train", i), size=32, ndim=3, depth=32, lesion_z="peripheral",
+                             case_id=f"v{i}") for i in range(60)]
+    all_pairs = [(v, qa) for v in vols for qa in make_volume_questions(v)]
+    fams = ("volume_side", "volume_half")
+    kwargs = {"question_fn": make_volume_questions, "presence_family": "volume_presence"}
+    assert presence_agreement(all_pairs, fams, **kwargs) > 0.6  # the shortcut exists in the every-question mix
+    mix = weighted_volume_questions(vols, 4000, np.random.default_rng(1))
+    pairs = [(vols[k], qa) for k, qa in mix]
+    for fam in fams:
+        assert abs(presence_agreement(pairs, (fam,), **kwargs) - 0.5) < 0.05, fam
+    shares = Counter(qa.family for _, qa in mix)
+    assert set(shares) == set(DEFAULT_VOLUME_FAMILY_WEIGHTS)
+    # "the largest lesion" questions come only from volumes that have a clearly largest lesion
+    assert all(any(q.question == qa.question for q in make_volume_questions(vols[k])) for k, qa in mix)

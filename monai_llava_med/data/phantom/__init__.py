@@ -26,7 +26,10 @@ _SUBMODULE_ATTRS = {
     "questions": [
         "FAMILIES", "LesionFinding", "PhantomQA", "findings_from_label_map", "make_questions", "sample_question",
     ],
-    "sampling": ["DEFAULT_FAMILY_WEIGHTS", "family_probabilities", "presence_agreement", "weighted_questions"],
+    "sampling": [
+        "DEFAULT_FAMILY_WEIGHTS", "DEFAULT_VOLUME_FAMILY_WEIGHTS", "family_probabilities", "presence_agreement",
+        "weighted_questions", "weighted_volume_questions",
+    ],
     "volume_questions": [
         "LARGEST_MARGIN", "VOLUME_FAMILIES", "VolumeFinding", "index_to_lps", "make_volume_questions",
         "volume_findings",
