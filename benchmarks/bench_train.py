@@ -132,10 +132,21 @@ def pixels_via_dicom(cases: list, cache: Path) -> torch.Tensor:
     return out
 
 
-class PixelQADataset(Dataset):
-    """Pre-tokenised samples over a shared pixel tensor (blanked for the control)."""
+def case_pixels(pixels: torch.Tensor, k: int) -> torch.Tensor:
+    """The model input of case ``k``: ``(1, 3, S, S)`` of a 2-D cache ``(N, 3, S, S)``, else ``pixels[k]``
+    (the views of a volume ``(V, 3, S, S)``, or one volume ``(1, 1, D, H, W)`` for a 3-D tower)."""
+    return pixels[k : k + 1] if pixels.ndim == 4 else pixels[k]
 
-    def __init__(self, items: list[dict], pixels: torch.Tensor) -> None:
+
+class PixelQADataset(Dataset):
+    """Pre-tokenised samples over shared pixel tensors, one per source (blanked for the control).
+
+    Args:
+        items: tokenised samples with ``case`` (index into its source) and ``source`` (a key of ``pixels``).
+        pixels: source name -> pixel cache (see :func:`case_pixels`).
+    """
+
+    def __init__(self, items: list[dict], pixels: dict[str, torch.Tensor]) -> None:
         self.items, self.pixels = items, pixels
 
     def __len__(self) -> int:
@@ -143,9 +154,8 @@ class PixelQADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         item = dict(self.items[index])
-        k = item.pop("case")
-        item["pixel_values"] = self.pixels[k : k + 1]
-        item["num_images"] = 1
+        pv = case_pixels(self.pixels[item.pop("source")], item.pop("case"))
+        item["pixel_values"], item["num_images"] = pv, int(pv.shape[0])
         return item
 
 
@@ -158,16 +168,27 @@ def stage2_questions(cases: list, sampling: str, seed: int) -> list[tuple[int, o
     return weighted_questions(cases, n, np.random.default_rng([seed, 7]))
 
 
+def tokenize_items(convs: list, tokenizer, config: LlavaMedConfig, source: str, num_images: int) -> list[dict]:
+    """Tokenise ``(case, template, turns)`` conversations whose cases have ``num_images`` images each."""
+    common = {"num_images": num_images, "num_image_tokens": config.num_image_tokens,
+              "image_token_id": config.image_token_id, "max_length": config.model_max_length}
+    return [{"case": k, "source": source, **tokenize_conversation(turns, tokenizer, template, **common)}
+            for k, template, turns in convs]
+
+
+def question_convs(questions: list) -> list:
+    """Stage-2 conversations of ``(case, question)`` pairs."""
+    return [(k, "mistral_instruct", [("user", f"<image>\n{qa.question}"), ("assistant", qa.answer)]) for k, qa in questions]
+
+
 def build_items(cases: list, tokenizer, config: LlavaMedConfig, stage: str, sampling: str = "weighted",
                 seed: int = 0) -> list[dict]:
-    common = {"num_images": 1, "num_image_tokens": config.num_image_tokens, "image_token_id": config.image_token_id,
-              "max_length": config.model_max_length}
+    """Tokenised samples of the 2-D phantoms (source ``"2d"``): captions (stage 1) or questions (stage 2)."""
     if stage == "stage1":
         convs = [(k, "plain", [("user", "<image>"), ("assistant", caption(case))]) for k, case in enumerate(cases)]
     else:
-        convs = [(k, "mistral_instruct", [("user", f"<image>\n{qa.question}"), ("assistant", qa.answer)])
-                 for k, qa in stage2_questions(cases, sampling, seed)]
-    return [{"case": k, **tokenize_conversation(turns, tokenizer, template, **common)} for k, template, turns in convs]
+        convs = question_convs(stage2_questions(cases, sampling, seed))
+    return tokenize_items(convs, tokenizer, config, "2d", 1)
 
 
 #: The four questions whose answers must agree with each other on every phantom (contradiction rate).
@@ -202,11 +223,13 @@ def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size
     model.eval()
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
+        views = [case_pixels(pixels, k) for k, _ in chunk]
         batch = collate([
             {"input_ids": build_generation_inputs(f"<image>\n{qa.question}", tokenizer, cfg.template,
-                                                  num_image_tokens=cfg.num_image_tokens, image_token_id=cfg.image_token_id),
-             "pixel_values": pixels[k : k + 1]}
-            for k, qa in chunk
+                                                  num_images=int(pv.shape[0]), num_image_tokens=cfg.num_image_tokens,
+                                                  image_token_id=cfg.image_token_id, max_length=cfg.model_max_length),
+             "pixel_values": pv}
+            for (_, qa), pv in zip(chunk, views)
         ])
         new = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=6,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -225,11 +248,10 @@ def common_trainer_args(args, config) -> dict:
             "log_every_n_steps": 50, "seed": args.seed, "max_length": config.model_max_length, "restart": True}
 
 
-def train_stage1(out: Path, tokenizer, config, train_cases, pixels, args) -> tuple[Path, float]:
+def train_stage1(out: Path, tokenizer, config, s1: Dataset, args) -> tuple[Path, float]:
     """Stage 1 (projector, captions, 1 epoch) with the real trainer; returns the export folder and last loss."""
     from monai_llava_med.engines import build_trainer
 
-    s1 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage1"), pixels)
     t1 = build_trainer("stage1", train_data=s1, model_config=config, tokenizer=tokenizer, output_dir=str(out),
                        learning_rate=args.stage1_lr, num_epochs=1, template="plain", export_name=DEMO_NAME,
                        **common_trainer_args(args, config))
@@ -237,15 +259,15 @@ def train_stage1(out: Path, tokenizer, config, train_cases, pixels, args) -> tup
     return out / "model", t1.state.output["loss"]
 
 
-def train_stage2(out: Path, init: Path, tokenizer, config, train_cases, pixels, lr: float, steps: int, args):
-    """Stage 2 (projector + LM, questions) from the stage-1 export; returns the trained model and last loss."""
+def train_stage2(out: Path, init: Path, tokenizer, config, s2: Dataset, lr: float, steps: int, args, **options):
+    """Stage 2 (projector + LM, questions) from the stage-1 export; returns the trained model and last loss
+    (``options``: further ``build_trainer`` arguments, e.g. ``train_vision``)."""
     from monai_llava_med.engines import build_trainer
 
-    s2 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage2", args.sampling, args.seed), pixels)
     epochs = max(1, -(-steps * args.batch_size // len(s2)))
     t2 = build_trainer("stage2", train_data=s2, init_from=str(init), tokenizer=tokenizer, output_dir=str(out),
                        learning_rate=lr, num_epochs=epochs, max_steps=steps, warmup_ratio=0.03,
-                       export_name=DEMO_NAME, **common_trainer_args(args, config))
+                       export_name=DEMO_NAME, **common_trainer_args(args, config), **options)
     t2.run()
     model, _ = load_pretrained(out / "model", dtype=torch.float32)
     return model, t2.state.output["loss"]
@@ -290,15 +312,18 @@ def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q:
              chance: list, majority: list, start: float) -> tuple[float, int]:
     """Stage 1, stage 2 per setting on val, then the chosen model on the test split once; returns the setting."""
     test_groups = groups(test_q)
-    init, loss1 = train_stage1(work / "real" / "stage1", tokenizer, config, cases["train"], pix["train"], args)
+    s1 = PixelQADataset(build_items(cases["train"], tokenizer, config, "stage1"), {"2d": pix["train"]})
+    s2 = PixelQADataset(build_items(cases["train"], tokenizer, config, "stage2", args.sampling, args.seed),
+                        {"2d": pix["train"]})
+    init, loss1 = train_stage1(work / "real" / "stage1", tokenizer, config, s1, args)
     print(f"real stage 1: loss {loss1:.3f}", flush=True)
     val_groups = groups(val_q)
     grid = args.grid if args.tune else [args.chosen]
     val_closed: dict[tuple[float, int], float] = {}
     for lr, steps in grid:
         t0 = time.perf_counter()
-        model, loss2 = train_stage2(work / "real" / f"stage2_lr{lr:g}_s{steps}", init, tokenizer, config, cases["train"],
-                                    pix["train"], lr, steps, args)
+        model, loss2 = train_stage2(work / "real" / f"stage2_lr{lr:g}_s{steps}", init, tokenizer, config, s2, lr, steps,
+                                    args)
         hits = evaluate(model, tokenizer, pix["val"], val_q)
         val_closed[(lr, steps)] = wilson(pick(hits, val_groups["CLOSED"]))[0]
         print(f"RESULT split=val stage2_lr={lr:g} stage2_steps={steps} {fmt('closed_acc', pick(hits, val_groups['CLOSED']))} "
@@ -375,9 +400,11 @@ def main() -> None:
     lr, steps = args.chosen if args.control_only else run_real(
         args, work, tokenizer, config, cases, pix, val_q, test_q, chance, majority, start)
     if not args.skip_control:  # printed after the real run's lines, so a cut-short control loses only itself
-        blank_train = torch.zeros_like(pix["train"])
-        cinit, _ = train_stage1(work / "control" / "stage1", tokenizer, config, train_cases, blank_train, args)
-        cmodel, closs = train_stage2(work / "control" / "stage2", cinit, tokenizer, config, train_cases, blank_train, lr, steps, args)
+        blank = {"2d": torch.zeros_like(pix["train"])}
+        cs1 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage1"), blank)
+        cs2 = PixelQADataset(build_items(train_cases, tokenizer, config, "stage2", args.sampling, args.seed), blank)
+        cinit, _ = train_stage1(work / "control" / "stage1", tokenizer, config, cs1, args)
+        cmodel, closs = train_stage2(work / "control" / "stage2", cinit, tokenizer, config, cs2, lr, steps, args)
         control = evaluate(cmodel, tokenizer, torch.zeros_like(pix["test"]), test_q)
         print(f"control (trained and tested on blank images, same setting): stage2 loss {closs:.3f}")
         for name, idx in test_groups.items():
