@@ -5,10 +5,11 @@
 """The MONAI readers shared by every loader, with the checks and metadata cleaning they all apply.
 
 One cached :class:`monai.transforms.LoadImage` per reader kind (``PydicomReader`` for files and series,
-``NibabelReader``, ``PILReader``, our SimpleITK reader for NRRD/MetaImage); :func:`run_loader` turns any reader failure into a typed error naming the file;
-:func:`clean_meta` keeps only geometry and our own non-identifying keys; :func:`check_values` refuses empty and
-NaN/inf images. :class:`QuietReaders` keeps the readers' warnings and log records (which may quote header values)
-from reaching the user, and :func:`redact_text` takes quoted values out of a reader's exception text.
+``NibabelReader``, ``PILReader``, our SimpleITK reader for NRRD/MetaImage); :func:`run_loader` turns any reader
+failure into a typed error naming the file; :func:`clean_meta` keeps only geometry and our own non-identifying keys;
+:func:`check_values` refuses empty and NaN/inf images. :class:`QuietReaders` keeps the readers' warnings and log
+records (which may quote header values) from reaching the user, and :func:`redact_text` takes quoted values out of
+a reader's exception text.
 """
 
 from __future__ import annotations
