@@ -202,11 +202,11 @@ def check_sitk_header(path: str | os.PathLike, max_voxels: int) -> str:
     ndim, size = int(reader.GetDimension()), [int(s) for s in reader.GetSize()]
     if ndim > 3:
         raise VolumeError(f"unexpected {ndim}D data; expected one 3D volume", path)
-    if reader.GetNumberOfComponents() != 1:
-        raise VolumeError("vector (multi-component) pixels; expected one scalar volume", path)
     pixel_id = reader.GetPixelID()
     if pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
         raise VolumeError("complex pixel values cannot be shown; expected real values", path)
+    if reader.GetNumberOfComponents() != 1:  # MetaImage stores complex values as two channels: they end here too
+        raise VolumeError("vector (multi-component) pixels; expected one scalar volume", path)
     itemsize = _itemsize(pixel_id)
     if itemsize is None:
         raise VolumeError("unsupported pixel type; expected integer or floating-point values", path)
