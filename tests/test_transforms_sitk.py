@@ -236,3 +236,7 @@ def test_the_same_files_load_when_whole(tmp_path):
     for name, kw in (("ok.nrrd", {}), ("okgz.nrrd", {"useCompression": True}), ("ok.mhd", {}), ("ok.nhdr", {})):
         img = LoadMedicalImage()(_small(tmp_path, name, **kw))
         assert img.shape == (1, 8, 7, 6) and float(img[0, 7, 6, 5]) == 6 * 7 * 8 - 1
+    flat = sitk.GetImageFromArray(np.arange(20 * 30, dtype=np.int16).reshape(20, 30))
+    sitk.WriteImage(flat, str(tmp_path / "flat.nrrd"))
+    img = LoadMedicalImage()(tmp_path / "flat.nrrd")  # a 2D file: one axial slice
+    assert img.shape == (1, 30, 20, 1) and float(img[0, 29, 19, 0]) == 20 * 30 - 1
