@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
