@@ -30,6 +30,7 @@ _SUBMODULE_ATTRS = {
         "RadiologyViews", "TEXT_RESERVE", "pixels_from_config",
     ],
     "pixels": ["PAD_FIRST_MAX_SIDE", "ImageToClipPixels", "ImageToClipPixelsd", "ImageToClipPixelsD", "ImageToClipPixelsDict"],
+    "sitk_reader": ["SimpleITKImageReader", "load_sitk_volume"],
     "radiology": [
         "DEFAULT_COMPOSITE", "WINDOW_PRESETS", "CanonicalOrientation", "CanonicalOrientationd", "CanonicalOrientationD",
         "CanonicalOrientationDict", "CTWindow", "CTWindowd", "CTWindowD", "CTWindowDict", "InvertMonochrome1",

@@ -14,10 +14,12 @@ from ..errors import DicomDecodeError, ImageReadError
 
 __all__ = ["InputKind", "detect_input_kind", "is_dicom_file"]
 
-InputKind = Literal["dicom", "dicom_series", "nifti", "image", "slide"]
+InputKind = Literal["dicom", "dicom_series", "nifti", "nrrd", "metaimage", "image", "slide"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_NRRD_SUFFIXES = (".nrrd", ".nhdr")
+_METAIMAGE_SUFFIXES = (".mha", ".mhd")
 _TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
 #: A single-level TIFF larger than this on a side is treated as a slide, not as a photo.
 _SLIDE_MIN_SIDE = 10000
@@ -45,8 +47,9 @@ def detect_input_kind(path: str | PathLike) -> InputKind:
         path: a file or a DICOM series folder.
 
     Returns:
-        one of ``"dicom"``, ``"dicom_series"``, ``"nifti"``, ``"image"`` (PNG/JPEG/small single-page TIFF) or
-        ``"slide"`` (pyramidal or very large TIFF/SVS).
+        one of ``"dicom"``, ``"dicom_series"``, ``"nifti"``, ``"nrrd"`` (``.nrrd``/``.nhdr``), ``"metaimage"``
+        (``.mha``/``.mhd``), ``"image"`` (PNG/JPEG/small single-page TIFF) or ``"slide"`` (pyramidal or very large
+        TIFF/SVS).
 
     Raises:
         ImageReadError: missing path, empty file, empty folder, unsupported type.
@@ -65,6 +68,10 @@ def detect_input_kind(path: str | PathLike) -> InputKind:
     suffix = _suffix(p)
     if suffix in _NIFTI_SUFFIXES:
         return "nifti"
+    if suffix in _NRRD_SUFFIXES:
+        return "nrrd"
+    if suffix in _METAIMAGE_SUFFIXES:
+        return "metaimage"
     if suffix in _IMAGE_SUFFIXES:
         return "image"
     if suffix in _TIFF_SUFFIXES:
@@ -78,4 +85,5 @@ def detect_input_kind(path: str | PathLike) -> InputKind:
         return "dicom"
     if suffix in (".dcm", ".dicom", ""):
         raise DicomDecodeError("not a DICOM file (no 'DICM' marker at byte 128)", path)
-    raise ImageReadError(f"unsupported file type {suffix!r} (DICOM, NIfTI, PNG/JPEG or TIFF expected)", path)
+    raise ImageReadError(f"unsupported file type {suffix!r} (DICOM, NIfTI, NRRD, MetaImage, PNG/JPEG or TIFF expected)",
+                         path)

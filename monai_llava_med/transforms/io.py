@@ -4,21 +4,22 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Loading medical images through MONAI readers, with validation and typed errors.
 
-:class:`LoadMedicalImage` reads a DICOM file, a DICOM series folder, a multi-frame DICOM, a NIfTI volume or a
-PNG/JPEG/single-page TIFF with :class:`monai.transforms.LoadImage` (``PydicomReader``, ``NibabelReader``,
-``PILReader``) and returns a channel-first :class:`monai.data.MetaTensor`:
+:class:`LoadMedicalImage` reads a DICOM file, a DICOM series folder, a multi-frame DICOM, a NIfTI, NRRD or
+MetaImage volume or a PNG/JPEG/single-page TIFF with :class:`monai.transforms.LoadImage` (``PydicomReader``,
+``NibabelReader``, our :class:`~.sitk_reader.SimpleITKImageReader`, ``PILReader``) and returns a channel-first
+:class:`monai.data.MetaTensor`:
 
 * 2D images: ``(C, H, W)`` as stored, ``meta["layout"] == "image"``; a DICOM slice with ImageOrientationPatient
   also carries the RAS affine of that array and ``meta["patient_geometry"] = True``;
-* volumes with patient geometry (series, NIfTI, enhanced multi-frame DICOM whose frames form one stack):
-  ``(C, X, Y, Z)`` with a RAS affine, ``meta["layout"] == "volume"`` (DICOM: :mod:`.dicom_geometry`);
+* volumes with patient geometry (series, NIfTI, NRRD, MetaImage, enhanced multi-frame DICOM whose frames form one
+  stack): ``(C, X, Y, Z)`` with a RAS affine, ``meta["layout"] == "volume"`` (DICOM: :mod:`.dicom_geometry`);
 * multi-frame DICOM without per-slice geometry: ``(C, X, Y, F)``, ``meta["layout"] == "frames"``.
 
 Only non-identifying fields are kept in ``meta``: ``modality``, ``photometric``, ``window_center``,
 ``window_width``, ``source`` (the file or folder name), the affine and spacing; photos also get ``bit_depth``
 (8 for 8-bit greyscale/colour files, ``None`` for 16-bit, integer or float ones). The readers live in
 :mod:`.input_kind` (which reader a path needs), :mod:`.dicom_header`, :mod:`.dicom_file`, :mod:`.dicom_series`,
-:mod:`.nifti` and :mod:`.photo`.
+:mod:`.nifti`, :mod:`.sitk_header`, :mod:`.sitk_reader` and :mod:`.photo`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .input_kind import InputKind, detect_input_kind
 from .nifti import load_nifti
 from .photo import load_photo
 from .readers import DEFAULT_MAX_VOXELS, check_values
+from .sitk_reader import SimpleITKImageReader, load_sitk_volume
 
 __all__ = [
     "InputKind",
@@ -48,6 +50,8 @@ __all__ = [
     "load_dicom_file",
     "load_dicom_series",
     "load_nifti",
+    "load_sitk_volume",
+    "SimpleITKImageReader",
     "load_photo",
     "LoadMedicalImage",
     "LoadMedicalImaged",
@@ -62,8 +66,8 @@ class LoadMedicalImage(Transform):
 
     Args:
         max_voxels: refuse inputs larger than this (zero-size inputs are always refused).
-        modality: override the modality (NIfTI and photos have none); ``None`` keeps the file's or a guess
-            (NIfTI: ``"CT"`` when the values look like Hounsfield units, else ``"MR"``; see
+        modality: override the modality (NIfTI, NRRD, MetaImage and photos have none); ``None`` keeps the file's or
+            a guess (NIfTI, NRRD, MetaImage: ``"CT"`` when the values look like Hounsfield units, else ``"MR"``; see
             :func:`~monai_llava_med.transforms.nifti.guess_nifti_modality`).
 
     Returns (from ``__call__``):
@@ -88,6 +92,8 @@ class LoadMedicalImage(Transform):
             img = load_dicom_series(path, self.max_voxels)
         elif kind == "nifti":
             img = load_nifti(path, self.max_voxels)
+        elif kind in ("nrrd", "metaimage"):
+            img = load_sitk_volume(path, self.max_voxels)
         elif kind == "image":
             img = load_photo(path, self.max_voxels)
         else:

@@ -5,10 +5,11 @@
 """The MONAI readers shared by every loader, with the checks and metadata cleaning they all apply.
 
 One cached :class:`monai.transforms.LoadImage` per reader kind (``PydicomReader`` for files and series,
-``NibabelReader``, ``PILReader``); :func:`run_loader` turns any reader failure into a typed error naming the file;
-:func:`clean_meta` keeps only geometry and our own non-identifying keys; :func:`check_values` refuses empty and
-NaN/inf images. :class:`QuietReaders` keeps the readers' warnings and log records (which may quote header values)
-from reaching the user, and :func:`redact_text` takes quoted values out of a reader's exception text.
+``NibabelReader``, ``PILReader``, our SimpleITK reader for NRRD/MetaImage); :func:`run_loader` turns any reader
+failure into a typed error naming the file; :func:`clean_meta` keeps only geometry and our own non-identifying keys;
+:func:`check_values` refuses empty and NaN/inf images. :class:`QuietReaders` keeps the readers' warnings and log
+records (which may quote header values) from reaching the user, and :func:`redact_text` takes quoted values out of
+a reader's exception text.
 """
 
 from __future__ import annotations
@@ -129,12 +130,19 @@ def memory_guard(path: str | PathLike) -> Iterator[None]:
         raise ImageReadError(f"not enough memory to load and convert this image ({type(e).__name__})", path) from e
 
 
+def _sitk_reader() -> Any:
+    from .sitk_reader import SimpleITKImageReader  # local import: sitk_reader builds on this module
+
+    return SimpleITKImageReader()
+
+
 @functools.lru_cache(maxsize=None)
 def cached_loader(kind: str) -> LoadImage:
     """One cached ``LoadImage`` per reader kind (building one instantiates every MONAI reader).
 
     Args:
-        kind: ``"dicom"`` (one file), ``"series"`` (a folder), ``"nifti"`` or ``"photo"``.
+        kind: ``"dicom"`` (one file), ``"series"`` (a folder), ``"nifti"``, ``"photo"`` or ``"sitk"`` (NRRD and
+            MetaImage, :class:`~.sitk_reader.SimpleITKImageReader`).
     """
 
     def convert(im: Any) -> Any:
@@ -146,6 +154,7 @@ def cached_loader(kind: str) -> LoadImage:
         "series": lambda: PydicomReader(affine_lps_to_ras=True, swap_ij=True, prune_metadata=True, fname_regex=None),
         "nifti": NibabelReader,
         "photo": lambda: PILReader(reverse_indexing=False, converter=convert),
+        "sitk": _sitk_reader,
     }
     with QuietReaders():  # building it instantiates every MONAI reader, some of which warn about missing plugins
         return LoadImage(reader=readers[kind](), image_only=True, ensure_channel_first=True)
