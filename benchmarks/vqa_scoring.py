@@ -10,7 +10,7 @@ import hashlib
 import math
 from collections import Counter, defaultdict
 
-from monai_llava_med.data.phantom import FAMILIES, make_questions
+from monai_llava_med.data.phantom import FAMILIES, VOLUME_FAMILIES, make_questions
 from monai_llava_med.metrics import normalize_answer
 
 __all__ = [
@@ -69,12 +69,13 @@ def check_disjoint(splits: dict[str, list]) -> None:
                 raise RuntimeError(f"phantom {case.case_id} of split {name} repeats an image of split {seen[key]}")
 
 
-def image_free_baselines(train_cases: list, questions: list) -> tuple[list[float], list[int]]:
+def image_free_baselines(train_cases: list, questions: list, question_fn=make_questions) -> tuple[list[float], list[int]]:
     """Image-free baselines on evaluation questions, learnt from the train split only.
 
     Args:
         train_cases: the train split's phantoms.
         questions: ``(case index, PhantomQA)`` pairs.
+        question_fn: every question of one case (``make_questions``, ``make_volume_questions``).
 
     Returns:
         Per question: chance (1 / the answers that question text has in train, 0 if the truth is not among
@@ -82,7 +83,7 @@ def image_free_baselines(train_cases: list, questions: list) -> tuple[list[float
     """
     answers: dict[str, Counter] = defaultdict(Counter)
     for case in train_cases:
-        for qa in make_questions(case):
+        for qa in question_fn(case):
             answers[qa.question][normalize_answer(qa.answer)] += 1
     chance, majority = [], []
     for _, qa in questions:
@@ -106,7 +107,7 @@ def groups(questions: list) -> dict[str, list[int]]:
     for i, (_, qa) in enumerate(questions):
         out[qa.answer_type].append(i)
         out[qa.family].append(i)
-    return {k: out[k] for k in ("CLOSED", "OPEN", *FAMILIES) if out[k]}
+    return {k: out[k] for k in ("CLOSED", "OPEN", *FAMILIES, *VOLUME_FAMILIES) if out[k]}
 
 
 def pick(values: list, idx: list[int]) -> list:
