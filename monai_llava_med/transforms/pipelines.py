@@ -12,7 +12,8 @@
 
 For a DICOM series stored as axial slices with the ``"axial"``/``"central"`` view modes and a fixed window (CT,
 or any explicit window), only the chosen slices are decoded after a header scan of the whole series; the output
-equals the full-volume path. The result has no patient identifiers: only the fields listed in
+equals the full-volume path. The ``"content"`` mode needs every slice's pixels to know which show something, so
+it always takes the full-volume path. The result has no patient identifiers: only the fields listed in
 :meth:`MedicalImageToPixels.__call__`.
 """
 
@@ -59,15 +60,16 @@ def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwarg
     everywhere. Image size, normalisation, pad-or-squash (``config.pad_to_square``, i.e.
     ``image_aspect_ratio``) and the cost of one view come from the config, and the number of views of a
     volume (or tiles of a slide) is capped so that their image tokens leave ``text_reserve`` tokens of the
-    context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3 views).
+    context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3 views; with
+    ``token_pool=2``, 144 tokens -> 12 views). ``max_views`` and ``view_mode`` default to the config's.
 
     Args:
         config: a network config (``LlavaMedConfig``; read by attribute, so this layer does not import the
             network): ``image_size``, ``image_mean``, ``image_std``, ``pad_to_square``, ``num_image_tokens``,
-            ``model_max_length``.
+            ``model_max_length``, and ``max_views`` / ``view_mode`` when it has them.
         text_reserve: context tokens kept free for text.
-        kwargs: further :class:`MedicalImageToPixels` options (``max_views``, ``window``, ``view_mode``...);
-            ``token_budget`` overrides the derived budget.
+        kwargs: further :class:`MedicalImageToPixels` options (``window``...); ``max_views`` and ``view_mode``
+            given here (not ``None``) win over the config's; ``token_budget`` overrides the derived budget.
 
     Returns:
         The pipeline, ``path -> {"pixel_values", "views", "modality", "source", "window"}``.
@@ -79,6 +81,9 @@ def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwarg
     fixed = {"image_size", "image_mean", "image_std", "pad", "tokens_per_view"} & set(kwargs)
     if fixed:
         raise TypeError(f"{sorted(fixed)} come from the model config; change the config instead")
+    for name, default in (("max_views", 4), ("view_mode", "axial")):
+        if kwargs.get(name) is None:
+            kwargs[name] = getattr(config, name, default)
     tokens = int(config.num_image_tokens)
     kwargs.setdefault("token_budget", max(tokens, int(config.model_max_length) - int(text_reserve)))
     return MedicalImageToPixels(
@@ -104,7 +109,8 @@ class RadiologyViews(Transform):
         percentiles: see :class:`~monai_llava_med.transforms.radiology.ModalityIntensity`.
         modality: override the file's modality.
         max_voxels: size limit of an input.
-        lazy_series: decode only the chosen slices of an axial DICOM series when the result is the same.
+        lazy_series: decode only the chosen slices of an axial DICOM series when the result is the same
+            (``"axial"``/``"central"`` modes; ``"content"`` reads the whole volume to find the slices with content).
     """
 
     def __init__(
@@ -182,7 +188,8 @@ class MedicalImageToPixels(Transform):
         token_budget: cap on image tokens; views = ``min(max_views, token_budget // tokens_per_view)``.
         tokens_per_view: image tokens per view.
         window: ``"auto"``, ``"composite"``, ``"percentile"``, a preset, ``"dicom"`` or ``(centre, width)``.
-        view_mode: ``"axial"`` (default: evenly spaced axial slices), ``"central"``, ``"triplanar"``, ``"montage"``.
+        view_mode: ``"axial"`` (default: evenly spaced axial slices), ``"central"``, ``"content"`` (evenly spaced
+            among slices that are not air/background), ``"triplanar"``, ``"montage"``.
         montage_grid: slices per montage side.
         percentiles: percentile range for MR and other non-CT grey images.
         modality: override the modality (NIfTI has none; it is guessed from the value range).
