@@ -176,3 +176,31 @@ def test_hf_export_of_a_pooled_model_is_refused_before_writing(tiny_config, tiny
     with pytest.raises(ExportError, match="token_pool = 2 .*LlavaForConditionalGeneration has no such pooling"):
         export_hf_llava(build_llava_med(config), tiny_tokenizer, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.deepspeed
+def test_stage2_trains_the_projector_on_pooled_features_through_build_trainer(tiny_tokenizer, tmp_path):
+    pytest.importorskip("deepspeed")
+    pytest.importorskip("ignite")
+    from monai_llava_med.data import PhantomVQADataset
+    from monai_llava_med.engines import build_trainer
+
+    config = LlavaMedConfig.tiny(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    data = PhantomVQADataset(8, size=32, tokenizer=tiny_tokenizer, num_image_tokens=4,  # 16 / (2 x 2)
+                             image_token_id=config.image_token_id, max_length=128)
+    trainer = build_trainer(
+        "stage2", train_data=data, model_config=config, tokenizer=tiny_tokenizer, view_options={"token_pool": 2},
+        output_dir=str(tmp_path), micro_batch_size=4, global_batch_size=4, num_epochs=1, learning_rate=1e-2,
+        gradient_checkpointing=False, save_every_n_steps=0, deepspeed="zero2", export_name="tiny-pooled",
+    )
+    module = trainer.network
+    assert module.config.num_image_tokens == 4
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    trainer.run()
+    assert trainer.optimizer_steps == 2
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision_tower."))
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("projector."))
+    assert not torch.equal(before["language_model.lm_head.weight"], after["language_model.lm_head.weight"])
+    exported, _ = load_pretrained(tmp_path / "model", dtype=torch.float32)
+    assert exported.config.token_pool == 2 and exported.config.num_image_tokens == 4
