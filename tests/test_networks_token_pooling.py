@@ -41,7 +41,7 @@ def _block_means(grid_values: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-@pytest.mark.parametrize("grid, k", [(4, 2), (6, 3), (6, 2), (4, 4)])
+@pytest.mark.parametrize("grid, k", [(4, 2), (6, 3), (6, 2), (4, 4), (24, 2), (24, 3)])
 def test_pooled_values_equal_block_means_of_a_known_grid(grid, k):
     n, c = 2, 3
     values = np.arange(n * grid * grid * c, dtype=np.float64).reshape(n, grid, grid, c) ** 1.5  # not affine
@@ -123,6 +123,21 @@ def test_encode_images_pools_the_selected_features_before_the_projector(tiny_con
         got = model.encode_images(pixels)
     assert got.shape == (3, 4, 64)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_clip_336_patch_14_tower_gives_144_tokens_with_token_pool_2():
+    # v1.5's grid (336 px / 14 = 24 x 24 patches) with a narrow one-layer tower, so it builds in a second
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 336, "patch_size": 14, "hidden_act": "quick_gelu"}
+    torch.manual_seed(0)
+    model = build_llava_med(LlavaMedConfig.tiny(vision_config=vision, vision_feature_layer=-1, token_pool=2)).eval()
+    pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = model.encode_images(pixels)
+        hidden = model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:]
+        by_hand = torch.tensor(_block_means(hidden.double().numpy().reshape(2, 24, 24, -1), 2), dtype=torch.float32)
+    assert got.shape == (2, 144, 64) and model.config.num_image_tokens == 144
+    torch.testing.assert_close(got, model.projector(by_hand), rtol=1e-5, atol=1e-5)
 
 
 def test_forward_and_generate_of_a_pooled_model(tiny_config):
