@@ -75,11 +75,17 @@ def test_content_mode_in_the_dictionary_wrapper_and_frames():
         VolumeToViews(mode="content", content_fraction=0.0)
 
 
-def test_content_mode_on_a_ct_series_reads_the_whole_volume(tmp_path):
+def _no_volume_load(*args, **kwargs):
+    raise AssertionError("the series was loaded as a whole volume")
+
+
+def test_content_mode_on_a_ct_series_slice_by_slice_equals_the_full_volume(tmp_path):
     hu = np.full((12, 12, 16), -1000.0, np.float32)  # air (shown as 0 in the soft-tissue window)
     hu[3:9, 3:9, 4:12] = 60.0  # soft tissue on slices 4..11
-    write_ct_series(tmp_path / "s", hu)
-    content = RadiologyViews(max_views=2, view_mode="content")(tmp_path / "s")
+    write_ct_series(tmp_path / "s", hu, instance_order="descending")
+    lazy = RadiologyViews(max_views=2, view_mode="content")
+    lazy.loader = _no_volume_load  # the slice-by-slice path: the whole volume is never loaded
+    content = lazy(tmp_path / "s")
     # 8 content slices at fractions 1/3, 2/3: positions 2, 5 -> slices 6, 9
     assert _indices(content) == [6, 9]
     full = RadiologyViews(max_views=2, view_mode="content", lazy_series=False)(tmp_path / "s")

@@ -12,8 +12,9 @@
 
 For a DICOM series stored as axial slices with the ``"axial"``/``"central"`` view modes and a fixed window (CT,
 or any explicit window), only the chosen slices are decoded after a header scan of the whole series; the output
-equals the full-volume path. The ``"content"`` mode needs every slice's pixels to know which show something, so
-it always takes the full-volume path. The result has no patient identifiers: only the fields listed in
+equals the full-volume path. In ``"content"`` mode every slice is decoded and display-scaled once, one at a time,
+to find the slices with content, then the chosen ones again: the same answer as the full-volume path with one
+slice in memory at a time. The result has no patient identifiers: only the fields listed in
 :meth:`MedicalImageToPixels.__call__`.
 """
 
@@ -36,7 +37,7 @@ from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
 from .readers import QuietReaders, memory_guard
-from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
+from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view, content_slices
 
 __all__ = [
     "TEXT_RESERVE",
@@ -110,7 +111,8 @@ class RadiologyViews(Transform):
         modality: override the file's modality.
         max_voxels: size limit of an input.
         lazy_series: decode only the chosen slices of an axial DICOM series when the result is the same
-            (``"axial"``/``"central"`` modes; ``"content"`` reads the whole volume to find the slices with content).
+            (``"axial"``/``"central"``/``"content"`` modes; ``"content"`` decodes every slice once to find those
+            with content).
     """
 
     def __init__(
@@ -151,29 +153,42 @@ class RadiologyViews(Transform):
             kind: its kind, as :func:`~.input_kind.detect_input_kind` names it (detected when None).
         """
         kind = kind or detect_input_kind(path)
-        if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central"):
+        if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central", "content"):
             with QuietReaders():
                 info = scan_dicom_series(path, self.max_voxels)
             modality = (self.modality or info.meta["modality"]).upper()
             fixed_window = self.window not in ("auto", "percentile", None) or modality == "CT"
             if len(info.files) > 1 and info.is_standard_axial and fixed_window:
-                indices = self.to_views.select(len(info.files))
-                return len(indices), self._lazy_axial(info, indices, Path(path).name, modality)
+                source = Path(path).name
+                content = self._lazy_content(info, source, modality) if self.to_views.mode == "content" else None
+                indices = self.to_views.select(len(info.files), content)
+                return len(indices), self._lazy_axial(info, indices, source, modality)
         img = self.loader(path, kind=kind)  # type: ignore[arg-type]
         img = self.orient(img)
         img = self.intensity(img)
         views = self.to_views(img)
         return len(views), iter(views)
 
+    def _display_slice(self, info: Any, index: int, source: str, modality: str) -> torch.Tensor:
+        """Slice ``index`` of a scanned axial series, decoded alone and display-scaled (before square pixels)."""
+        with QuietReaders():
+            sl = MetaTensor(decode_series_slice(info.files[index], self.max_voxels))
+        sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
+                   "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
+        return self.intensity(sl)
+
+    def _lazy_content(self, info: Any, source: str, modality: str) -> list[int]:
+        """The slices with content (:func:`~.views.content_slices`), decoding one slice at a time."""
+        views = self.to_views
+        return [index for index in range(len(info.files))
+                if content_slices(self._display_slice(info, index, source, modality).unsqueeze(-1),
+                                  views.content_level, views.content_fraction)]
+
     def _lazy_axial(self, info: Any, indices: list[int], source: str, modality: str) -> Iterator[MetaTensor]:
         for index in indices:
-            with QuietReaders():
-                sl = MetaTensor(decode_series_slice(info.files[index], self.max_voxels))
-            sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
-                       "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
-            shown = self.intensity(sl)
+            shown = self._display_slice(info, index, source, modality)
             shown = _square_pixels(shown, info.spacing[0], info.spacing[1])
-            meta = shown.meta if isinstance(shown, MetaTensor) else sl.meta
+            meta = shown.meta if isinstance(shown, MetaTensor) else {"modality": modality, "source": source}
             yield _view(shown, {"kind": "slice", "plane": "axial", "index": int(index)}, meta)
 
 
