@@ -7,12 +7,13 @@
 The preprocessing (``transforms``), the data sets (``data``) and the model config (``networks``) all need the
 CLIP normalisation the released LLaVA-Med vision tower was trained with; keeping it here lets each of them
 use it without importing the others (see ``docs/architecture.md``). The DICOM modality vocabulary is here for the same
-reason: the readers (``transforms``) and the server (``apps``) both report a modality only from it.
+reason: the readers (``transforms``) and the server (``apps``) both report a modality only from it, and the view
+modes, which the model config (``networks``) names and the view transform (``transforms``) implements.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX", "MODALITY_CODES"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX", "MODALITY_CODES", "VIEW_MODES"]
 
 #: per-channel mean of OpenAI CLIP's image normalisation (RGB, on [0, 1] pixels); also LLaVA's "pad" colour.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -30,3 +31,5 @@ MODALITY_CODES = frozenset(
     "AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF "
     "PATHOLOGY".split()
 )
+#: How a volume becomes 2D views (``transforms.VolumeToViews``); also the values ``LlavaMedConfig.view_mode`` takes.
+VIEW_MODES = ("axial", "central", "content", "triplanar", "montage")

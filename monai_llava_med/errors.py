@@ -21,6 +21,7 @@ __all__ = [
     "VolumeError",
     "SlideError",
     "CheckpointError",
+    "ExportError",
     "RecordError",
     "TemplateError",
     "BundleError",
@@ -64,6 +65,10 @@ class SlideError(LlavaMedInputError):
 
 class CheckpointError(LlavaMedInputError):
     """A checkpoint folder or file cannot be loaded: missing/unexpected keys, shape mismatch, unsafe pickle."""
+
+
+class ExportError(CheckpointError):
+    """A model cannot be written in the requested layout (e.g. a pooled model as HF Llava): nothing is written."""
 
 
 class RecordError(LlavaMedInputError):

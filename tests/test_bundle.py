@@ -101,6 +101,22 @@ def test_inference_single_query_overrides_and_broken_item(model_dir, tmp_path):
     assert any(isinstance(c, AllItemsFailedError) for c in causes)
 
 
+def test_inference_view_overrides_reach_the_model_and_the_pipeline(model_dir, tmp_path):
+    series = str(BUNDLE / "sample" / "ct_series")
+    out = tmp_path / "eval"
+    workflow = _workflow(["inference.json"], model_dir=str(model_dir), output_dir=str(out), max_new_tokens=2,
+                         image=series, question="Is there a lesion?", token_pool=2, view_mode="content", max_views=2)
+    _run(workflow)
+    config = workflow.parser.get_parsed_content("network_def").config
+    assert (config.token_pool, config.num_image_tokens, config.view_mode, config.max_views) == (2, 4, "content", 2)
+    (answer,) = json.loads((out / "answers.json").read_text())
+    assert len(answer["views"]) == 2 and "error" not in answer
+    default = _workflow(["inference.json"], model_dir=str(model_dir))
+    default.initialize()
+    assert default.parser.get_parsed_content("network_def").config.token_pool == 1  # null: the model's own
+    default.finalize()
+
+
 def test_evaluate_writes_report(model_dir, tmp_path):
     out = tmp_path / "eval"
     _run(_workflow(["inference.json", "evaluate.json"], model_dir=str(model_dir), output_dir=str(out), max_new_tokens=3))

@@ -14,8 +14,8 @@
 The run file is parsed like a bundle config (``_target_`` components, ``@references``).
 ``--set key=value`` overrides a :class:`~monai_llava_med.engines.TrainingConfig` field (the value is parsed as
 JSON when it can be, e.g. ``--set max_steps=100 --set deepspeed=zero2``), or one of the run file's own keys
-(``init_from``, ``data_json``, ``image_root``, ``export_name``, ``max_views``), e.g.
-``--set data_json=/data/train.json``. Each rank prints the run's summary as
+(``init_from``, ``data_json``, ``image_root``, ``export_name``, ``max_views``, ``view_options``), e.g.
+``--set data_json=/data/train.json`` or ``--set 'view_options={"token_pool": 2}'``. Each rank prints the run's summary as
 one JSON line. ``--restart`` starts over in an output folder that holds checkpoints (they are moved aside).
 A run that cannot start or continue (bad data or batch sizes, checkpoints that cannot be resumed, a full
 disk) ends with one clear message and exit status 2, no traceback.
@@ -36,7 +36,7 @@ from .training import load_run_config, run_training
 __all__ = ["RUN_KEYS", "parse_overrides", "main"]
 
 #: ``--set`` keys that override the run file itself rather than its ``training`` section.
-RUN_KEYS = frozenset({"init_from", "data_json", "image_root", "export_name", "max_views"})
+RUN_KEYS = frozenset({"init_from", "data_json", "image_root", "export_name", "max_views", "view_options"})
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:

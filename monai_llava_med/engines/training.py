@@ -102,16 +102,22 @@ def _build_model(
     model_config: LlavaMedConfig | Mapping[str, Any] | str | None,
     init_from: str | PathLike | None,
     tokenizer: Any,
+    view_options: Mapping[str, Any] | None = None,
 ) -> tuple[LlavaMedNet, Any]:
     if model is not None:
+        if view_options:
+            model.config = model.config.with_view_options(**view_options)
         return model, tokenizer
     if init_from is not None:
-        loaded, loaded_tok = load_pretrained(init_from, dtype=torch.float32, load_tokenizer=tokenizer is None)
+        loaded, loaded_tok = load_pretrained(init_from, dtype=torch.float32, load_tokenizer=tokenizer is None,
+                                             view_options=view_options)
         return loaded, tokenizer if tokenizer is not None else loaded_tok
     if model_config is None:
         raise ValueError("give one of model, init_from (a pretrained folder) or model_config")
     if isinstance(model_config, Mapping):
         model_config = LlavaMedConfig.from_dict(dict(model_config))
+    if view_options:
+        model_config = model_config.with_view_options(**view_options)
     built = build_llava_med(model_config, dtype=torch.float32)
     if tokenizer is not None:
         image_id = tokenizer.convert_tokens_to_ids(built.config.image_token)
@@ -122,7 +128,7 @@ def _build_model(
 
 def _dataset_from_json(
     data_json: str | PathLike, image_root: str | PathLike | None, tokenizer: Any, model: LlavaMedNet,
-    config: TrainingConfig, image_loader: Callable | None, max_views: int = 1,
+    config: TrainingConfig, image_loader: Callable | None, max_views: int | None = 1,
 ) -> Dataset:
     from ..data import LlavaMedDataset, load_llava_med_json
 
@@ -175,7 +181,7 @@ def build_trainer(
     data_json: str | PathLike | None = None,
     image_root: str | PathLike | None = None,
     image_loader: Callable | None = None,
-    max_views: int = 1,
+    max_views: int | None = 1,
     model: LlavaMedNet | None = None,
     model_config: LlavaMedConfig | Mapping[str, Any] | str | None = None,
     init_from: str | PathLike | None = None,
@@ -183,6 +189,7 @@ def build_trainer(
     handlers: Sequence | None = None,
     export_name: str | None = None,
     max_epochs: int | None = None,
+    view_options: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> DeepSpeedTrainer:
     """Build a DeepSpeed-backed MONAI trainer for one stage of the recipe.
@@ -195,7 +202,8 @@ def build_trainer(
         image_root: folder of the JSON's images (default: the JSON's folder).
         image_loader: ``path -> pixels`` for ``data_json`` (default ``pixels_from_config(model.config)``, the
             pipeline inference uses).
-        max_views: views per image file (slices of a volume, tiles of a slide) of the default ``image_loader``.
+        max_views: views per image file (slices of a volume, tiles of a slide) of the default ``image_loader``
+            (``None``: the model config's ``max_views``).
         model: a network to train (else built from ``init_from`` or ``model_config``).
         model_config: config, dict or preset name, for a network initialised at random (read a config file
             with ``LlavaMedConfig.load(path)``).
@@ -204,6 +212,9 @@ def build_trainer(
         handlers: extra MONAI/Ignite handlers (``StatsHandler``, ``TensorBoardStatsHandler``, ``ValidationHandler``...).
         export_name: ``config.name`` written into the exported model.
         max_epochs: MONAI's name for ``num_epochs`` (what bundle configs set); overrides it when given.
+        view_options: ``token_pool`` / ``max_views`` / ``view_mode`` set on the model's config before training
+            (``None`` values keep it; :meth:`~monai_llava_med.networks.LlavaMedConfig.with_view_options`), e.g.
+            ``{"token_pool": 2}`` to train the projector of v1.5 weights on pooled features; the export keeps them.
         overrides: :class:`TrainingConfig` fields overriding ``training``.
 
     Returns:
@@ -222,7 +233,7 @@ def build_trainer(
         raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
     _check_batch_arithmetic(config, train_data, data_json, image_root, int(os.environ["WORLD_SIZE"]))
     seed_everything(config.seed)
-    model, tokenizer = _build_model(model, model_config, init_from, tokenizer)
+    model, tokenizer = _build_model(model, model_config, init_from, tokenizer, view_options)
     if tokenizer is None:
         raise ValueError("a tokenizer is needed (pass tokenizer=, or init_from a folder that holds one)")
     configure_stage(model, config.stage)

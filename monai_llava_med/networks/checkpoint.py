@@ -163,6 +163,7 @@ def load_pretrained(
     device: torch.device | str | None = None,
     load_tokenizer: bool = True,
     check_memory: bool = True,
+    view_options: Mapping[str, Any] | None = None,
 ) -> tuple[LlavaMedNet, Any]:
     """Load a LLaVA-Med network (and its tokenizer) from a local folder of any supported layout.
 
@@ -177,6 +178,9 @@ def load_pretrained(
         device: target device (default CPU; ``"auto"``: CUDA when available).
         load_tokenizer: also load the tokenizer (``<image>`` and a pad token added when absent).
         check_memory: refuse a model whose parameters cannot fit in the free memory before reading weights.
+        view_options: ``token_pool`` / ``max_views`` / ``view_mode`` replacing the folder's values (``None``
+            values keep them; :meth:`~.config.LlavaMedConfig.with_view_options`); any layout, e.g. the released v1.5
+            folder with ``{"token_pool": 2}``.
 
     Returns:
         ``(model, tokenizer)``; ``tokenizer`` is ``None`` when ``load_tokenizer`` is false. The model is in
@@ -189,6 +193,11 @@ def load_pretrained(
     folder = resolve_folder(path)
     layout = detect_layout(folder)
     config = config_from_folder(folder)
+    if view_options:
+        try:
+            config = config.with_view_options(**view_options)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"view_options cannot be applied: {err}", folder) from None
     dtype, device = resolve_placement(dtype, device)
     if check_memory:
         placements = [(device, dtype.itemsize)]

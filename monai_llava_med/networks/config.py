@@ -15,7 +15,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from ..constants import CLIP_MEAN, CLIP_STD
+from ..constants import CLIP_MEAN, CLIP_STD, VIEW_MODES
 from ..errors import CheckpointError
 from .config_checks import check_config_values
 
@@ -25,6 +25,7 @@ __all__ = [
     "CLIP_STD",
     "CONFIG_NAME",
     "PROJECTOR_PATTERN",
+    "VIEW_OPTIONS",
     "clip_vit_l14_336_config",
     "mistral_7b_instruct_config",
     "projector_depth",
@@ -36,6 +37,8 @@ PROJECTOR_PATTERN = re.compile(r"^(linear|mlp(\d{1,6})x_gelu)$")
 MAX_PROJECTOR_DEPTH = 16
 _SELECT_STRATEGIES = ("patch", "cls_patch")
 _TEXT_MODEL_TYPES = ("mistral", "llama")
+#: Fields that set what the model sees of a volume but no weight shape (:meth:`LlavaMedConfig.with_view_options`).
+VIEW_OPTIONS = ("token_pool", "max_views", "view_mode")
 
 
 def projector_depth(projector_type: str) -> int:
@@ -113,6 +116,16 @@ class LlavaMedConfig:
         image_aspect_ratio: ``"pad"`` (paste onto a mean-coloured square first, LLaVA-Med v1.5) or ``"resize"``
             (squash to the square); read by the image pipeline through :attr:`pad_to_square` and by the HF
             export (``do_pad``).
+        token_pool: side ``k`` of the ``k x k`` average pooling of the vision tower's patch grid before the
+            projector (1: none). It must divide the grid (``image_size // patch_size``; v1.5: 24, so 1, 2, 3, 4,
+            6, 8, 12 or 24); v1.5 with 2 gives 576 -> 144 tokens per view. A CLS token (``"cls_patch"``) is kept
+            unpooled in front. Parameter-free: a pooled model has the same weights as an unpooled one, but its
+            projector is trained on pooled features (:mod:`~monai_llava_med.networks.token_pooling`).
+        max_views: default number of views of a volume (tiles of a slide) in the image pipeline built from
+            this config (``pixels_from_config``); the context still caps it (``model_max_length`` minus the text
+            reserve, divided by :attr:`num_image_tokens`), and an explicit ``max_views=`` wins.
+        view_mode: default view selection of that pipeline: ``"axial"``, ``"central"``, ``"content"``
+            (skips slices of air), ``"triplanar"`` or ``"montage"``; an explicit ``view_mode=`` wins.
         model_max_length: the context length the tokenizer truncates to.
         template: the conversation template the model was trained with.
         name: a short human-readable model name, reported with answers.
@@ -128,6 +141,9 @@ class LlavaMedConfig:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     image_aspect_ratio: str = "pad"
+    token_pool: int = 1
+    max_views: int = 4
+    view_mode: str = "axial"
     model_max_length: int = 2048
     template: str = "mistral_instruct"
     name: str = "llava-med"
@@ -157,10 +173,16 @@ class LlavaMedConfig:
         return int(self.vision_config.get("patch_size", 32))
 
     @property
+    def patch_grid(self) -> int:
+        """Patches per side of the vision tower's grid (v1.5: 24)."""
+        return self.image_size // self.patch_size
+
+    @property
     def num_image_tokens(self) -> int:
-        """Number of ``image_token_id`` tokens (= projected features) each image contributes."""
-        patches = (self.image_size // self.patch_size) ** 2
-        return patches + (1 if self.vision_feature_select_strategy == "cls_patch" else 0)
+        """Number of ``image_token_id`` tokens (= projected features) each image (view) contributes, after
+        :attr:`token_pool` (v1.5: 576; 144 with ``token_pool=2``; 64 with 3)."""
+        cls_token = self.vision_feature_select_strategy == "cls_patch"
+        return (self.patch_grid // self.token_pool) ** 2 + int(cls_token)
 
     @property
     def pad_to_square(self) -> bool:
@@ -207,6 +229,30 @@ class LlavaMedConfig:
             raise ValueError(f"image_token_id must be >= 0, got {self.image_token_id}.")
         if self.image_aspect_ratio not in ("pad", "resize"):
             raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {self.image_aspect_ratio!r}.")
+        if self.patch_grid % self.token_pool:
+            raise CheckpointError(
+                f"token_pool = {self.token_pool} does not divide the {self.patch_grid} x {self.patch_grid} patch grid "
+                f"(image_size {self.image_size} / patch_size {self.patch_size})"
+            )
+        if self.view_mode not in VIEW_MODES:
+            raise CheckpointError(f"view_mode must be one of {VIEW_MODES}, got {self.view_mode!r:.40}")
+
+    def with_view_options(self, **values: Any) -> LlavaMedConfig:
+        """A checked copy with some of :data:`VIEW_OPTIONS` replaced (a ``None`` value keeps the current one).
+
+        These fields change how many tokens a view costs and which views are taken, never a weight's shape, so
+        they may be set on a loaded checkpoint (``load_pretrained(..., view_options=...)``), e.g. ``token_pool=2``
+        on the released v1.5 weights before training its projector on pooled features.
+
+        Raises:
+            CheckpointError: for another field, or a value the checks refuse.
+        """
+        unknown = sorted(set(values) - set(VIEW_OPTIONS))
+        if unknown:
+            raise CheckpointError(f"only {list(VIEW_OPTIONS)} can be set on a loaded model, got {unknown}")
+        out = self.to_dict()
+        out.update({k: v for k, v in values.items() if v is not None})
+        return type(self).from_dict(out)
 
     # ------------------------------------------------------------------------------------------------ serialise
     def to_dict(self) -> dict[str, Any]:

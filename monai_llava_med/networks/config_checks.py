@@ -64,6 +64,8 @@ _TOP_LIMITS: dict[str, tuple[int, int]] = {
     "image_token_id": (0, (1 << 31) - 1),
     "model_max_length": (1, 1 << 24),
     "vision_feature_layer": (-257, 256),
+    "token_pool": (1, 64),
+    "max_views": (1, 1024),
 }
 _TEXT_DEFAULTS = {"mistral": (32000, 4096, 14336, 32, 32, 8), "llama": (32000, 4096, 11008, 32, 32, None)}
 

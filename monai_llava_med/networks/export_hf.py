@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ExportError
 from .checkpoint_files import save_weights, staged_folder
 from .llava_med import LlavaMedNet
 
@@ -114,6 +115,7 @@ def export_hf_llava(
         template: the conversation template of the chat template (default ``model.config.template``).
 
     Raises:
+        ExportError: for a pooled model (``token_pool > 1``): HF Llava has no spatial pooling of the patch tokens.
         ValueError: when the projector or vision tower cannot be expressed as HF Llava.
         TemplateError: when the conversation template cannot be expressed as a chat template.
     """
@@ -122,6 +124,14 @@ def export_hf_llava(
     from ..conversation.tokenizer import serving_tokenizer_files
 
     config = model.config
+    if config.token_pool != 1:
+        raise ExportError(
+            f"token_pool = {config.token_pool} averages {config.token_pool} x {config.token_pool} patch blocks before "
+            f"the projector ({config.num_image_tokens} tokens per image), and transformers' "
+            "LlavaForConditionalGeneration has no such pooling: the exported model would see other features than it "
+            "was trained on; save it with save_pretrained (our layout) instead",
+            out_dir,
+        )
     if config.projector_type != "mlp2x_gelu":
         raise ValueError(f"HF Llava only has a 2-layer GELU projector; this model uses {config.projector_type!r}.")
     tokenizer_files = serving_tokenizer_files(

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLI
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import LlavaMedConfig, projector_depth
+from .token_pooling import pool_patch_tokens
 
 __all__ = [
     "LlavaMedNet",
@@ -107,6 +108,9 @@ class LlavaMedNet(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Project images to language-model embeddings.
 
+        The selected features are average-pooled over ``token_pool x token_pool`` blocks of the patch grid
+        before the projector (:func:`~.token_pooling.pool_patch_tokens`; nothing is done for ``token_pool=1``).
+
         Args:
             pixel_values: ``(N, 3, S, S)`` normalised images.
 
@@ -120,6 +124,8 @@ class LlavaMedNet(nn.Module):
             features = out.hidden_states[self.config.vision_feature_layer]
             if self.config.vision_feature_select_strategy == "patch":
                 features = features[:, 1:]
+            features = pool_patch_tokens(features, self.config.patch_grid, self.config.token_pool,
+                                         cls_token=self.config.vision_feature_select_strategy == "cls_patch")
         return self.projector(features.to(self.projector[0].weight.dtype)).to(self.dtype)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:

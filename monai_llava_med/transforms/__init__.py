@@ -40,6 +40,7 @@ _SUBMODULE_ATTRS = {
     ],
     "views": [
         "TOKENS_PER_VIEW", "VolumeToViews", "VolumeToViewsd", "VolumeToViewsD", "VolumeToViewsDict", "views_for_budget",
+        "CONTENT_FRACTION", "CONTENT_LEVEL", "content_slices",
     ],
 }
 

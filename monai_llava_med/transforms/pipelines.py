@@ -12,7 +12,9 @@
 
 For a DICOM series stored as axial slices with the ``"axial"``/``"central"`` view modes and a fixed window (CT,
 or any explicit window), only the chosen slices are decoded after a header scan of the whole series; the output
-equals the full-volume path. The result has no patient identifiers: only the fields listed in
+equals the full-volume path. In ``"content"`` mode every slice is decoded and display-scaled once, one at a time,
+to find the slices with content, then the chosen ones again: the same answer as the full-volume path with one
+slice in memory at a time. The result has no patient identifiers: only the fields listed in
 :meth:`MedicalImageToPixels.__call__`.
 """
 
@@ -35,7 +37,7 @@ from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
 from .readers import QuietReaders, memory_guard
-from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view
+from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view, content_slices
 
 __all__ = [
     "TEXT_RESERVE",
@@ -59,15 +61,16 @@ def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwarg
     everywhere. Image size, normalisation, pad-or-squash (``config.pad_to_square``, i.e.
     ``image_aspect_ratio``) and the cost of one view come from the config, and the number of views of a
     volume (or tiles of a slide) is capped so that their image tokens leave ``text_reserve`` tokens of the
-    context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3 views).
+    context for the question and the answer (v1.5: 576 tokens per view, context 2048 -> 3 views; with
+    ``token_pool=2``, 144 tokens -> 12 views). ``max_views`` and ``view_mode`` default to the config's.
 
     Args:
         config: a network config (``LlavaMedConfig``; read by attribute, so this layer does not import the
             network): ``image_size``, ``image_mean``, ``image_std``, ``pad_to_square``, ``num_image_tokens``,
-            ``model_max_length``.
+            ``model_max_length``, and ``max_views`` / ``view_mode`` when it has them.
         text_reserve: context tokens kept free for text.
-        kwargs: further :class:`MedicalImageToPixels` options (``max_views``, ``window``, ``view_mode``...);
-            ``token_budget`` overrides the derived budget.
+        kwargs: further :class:`MedicalImageToPixels` options (``window``...); ``max_views`` and ``view_mode``
+            given here (not ``None``) win over the config's; ``token_budget`` overrides the derived budget.
 
     Returns:
         The pipeline, ``path -> {"pixel_values", "views", "modality", "source", "window"}``.
@@ -79,6 +82,9 @@ def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwarg
     fixed = {"image_size", "image_mean", "image_std", "pad", "tokens_per_view"} & set(kwargs)
     if fixed:
         raise TypeError(f"{sorted(fixed)} come from the model config; change the config instead")
+    for name, default in (("max_views", 4), ("view_mode", "axial")):
+        if kwargs.get(name) is None:
+            kwargs[name] = getattr(config, name, default)
     tokens = int(config.num_image_tokens)
     kwargs.setdefault("token_budget", max(tokens, int(config.model_max_length) - int(text_reserve)))
     return MedicalImageToPixels(
@@ -104,7 +110,9 @@ class RadiologyViews(Transform):
         percentiles: see :class:`~monai_llava_med.transforms.radiology.ModalityIntensity`.
         modality: override the file's modality.
         max_voxels: size limit of an input.
-        lazy_series: decode only the chosen slices of an axial DICOM series when the result is the same.
+        lazy_series: decode only the chosen slices of an axial DICOM series when the result is the same
+            (``"axial"``/``"central"``/``"content"`` modes; ``"content"`` decodes every slice once to find those
+            with content).
     """
 
     def __init__(
@@ -145,29 +153,42 @@ class RadiologyViews(Transform):
             kind: its kind, as :func:`~.input_kind.detect_input_kind` names it (detected when None).
         """
         kind = kind or detect_input_kind(path)
-        if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central"):
+        if kind == "dicom_series" and self.lazy_series and self.to_views.mode in ("axial", "central", "content"):
             with QuietReaders():
                 info = scan_dicom_series(path, self.max_voxels)
             modality = (self.modality or info.meta["modality"]).upper()
             fixed_window = self.window not in ("auto", "percentile", None) or modality == "CT"
             if len(info.files) > 1 and info.is_standard_axial and fixed_window:
-                indices = self.to_views.select(len(info.files))
-                return len(indices), self._lazy_axial(info, indices, Path(path).name, modality)
+                source = Path(path).name
+                content = self._lazy_content(info, source, modality) if self.to_views.mode == "content" else None
+                indices = self.to_views.select(len(info.files), content)
+                return len(indices), self._lazy_axial(info, indices, source, modality)
         img = self.loader(path, kind=kind)  # type: ignore[arg-type]
         img = self.orient(img)
         img = self.intensity(img)
         views = self.to_views(img)
         return len(views), iter(views)
 
+    def _display_slice(self, info: Any, index: int, source: str, modality: str) -> torch.Tensor:
+        """Slice ``index`` of a scanned axial series, decoded alone and display-scaled (before square pixels)."""
+        with QuietReaders():
+            sl = MetaTensor(decode_series_slice(info.files[index], self.max_voxels))
+        sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
+                   "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
+        return self.intensity(sl)
+
+    def _lazy_content(self, info: Any, source: str, modality: str) -> list[int]:
+        """The slices with content (:func:`~.views.content_slices`), decoding one slice at a time."""
+        views = self.to_views
+        return [index for index in range(len(info.files))
+                if content_slices(self._display_slice(info, index, source, modality).unsqueeze(-1),
+                                  views.content_level, views.content_fraction)]
+
     def _lazy_axial(self, info: Any, indices: list[int], source: str, modality: str) -> Iterator[MetaTensor]:
         for index in indices:
-            with QuietReaders():
-                sl = MetaTensor(decode_series_slice(info.files[index], self.max_voxels))
-            sl.meta = {"modality": modality, "source": source, "window_center": info.meta["window_center"],
-                       "window_width": info.meta["window_width"], "photometric": info.meta["photometric"]}
-            shown = self.intensity(sl)
+            shown = self._display_slice(info, index, source, modality)
             shown = _square_pixels(shown, info.spacing[0], info.spacing[1])
-            meta = shown.meta if isinstance(shown, MetaTensor) else sl.meta
+            meta = shown.meta if isinstance(shown, MetaTensor) else {"modality": modality, "source": source}
             yield _view(shown, {"kind": "slice", "plane": "axial", "index": int(index)}, meta)
 
 
@@ -182,7 +203,8 @@ class MedicalImageToPixels(Transform):
         token_budget: cap on image tokens; views = ``min(max_views, token_budget // tokens_per_view)``.
         tokens_per_view: image tokens per view.
         window: ``"auto"``, ``"composite"``, ``"percentile"``, a preset, ``"dicom"`` or ``(centre, width)``.
-        view_mode: ``"axial"`` (default: evenly spaced axial slices), ``"central"``, ``"triplanar"``, ``"montage"``.
+        view_mode: ``"axial"`` (default: evenly spaced axial slices), ``"central"``, ``"content"`` (evenly spaced
+            among slices that are not air/background), ``"triplanar"``, ``"montage"``.
         montage_grid: slices per montage side.
         percentiles: percentile range for MR and other non-CT grey images.
         modality: override the modality (NIfTI has none; it is guessed from the value range).

@@ -19,6 +19,10 @@ Modes (``max_views`` V, after the token budget):
 * ``"axial"`` (default): V axial slices evenly spaced at fractions ``(i + 1) / (V + 1)`` of the extent, which
   skips the usually empty first/last slices; all slices when there are at most V.
 * ``"central"``: V axial slices evenly spaced over the central half of the volume.
+* ``"content"``: V axial slices evenly spaced (as in ``"axial"``) among the slices that show something: a slice
+  counts when at least :data:`CONTENT_FRACTION` (2 %) of its pixels are brighter than :data:`CONTENT_LEVEL`
+  (12.75 of the display range 0-255, i.e. 5 %) in any channel, so slices of air or empty background before and
+  after the body are skipped. When fewer than V slices count, the ``"axial"`` choice is taken.
 * ``"triplanar"``: the centre axial, coronal and sagittal slices, then evenly spaced axial slices if V > 3.
 * ``"montage"``: one view tiling ``montage_grid**2`` evenly spaced axial slices.
 """
@@ -33,6 +37,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Resize, Transform
 
+from ..constants import VIEW_MODES
 from ..errors import VolumeError
 
 __all__ = [
@@ -40,6 +45,9 @@ __all__ = [
     "TOKENS_PER_VIEW",
     "views_for_budget",
     "evenly_spaced",
+    "CONTENT_LEVEL",
+    "CONTENT_FRACTION",
+    "content_slices",
     "display_section",
     "VolumeToViews",
     "VolumeToViewsd",
@@ -47,9 +55,13 @@ __all__ = [
     "VolumeToViewsDict",
 ]
 
-ViewMode = Literal["axial", "central", "triplanar", "montage"]
+ViewMode = Literal["axial", "central", "content", "triplanar", "montage"]
 #: Image tokens per view for LLaVA-Med v1.5 (CLIP ViT-L/14 at 336 px: 24 x 24 patches).
 TOKENS_PER_VIEW = 576
+#: Display level (of 0-255) above which a pixel counts as content in ``"content"`` mode (5 % of the range).
+CONTENT_LEVEL = 0.05 * 255
+#: Least fraction of a slice's pixels above :data:`CONTENT_LEVEL` for the slice to count as content.
+CONTENT_FRACTION = 0.02
 _PLANE_AXIS = {"sagittal": 1, "coronal": 2, "axial": 3}  # axis of (C, X, Y, Z)
 
 
@@ -95,6 +107,19 @@ def evenly_spaced(n: int, k: int, lo: float = 0.0, hi: float = 1.0) -> list[int]
     return sorted(set(out))
 
 
+def content_slices(vol: torch.Tensor, level: float = CONTENT_LEVEL, fraction: float = CONTENT_FRACTION) -> list[int]:
+    """Indices along the last axis of a display-scaled ``(C, ..., Z)`` array whose slice has content.
+
+    Args:
+        vol: display-scaled (0-255) volume or frame stack, channel first, slices last.
+        level: a pixel counts when any channel is above this display level.
+        fraction: a slice counts when at least this fraction of its pixels count.
+    """
+    bright = _plain(vol).amax(dim=0) > level
+    shown = bright.reshape(-1, bright.shape[-1]).float().mean(dim=0)
+    return [int(i) for i in torch.nonzero(shown >= fraction).flatten()]
+
+
 def display_section(vol: torch.Tensor, plane: str, index: int) -> torch.Tensor:
     """Cut one slice of a ``(C, X, Y, Z)`` RAS volume and orient it for display as ``(C, rows, cols)``.
 
@@ -138,11 +163,14 @@ class VolumeToViews(Transform):
 
     Args:
         max_views: most views to produce.
-        mode: ``"axial"``, ``"central"``, ``"triplanar"`` or ``"montage"`` (see the module docstring).
+        mode: ``"axial"``, ``"central"``, ``"content"``, ``"triplanar"`` or ``"montage"`` (see the module
+            docstring).
         token_budget: image-token budget; caps the number of views at ``token_budget // tokens_per_view``.
         tokens_per_view: tokens one view costs in the model.
         montage_grid: slices per montage side.
         square_pixels: resample views with anisotropic spacing to square pixels.
+        content_level: ``"content"`` mode: display level above which a pixel counts.
+        content_fraction: ``"content"`` mode: least fraction of counting pixels of a slice with content.
     """
 
     def __init__(
@@ -153,21 +181,40 @@ class VolumeToViews(Transform):
         tokens_per_view: int = TOKENS_PER_VIEW,
         montage_grid: int = 3,
         square_pixels: bool = True,
+        content_level: float = CONTENT_LEVEL,
+        content_fraction: float = CONTENT_FRACTION,
     ) -> None:
-        if mode not in ("axial", "central", "triplanar", "montage"):
-            raise ValueError(f"unknown view mode {mode!r}")
+        if mode not in VIEW_MODES:
+            raise ValueError(f"unknown view mode {mode!r}; choose from {VIEW_MODES}")
         if montage_grid < 1:
             raise ValueError("montage_grid must be >= 1")
+        if not 0.0 < content_fraction <= 1.0:
+            raise ValueError(f"content_fraction must be in (0, 1], got {content_fraction}")
         self.n_views = views_for_budget(max_views, token_budget, tokens_per_view)
         self.mode = mode
         self.montage_grid = montage_grid
         self.square_pixels = square_pixels
+        self.content_level = float(content_level)
+        self.content_fraction = float(content_fraction)
 
-    def select(self, depth: int) -> list[int]:
-        """Axial indices that the ``"axial"``/``"central"`` modes take from ``depth`` slices."""
+    def select(self, depth: int, content: list[int] | None = None) -> list[int]:
+        """Axial indices that the ``"axial"``/``"central"``/``"content"`` modes take from ``depth`` slices.
+
+        Args:
+            depth: number of slices.
+            content: ``"content"`` mode: the indices of the slices with content (:func:`content_slices`); with
+                fewer than ``n_views`` of them (or ``None``) the ``"axial"`` choice is returned.
+        """
         if self.mode == "central":
             return evenly_spaced(depth, self.n_views, 0.25, 0.75) if depth > self.n_views else list(range(depth))
+        if self.mode == "content" and content is not None and len(content) >= self.n_views:
+            return [content[i] for i in evenly_spaced(len(content), self.n_views)]
         return evenly_spaced(depth, self.n_views)
+
+    def _select_in(self, stack: torch.Tensor) -> list[int]:
+        """:meth:`select` for a ``(C, ..., Z)`` stack, measuring content only in ``"content"`` mode."""
+        content = content_slices(stack, self.content_level, self.content_fraction) if self.mode == "content" else None
+        return self.select(stack.shape[-1], content)
 
     def __call__(self, img: torch.Tensor) -> list[MetaTensor]:  # type: ignore[override]
         """Return the views of ``img`` (a list, even for one view)."""
@@ -186,7 +233,7 @@ class VolumeToViews(Transform):
                 canvas = self._tile([frames[..., i].transpose(1, 2) for i in idx])
                 view = {"kind": "montage", "plane": "frame", "indices": idx, "grid": [self.montage_grid] * 2}
                 return [_view(canvas, view, meta)]
-            idx = self.select(frames.shape[-1])
+            idx = self._select_in(frames)
             return [_view(frames[..., i].transpose(1, 2), {"kind": "frame", "index": i}, meta) for i in idx]
         spacing = self._spacing(img)
         vol = _plain(img)
@@ -204,7 +251,7 @@ class VolumeToViews(Transform):
                 more = [i for i in evenly_spaced(depth, extra + 1) if i != depth // 2]
                 planes += [("axial", i) for i in more[:extra]]
         else:
-            planes = [("axial", i) for i in self.select(depth)]
+            planes = [("axial", i) for i in self._select_in(vol)]
         return [self._section(vol, plane, i, spacing, meta) for plane, i in planes]
 
     @staticmethod
@@ -252,6 +299,8 @@ class VolumeToViewsd(MapTransform):
         montage_grid: see :class:`VolumeToViews`.
         square_pixels: see :class:`VolumeToViews`.
         allow_missing_keys: do not raise for missing keys.
+        content_level: see :class:`VolumeToViews`.
+        content_fraction: see :class:`VolumeToViews`.
     """
 
     def __init__(
@@ -264,9 +313,12 @@ class VolumeToViewsd(MapTransform):
         montage_grid: int = 3,
         square_pixels: bool = True,
         allow_missing_keys: bool = False,
+        content_level: float = CONTENT_LEVEL,
+        content_fraction: float = CONTENT_FRACTION,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.transform = VolumeToViews(max_views, mode, token_budget, tokens_per_view, montage_grid, square_pixels)
+        self.transform = VolumeToViews(max_views, mode, token_budget, tokens_per_view, montage_grid, square_pixels,
+                                       content_level, content_fraction)
 
     def __call__(self, data: dict) -> dict:  # type: ignore[override]
         d = dict(data)
