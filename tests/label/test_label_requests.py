@@ -140,6 +140,20 @@ def test_extensions_and_content(tmp_path):
     dcm.write_bytes(b"\0" * 132)
     with pytest.raises(RequestError):
         check_file_content(dcm, ".dcm")
+    # 3D Slicer's default (NRRD) and single-file MetaImage; detached headers cannot come as one upload
+    assert image_extension("seg.Seq.NRRD") == ".nrrd" and image_extension("ct.mha") == ".mha"
+    for detached in ("ct.nhdr", "ct.mhd"):
+        with pytest.raises(RequestError):
+            image_extension(detached)
+    nrrd = tmp_path / "a.nrrd"
+    nrrd.write_bytes(b"NRRD0004\n# Complete NRRD file format specification at:\ntype: short\n")
+    check_file_content(nrrd, ".nrrd")
+    mha = tmp_path / "a.mha"
+    mha.write_bytes(b"ObjectType = Image\nNDims = 3\n")
+    check_file_content(mha, ".mha")
+    for path, ext in ((nrrd, ".mha"), (mha, ".nrrd"), (png, ".nrrd")):
+        with pytest.raises(RequestError):
+            check_file_content(path, ext)
 
 
 def _call(guard: RequestGuard, method: str, path: str, query: bytes = b"", headers=()) -> tuple[int, dict | None]:

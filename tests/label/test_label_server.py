@@ -57,6 +57,26 @@ def test_inline_file_upload_gives_the_same_answer(server, uploaded, predictor):
     assert r.json()["source"] == "CT_small.dcm"
 
 
+def test_an_nrrd_volume_from_3d_slicer_is_answered_from_its_views(server, uploaded, predictor, tmp_path):
+    """NRRD is 3D Slicer's default format, so what MONAI Label's Slicer client uploads."""
+    sitk = pytest.importorskip("SimpleITK")
+    from monai_llava_med.data.phantom import case_rng, generate_phantom
+
+    case = generate_phantom(case_rng(4, "test", 0), size=48, ndim=3, depth=12, modality="CT", num_lesions=2)
+    image = sitk.GetImageFromArray(case.image.astype("int16"))  # (z, y, x) array -> (x, y, z) image
+    image.SetSpacing(tuple(float(s) for s in case.spacing[::-1]))
+    path = tmp_path / "slicer_volume.nrrd"
+    sitk.WriteImage(image, str(path), True)
+    with open(path, "rb") as f:
+        r = requests.put(f"{server}/datastore/image", params={"image": "vol"}, files={"file": (path.name, f)})
+    assert r.status_code == 200, r.text
+    r = ask(server, "vol", {"question": QUESTIONS[0], "max_new_tokens": 12})
+    assert r.status_code == 200, r.text
+    want = predictor.ask(path, QUESTIONS[0], max_new_tokens=12)
+    assert r.json()["answer"] == want["answer"] and r.json()["views"] == want["views"]
+    assert len(want["views"]) > 1 and all(v["plane"] == "axial" for v in want["views"])
+
+
 def test_generation_settings_reach_the_model(server, uploaded, predictor):
     short = ask(server, "ct", {"question": QUESTIONS[0], "max_new_tokens": 2}).json()["answer"]
     assert short == predictor.ask(uploaded["ct"], QUESTIONS[0], max_new_tokens=2)["answer"]

@@ -45,7 +45,9 @@ __all__ = [
 #: Image, label, tag and model ids: no path separators, no leading dot, at most 128 characters.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: File types the datastore accepts, longest first (what the library's preprocessing reads).
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tiff", ".tif", ".svs")
+IMAGE_EXTENSIONS = (
+    ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".png", ".jpg", ".jpeg", ".tiff", ".tif", ".svs",
+)
 #: Generation settings a client may set in ``params``.
 GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_p")
 #: ``params`` keys refused because they would replace what the URL names or steer the server.
@@ -172,7 +174,13 @@ def _nifti_header_size(head: bytes) -> bool:
     return len(head) >= 4 and any(struct.unpack(order + "i", head[:4])[0] in (348, 540) for order in "<>")
 
 
-#: Leading bytes of each accepted type (DICOM: ``DICM`` at offset 128).
+def _metaimage_header(head: bytes) -> bool:
+    """A MetaImage (``.mha``) file starts with ``Key = value`` lines of its header (``ObjectType = Image``...)."""
+    return re.match(rb"(ObjectType|ObjectSubType|NDims|Comment|DimSize|TransformType)\s*=", head) is not None
+
+
+#: Leading bytes of each accepted type (DICOM: ``DICM`` at offset 128). Only single-file volume formats are
+#: accepted (``.nrrd``, ``.mha``): an upload is one file, so a detached ``.nhdr``/``.mhd`` header would lack its data.
 _MAGIC: dict[str, Callable[[bytes], bool]] = {
     ".png": lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"),
     ".jpg": lambda h: h.startswith(b"\xff\xd8\xff"),
@@ -183,12 +191,14 @@ _MAGIC: dict[str, Callable[[bytes], bool]] = {
     ".dcm": lambda h: h[128:132] == b"DICM",
     ".nii": _nifti_header_size,
     ".nii.gz": lambda h: h.startswith(b"\x1f\x8b"),
+    ".nrrd": lambda h: h.startswith(b"NRRD000"),
+    ".mha": _metaimage_header,
 }
 
 
 def check_file_content(path: str | PathLike, ext: str) -> None:
     """Check that a file starts the way its extension says (PNG/JPEG/TIFF signature, DICOM preamble, NIfTI header
-    size, gzip magic), so a renamed text or executable file is refused before it reaches the datastore.
+    size, gzip magic, NRRD magic, MetaImage header key), so a renamed text or executable file is refused before it reaches the datastore.
 
     Args:
         path: the uploaded file.
