@@ -17,7 +17,7 @@ from typing import Any
 
 from ..constants import CLIP_MEAN, CLIP_STD
 from ..errors import CheckpointError
-from .config_checks import check_config_values
+from .config_checks import VOLUME_TOWER_TYPE, check_config_values, is_volume_config, volume_geometry
 
 __all__ = [
     "LlavaMedConfig",
@@ -27,6 +27,7 @@ __all__ = [
     "PROJECTOR_PATTERN",
     "clip_vit_l14_336_config",
     "mistral_7b_instruct_config",
+    "monai_vit3d_config",
     "projector_depth",
 ]
 
@@ -70,6 +71,32 @@ def clip_vit_l14_336_config() -> dict[str, Any]:
     }
 
 
+def monai_vit3d_config(**overrides: Any) -> dict[str, Any]:
+    """A small native 3-D tower (MONAI ``ViT(spatial_dims=3)``): 32 x 64 x 64 volumes, 64 image tokens.
+
+    Patches of 4 x 8 x 8 voxels give an 8 x 8 x 8 grid, averaged in 2 x 2 x 2 blocks (``pool``) to 64 tokens;
+    fast enough to train on a CPU. ``img_size``, ``patch_size`` and ``pool`` are ``(D, H, W)``.
+
+    Args:
+        overrides: any of the keys (``img_size``, ``patch_size``, ``pool``, ``hidden_size``, ``mlp_dim``,
+            ``num_layers``, ``num_heads``, ``in_channels``, ``qkv_bias``).
+    """
+    values: dict[str, Any] = {
+        "model_type": VOLUME_TOWER_TYPE,
+        "in_channels": 1,
+        "img_size": [32, 64, 64],
+        "patch_size": [4, 8, 8],
+        "pool": [2, 2, 2],
+        "hidden_size": 64,
+        "mlp_dim": 128,
+        "num_layers": 2,
+        "num_heads": 4,
+        "qkv_bias": False,
+    }
+    values.update(overrides)
+    return values
+
+
 def mistral_7b_instruct_config() -> dict[str, Any]:
     """The language model of LLaVA-Med v1.5: Mistral-7B-Instruct-v0.2."""
     return {
@@ -97,7 +124,9 @@ class LlavaMedConfig:
     """Hyper-parameters of :class:`~monai_llava_med.networks.LlavaMedNet`.
 
     Args:
-        vision_config: keyword arguments of ``transformers.CLIPVisionConfig`` (the vision encoder).
+        vision_config: keyword arguments of ``transformers.CLIPVisionConfig`` (the vision encoder), or, with
+            ``model_type: "monai_vit3d"``, of the native 3-D tower (:func:`monai_vit3d_config`), which takes
+            ``(N, 1, D, H, W)`` volumes.
         text_config: keyword arguments of the causal language model's config; ``model_type`` selects the
             architecture (``"mistral"`` or ``"llama"``).
         vision_feature_layer: index into the vision encoder's hidden states whose output is projected
@@ -147,18 +176,35 @@ class LlavaMedConfig:
 
     # ----------------------------------------------------------------------------------------------- derived
     @property
+    def is_volume(self) -> bool:
+        """Whether the vision tower is the native 3-D one (it takes volumes, not 2-D views)."""
+        return is_volume_config(self.vision_config)
+
+    @property
+    def volume_size(self) -> tuple[int, int, int] | None:
+        """``(D, H, W)`` of the volumes a 3-D tower takes; ``None`` for a 2-D tower."""
+        return tuple(int(v) for v in self.vision_config["img_size"]) if self.is_volume else None  # type: ignore[return-value]
+
+    @property
     def image_size(self) -> int:
-        """Side length in pixels of the square images the vision encoder takes."""
+        """Side length in pixels of the square images the vision encoder takes (3-D tower: the largest side of
+        :attr:`volume_size`)."""
+        if self.is_volume:
+            return max(int(v) for v in self.vision_config["img_size"])
         return int(self.vision_config.get("image_size", 224))
 
     @property
     def patch_size(self) -> int:
-        """Side length of one vision patch."""
+        """Side length of one vision patch (3-D tower: its in-plane width, the last of ``patch_size``)."""
+        if self.is_volume:
+            return int(self.vision_config["patch_size"][-1])
         return int(self.vision_config.get("patch_size", 32))
 
     @property
     def num_image_tokens(self) -> int:
-        """Number of ``image_token_id`` tokens (= projected features) each image contributes."""
+        """Number of ``image_token_id`` tokens (= projected features) each image (or volume) contributes."""
+        if self.is_volume:
+            return math.prod(volume_geometry(self.vision_config)["tokens"])
         patches = (self.image_size // self.patch_size) ** 2
         return patches + (1 if self.vision_feature_select_strategy == "cls_patch" else 0)
 
@@ -198,9 +244,12 @@ class LlavaMedConfig:
             )
         if self.text_model_type not in _TEXT_MODEL_TYPES:
             raise ValueError(f"text_config.model_type must be one of {_TEXT_MODEL_TYPES}, got {self.text_model_type!r}.")
-        if self.image_size % self.patch_size:
+        if self.is_volume:
+            if self.vision_feature_select_strategy != "patch":
+                raise CheckpointError("the 3-D tower has no CLS token: vision_feature_select_strategy must be 'patch'")
+        elif self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}.")
-        layers = int(self.vision_config.get("num_hidden_layers", 12))
+        layers = int(self.vision_config.get("num_layers" if self.is_volume else "num_hidden_layers", 12))
         if not -layers - 1 <= self.vision_feature_layer <= layers:
             raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the {layers}-layer encoder.")
         if self.image_token_id < 0:
@@ -290,9 +339,21 @@ class LlavaMedConfig:
         return cls(**values)
 
     @classmethod
+    def tiny_3d(cls, **overrides: Any) -> LlavaMedConfig:
+        """:meth:`tiny` with the small native 3-D tower (:func:`monai_vit3d_config`, 64 tokens per volume)."""
+        values: dict[str, Any] = {
+            "vision_config": monai_vit3d_config(),
+            "vision_feature_layer": -1,
+            "name": "llava-med-tiny-3d",
+        }
+        values.update(overrides)
+        return cls.tiny(**values)
+
+    @classmethod
     def preset(cls, name: str, **overrides: Any) -> LlavaMedConfig:
-        """A preset by name: ``"v1.5"`` (alias ``"llava-med-v1.5-mistral-7b"``) or ``"tiny"``."""
-        presets = {"v1.5": cls.v1_5, "v1_5": cls.v1_5, "llava-med-v1.5-mistral-7b": cls.v1_5, "tiny": cls.tiny}
+        """A preset by name: ``"v1.5"`` (alias ``"llava-med-v1.5-mistral-7b"``), ``"tiny"`` or ``"tiny_3d"``."""
+        presets = {"v1.5": cls.v1_5, "v1_5": cls.v1_5, "llava-med-v1.5-mistral-7b": cls.v1_5, "tiny": cls.tiny,
+                   "tiny_3d": cls.tiny_3d}
         if name not in presets:
             raise ValueError(f"Unknown LlavaMedConfig preset {name!r}; choose from {sorted(presets)}.")
         return presets[name](**overrides)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
 from .checkpoint_files import save_weights, staged_folder
 from .llava_med import LlavaMedNet
 
@@ -114,6 +115,7 @@ def export_hf_llava(
         template: the conversation template of the chat template (default ``model.config.template``).
 
     Raises:
+        CheckpointError: (a ``ValueError``) for a native 3-D vision tower, which HF Llava cannot hold.
         ValueError: when the projector or vision tower cannot be expressed as HF Llava.
         TemplateError: when the conversation template cannot be expressed as a chat template.
     """
@@ -122,6 +124,11 @@ def export_hf_llava(
     from ..conversation.tokenizer import serving_tokenizer_files
 
     config = model.config
+    if config.is_volume:
+        raise CheckpointError(
+            "HF Llava holds a 2-D CLIP tower only; this model has the native 3-D tower (monai_vit3d), which "
+            "transformers, vLLM and SGLang cannot load: keep it in our layout (save_pretrained)", out_dir
+        )
     if config.projector_type != "mlp2x_gelu":
         raise ValueError(f"HF Llava only has a 2-layer GELU projector; this model uses {config.projector_type!r}.")
     tokenizer_files = serving_tokenizer_files(
