@@ -183,7 +183,10 @@ class LlavaMedConfig:
     @property
     def volume_size(self) -> tuple[int, int, int] | None:
         """``(D, H, W)`` of the volumes a 3-D tower takes; ``None`` for a 2-D tower."""
-        return tuple(int(v) for v in self.vision_config["img_size"]) if self.is_volume else None  # type: ignore[return-value]
+        if not self.is_volume:
+            return None
+        d, h, w = (int(v) for v in self.vision_config["img_size"])
+        return d, h, w
 
     @property
     def image_size(self) -> int:

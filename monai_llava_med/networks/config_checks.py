@@ -164,7 +164,8 @@ def volume_geometry(vision_config: Mapping[str, Any]) -> dict[str, tuple[int, in
     hidden, heads = vision_config["hidden_size"], vision_config["num_heads"]
     if hidden % heads:
         raise CheckpointError(f"vision_config.hidden_size = {hidden} is not a multiple of num_heads = {heads}")
-    return {"img_size": size, "patch_size": patch, "pool": pool, "grid": grid, "tokens": tokens}  # type: ignore[dict-item]
+    return {"img_size": size, "patch_size": patch, "pool": pool, "grid": grid,  # type: ignore[dict-item]
+            "tokens": tokens}
 
 
 def check_config_values(config: Any) -> None:

@@ -245,7 +245,10 @@ class MedicalVolumeToPixelsd(MapTransform):
     def __call__(self, data: dict) -> dict:  # type: ignore[override]
         d = dict(data)
         for key in self.key_iterator(d):
-            prefix = self.output_prefix if self.output_prefix is not None else ("" if len(self.keys) == 1 else f"{key}_")
+            if self.output_prefix is not None:
+                prefix = self.output_prefix
+            else:
+                prefix = "" if len(self.keys) == 1 else f"{key}_"
             for name, value in self.transform(d[key]).items():
                 d[f"{prefix}{name}"] = value
         return d
