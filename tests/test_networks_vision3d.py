@@ -228,3 +228,45 @@ def test_stage2_step_trains_a_unetr_started_tower(tiny_tokenizer, tmp_path):
     assert still == sorted(k for k in start if ".norm_cross_attn." in k)  # all but the unused cross-attention norms
     exported, _ = load_pretrained(tmp_path / "run" / "model", dtype=torch.float32)
     assert exported.config.is_volume and torch.equal(exported.vision_tower.vit.norm.weight, tower.vit.norm.weight)
+
+
+def test_predictor_answers_from_the_whole_volume(tiny_tokenizer, tmp_path):
+    from monai_llava_med.data.phantom import generate_phantom
+    from monai_llava_med.data.phantom.writers import write_dicom
+    from monai_llava_med.engines import LlavaMedPredictor, PrepareVqaItem
+
+    case = generate_phantom(np.random.default_rng(0), size=64, ndim=3, depth=16, modality="CT")
+    write_dicom(case, tmp_path / "series")
+    torch.manual_seed(0)
+    model = build_llava_med(_config(tiny_tokenizer)).eval()
+    result = LlavaMedPredictor(model, tiny_tokenizer, max_new_tokens=4).ask(tmp_path / "series", "Is there a lesion?")
+    assert result["views"] == [{"kind": "volume", "axes": "SAR", "size": [32, 64, 64]}]
+    item = PrepareVqaItem(tiny_tokenizer, model, raise_errors=True)({"image": tmp_path / "series",
+                                                                     "question": "Is there a lesion?"})
+    assert item["pixel_values"].shape == (1, 1, 32, 64, 64)
+    assert int((item["input_ids"] == model.config.image_token_id).sum()) == model.config.num_image_tokens
+    tokens = model.generate(item["input_ids"][None], None, item["pixel_values"], max_new_tokens=4,
+                            eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    assert result["answer"] == tiny_tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+def test_dataset_records_with_volumes_batch_for_the_3d_tower(tiny_tokenizer, tmp_path):
+    from monai_llava_med.data import LlavaMedCollator, LlavaMedDataset
+    from monai_llava_med.data.phantom import generate_phantom
+    from monai_llava_med.data.phantom.writers import write_nifti
+    from monai_llava_med.data.records import VQARecord
+    from monai_llava_med.transforms import pixels_from_config
+
+    config = _config(tiny_tokenizer)
+    paths = [write_nifti(generate_phantom(np.random.default_rng(s), size=64, ndim=3, depth=16), tmp_path / f"{s}.nii")
+             for s in (0, 1)]
+    records = [VQARecord(f"q{i}", "Is there a lesion?", "yes", "closed", str(p), "train", "phantom")
+               for i, p in enumerate(paths)]
+    data = LlavaMedDataset(records, tiny_tokenizer, num_image_tokens=config.num_image_tokens,
+                           image_token_id=config.image_token_id, image_loader=pixels_from_config(config))
+    batch = LlavaMedCollator(tiny_tokenizer.pad_token_id)([data[0], data[1]])
+    assert batch["pixel_values"].shape == (2, 1, 32, 64, 64)
+    assert not torch.equal(batch["pixel_values"][0], batch["pixel_values"][1])
+    model = build_llava_med(config)
+    loss = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"]).loss
+    assert torch.isfinite(loss)
