@@ -270,3 +270,20 @@ def test_dataset_records_with_volumes_batch_for_the_3d_tower(tiny_tokenizer, tmp
     model = build_llava_med(config)
     loss = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"]).loss
     assert torch.isfinite(loss)
+
+
+def test_feature_layers_are_numbered_like_clip():
+    with pytest.raises(ValueError, match="vision_feature_layer"):
+        LlavaMedConfig.tiny_3d(vision_feature_layer=-4)  # 2 blocks: hidden states -3 .. 2
+    torch.manual_seed(0)
+    tower = MonaiViT3DTower(1, (32, 64, 64), (4, 8, 8), 64, 128, 2, 4, pool=(1, 1, 1))
+    x = torch.randn(1, 1, 32, 64, 64)
+    with torch.no_grad():
+        embedding = tower.vit.patch_embedding(x)
+        first = tower.vit.blocks[0](embedding)
+        torch.testing.assert_close(tower(x, 0), embedding)
+        torch.testing.assert_close(tower(x, -3), embedding)
+        torch.testing.assert_close(tower(x, -2), first)  # a middle layer has no final norm
+        torch.testing.assert_close(tower(x, 2), tower.vit.norm(tower.vit.blocks[1](first)))
+    with pytest.raises(ValueError, match="outside the 2-block tower"):
+        tower(x, 3)

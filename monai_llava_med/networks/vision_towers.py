@@ -143,7 +143,7 @@ class MonaiViT3DTower(nn.Module):
             ``(N, num_tokens, hidden_size)``, tokens in ``(d, h, w)`` raster order of the pooled grid.
 
         Raises:
-            ValueError: a volume of another shape.
+            ValueError: a volume of another shape, or a layer the tower does not have.
         """
         expected = (self.in_channels, *self.img_size)
         if volumes.ndim != 5 or tuple(volumes.shape[1:]) != expected:
@@ -151,6 +151,8 @@ class MonaiViT3DTower(nn.Module):
                              f"got {tuple(volumes.shape)}")
         blocks = self.vit.blocks
         layer = feature_layer if feature_layer >= 0 else len(blocks) + 1 + feature_layer
+        if not 0 <= layer <= len(blocks):
+            raise ValueError(f"feature_layer {feature_layer} is outside the {len(blocks)}-block tower")
         x = self.vit.patch_embedding(volumes)
         for block in list(blocks)[:layer]:
             if self._checkpoint_kwargs is not None and self.training and torch.is_grad_enabled():

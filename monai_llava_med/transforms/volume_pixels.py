@@ -182,7 +182,8 @@ class MedicalVolumeToPixels(Transform):
             if stack is None:
                 stack = torch.empty((*reduced.shape, len(info.files)), dtype=torch.float32)
             stack[..., k] = reduced
-        assert stack is not None  # a scanned series has at least one file
+        if stack is None:
+            raise VolumeError("the series holds no slices", source)
         first, last = (tag_floats(read_dicom_header(f, stop_before_pixels=True), "ImagePositionPatient", 3, f)
                        for f in (info.files[0], info.files[-1]))
         step = (np.asarray(last) - np.asarray(first)) / (len(info.files) - 1)
