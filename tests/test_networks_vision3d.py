@@ -190,7 +190,8 @@ def test_vision_weights_that_do_not_fit_are_listed(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.deepspeed
-def test_stage2_step_trains_a_unetr_started_tower(tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_stage2_step_trains_a_unetr_started_tower(tiny_tokenizer, tmp_path, zero):
     pytest.importorskip("deepspeed")
     from monai_llava_med.data import PhantomVQADataset
     from monai_llava_med.data.phantom import generate_phantom
@@ -216,18 +217,21 @@ def test_stage2_step_trains_a_unetr_started_tower(tiny_tokenizer, tmp_path):
     trainer = build_trainer(
         "stage2", train_data=data, model_config=config, tokenizer=tiny_tokenizer, output_dir=str(tmp_path / "run"),
         micro_batch_size=4, global_batch_size=4, max_steps=2, learning_rate=1e-3, gradient_checkpointing=True,
-        save_every_n_steps=0, export=True, deepspeed="zero2", train_vision=True,
+        save_every_n_steps=0, export=True, deepspeed=zero, train_vision=True,
         vision_weights=str(tmp_path / "unetr.pt"),
     )
-    tower = trainer.network.vision_tower
-    start = {k: v.detach().clone() for k, v in tower.vit.state_dict().items()}
-    assert all(torch.equal(start[k], v) for k, v in unetr.vit.state_dict().items())
+    start = unetr.vit.state_dict()
+    if zero == "zero2":  # ZeRO-3 partitions the parameters: compared through the export below
+        assert all(torch.equal(start[k], v) for k, v in trainer.network.vision_tower.vit.state_dict().items())
     trainer.run()
     assert trainer.optimizer_steps == 2
-    still = sorted(k for k, v in tower.vit.state_dict().items() if torch.equal(start[k], v))
-    assert still == sorted(k for k in start if ".norm_cross_attn." in k)  # all but the unused cross-attention norms
     exported, _ = load_pretrained(tmp_path / "run" / "model", dtype=torch.float32)
-    assert exported.config.is_volume and torch.equal(exported.vision_tower.vit.norm.weight, tower.vit.norm.weight)
+    assert exported.config.is_volume
+    still = sorted(k for k, v in exported.vision_tower.vit.state_dict().items() if torch.equal(start[k], v))
+    assert still == sorted(k for k in start if ".norm_cross_attn." in k)  # all but the unused cross-attention norms
+    # each weight moved by a small step from UNETR's: the tower started from the file, not from random values
+    drift = max(float((v - start[k]).abs().max()) for k, v in exported.vision_tower.vit.state_dict().items())
+    assert drift < 0.05
 
 
 def test_predictor_answers_from_the_whole_volume(tiny_tokenizer, tmp_path):
