@@ -33,7 +33,8 @@ ImageLoader = Callable[[str], Any]
 
 
 def pixels_from_loader_output(out: Any, source: str) -> torch.Tensor:
-    """Normalise an image loader's output (a dict with ``pixel_values`` or a tensor) to ``(V, 3, S, S)``.
+    """Normalise an image loader's output (a dict with ``pixel_values`` or a tensor) to ``(V, 3, S, S)``, or keep
+    ``(V, C, D, H, W)`` volumes of the native 3-D tower as they are.
 
     Args:
         out: what the loader returned.
@@ -47,6 +48,8 @@ def pixels_from_loader_output(out: Any, source: str) -> torch.Tensor:
         raise ImageReadError(f"the image loader returned no pixel_values tensor ({type(pv).__name__})", source)
     if pv.ndim == 3:
         pv = pv.unsqueeze(0)
+    if pv.ndim == 5:  # volumes for the native 3-D tower (MedicalVolumeToPixels)
+        return pv.float() if not pv.is_floating_point() else pv
     if pv.ndim != 4 or pv.shape[1] != 3:
         raise ImageReadError(f"pixel_values must be (V, 3, S, S), got {tuple(pv.shape)}", source)
     return pv.float() if not pv.is_floating_point() else pv

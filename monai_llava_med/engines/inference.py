@@ -121,7 +121,7 @@ class PrepareVqaItem:
             pre = self.preprocess(str(image))
             pixels = torch.as_tensor(pre["pixel_values"])
             out.update(
-                pixel_values=pixels if pixels.ndim == 4 else pixels.unsqueeze(0),
+                pixel_values=pixels if pixels.ndim in (4, 5) else pixels.unsqueeze(0),  # 5: (1, C, D, H, W) volume
                 views=list(pre.get("views", [])),
                 modality=pre.get("modality"),
                 source=pre.get("source"),

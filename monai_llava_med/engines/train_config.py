@@ -84,6 +84,11 @@ class TrainingConfig:
         log_every_n_steps: loss log / progress interval in iterations.
         num_workers: DataLoader worker processes.
         template: conversation template.
+        train_vision: train the vision tower as well in this stage (every stage of the recipe keeps it frozen; a
+            randomly initialised 3-D tower needs training).
+        vision_weights: a local ``.pt`` / ``.safetensors`` file of pretrained 3-D encoder weights (a MONAI ``ViT``,
+            or a ``UNETR`` whose ``vit.*`` is taken) loaded into the 3-D tower before training
+            (:func:`~monai_llava_med.networks.load_vision_weights`; keys mapped as documented there).
     """
 
     stage: str = "stage2"
@@ -114,12 +119,16 @@ class TrainingConfig:
     log_every_n_steps: int = 10
     num_workers: int = 0
     template: str = "mistral_instruct"
+    train_vision: bool = False
+    vision_weights: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
         self.output_dir = str(self.output_dir)
+        if self.vision_weights is not None:
+            self.vision_weights = str(self.vision_weights)
         self.validate()
 
     def validate(self) -> None:
@@ -138,6 +147,8 @@ class TrainingConfig:
             raise ValueError(f"lr_scheduler must be 'cosine', 'linear' or 'constant', got {self.lr_scheduler!r}")
         if self.save_every_n_steps < 0 or self.keep_last_checkpoints < 0 or self.log_every_n_steps < 1:
             raise ValueError("save_every_n_steps and keep_last_checkpoints must be >= 0, log_every_n_steps >= 1")
+        if not isinstance(self.train_vision, bool):
+            raise ValueError(f"train_vision must be true or false, got {self.train_vision!r}")
         if self.lora is not None and self.stage == "stage1":
             raise ValueError("LoRA adapts the language model, which stage 1 keeps frozen")
 

@@ -26,7 +26,15 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from ..data import LengthGroupedBatchSampler, LlavaMedCollator
-from ..networks import LlavaMedConfig, LlavaMedNet, build_llava_med, configure_stage, load_pretrained
+from ..errors import CheckpointError
+from ..networks import (
+    LlavaMedConfig,
+    LlavaMedNet,
+    build_llava_med,
+    configure_stage,
+    load_pretrained,
+    load_vision_weights,
+)
 from .checkpointing import parameter_checksum
 from .deepspeed_setup import (
     build_lr_scheduler,
@@ -232,11 +240,15 @@ def build_trainer(
     if train_data is None and data_json is None:
         raise ValueError("give train_data (a dataset) or data_json (a LLaVA-Med JSON file)")
     _check_batch_arithmetic(config, train_data, data_json, image_root, int(os.environ["WORLD_SIZE"]))
+    if config.vision_weights is not None and not Path(config.vision_weights).is_file():
+        raise CheckpointError("vision_weights: no such file", config.vision_weights)
     seed_everything(config.seed)
     model, tokenizer = _build_model(model, model_config, init_from, tokenizer, view_options)
     if tokenizer is None:
         raise ValueError("a tokenizer is needed (pass tokenizer=, or init_from a folder that holds one)")
-    configure_stage(model, config.stage)
+    if config.vision_weights is not None:
+        load_vision_weights(model.vision_tower, config.vision_weights)
+    configure_stage(model, config.stage, train_vision=config.train_vision)
     if config.lora is not None:
         apply_lora(model, config.lora)
     if config.gradient_checkpointing:

@@ -17,7 +17,8 @@ from typing import Any
 
 from ..constants import CLIP_MEAN, CLIP_STD, VIEW_MODES
 from ..errors import CheckpointError
-from .config_checks import check_config_values
+from .config_checks import check_config_values, is_volume_config, volume_geometry
+from .config_presets import clip_vit_l14_336_config, mistral_7b_instruct_config, monai_vit3d_config
 
 __all__ = [
     "LlavaMedConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "VIEW_OPTIONS",
     "clip_vit_l14_336_config",
     "mistral_7b_instruct_config",
+    "monai_vit3d_config",
     "projector_depth",
 ]
 
@@ -56,51 +58,14 @@ def projector_depth(projector_type: str) -> int:
     return 1 if match.group(2) is None else int(match.group(2))
 
 
-def clip_vit_l14_336_config() -> dict[str, Any]:
-    """The vision encoder of LLaVA-Med v1.5: ``openai/clip-vit-large-patch14-336`` (vision half)."""
-    return {
-        "model_type": "clip_vision_model",
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-        "num_channels": 3,
-        "image_size": 336,
-        "patch_size": 14,
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-        "projection_dim": 768,
-    }
-
-
-def mistral_7b_instruct_config() -> dict[str, Any]:
-    """The language model of LLaVA-Med v1.5: Mistral-7B-Instruct-v0.2."""
-    return {
-        "model_type": "mistral",
-        "vocab_size": 32000,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "hidden_act": "silu",
-        "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 1000000.0,
-        "sliding_window": None,
-        "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-    }
-
-
 @dataclass
 class LlavaMedConfig:
     """Hyper-parameters of :class:`~monai_llava_med.networks.LlavaMedNet`.
 
     Args:
-        vision_config: keyword arguments of ``transformers.CLIPVisionConfig`` (the vision encoder).
+        vision_config: keyword arguments of ``transformers.CLIPVisionConfig`` (the vision encoder), or, with
+            ``model_type: "monai_vit3d"``, of the native 3-D tower (:func:`monai_vit3d_config`), which takes
+            ``(N, 1, D, H, W)`` volumes.
         text_config: keyword arguments of the causal language model's config; ``model_type`` selects the
             architecture (``"mistral"`` or ``"llama"``).
         vision_feature_layer: index into the vision encoder's hidden states whose output is projected
@@ -163,13 +128,31 @@ class LlavaMedConfig:
 
     # ----------------------------------------------------------------------------------------------- derived
     @property
+    def is_volume(self) -> bool:
+        """Whether the vision tower is the native 3-D one (it takes volumes, not 2-D views)."""
+        return is_volume_config(self.vision_config)
+
+    @property
+    def volume_size(self) -> tuple[int, int, int] | None:
+        """``(D, H, W)`` of the volumes a 3-D tower takes; ``None`` for a 2-D tower."""
+        if not self.is_volume:
+            return None
+        d, h, w = (int(v) for v in self.vision_config["img_size"])
+        return d, h, w
+
+    @property
     def image_size(self) -> int:
-        """Side length in pixels of the square images the vision encoder takes."""
+        """Side length in pixels of the square images the vision encoder takes (3-D tower: the largest side of
+        :attr:`volume_size`)."""
+        if self.is_volume:
+            return max(int(v) for v in self.vision_config["img_size"])
         return int(self.vision_config.get("image_size", 224))
 
     @property
     def patch_size(self) -> int:
-        """Side length of one vision patch."""
+        """Side length of one vision patch (3-D tower: its in-plane width, the last of ``patch_size``)."""
+        if self.is_volume:
+            return int(self.vision_config["patch_size"][-1])
         return int(self.vision_config.get("patch_size", 32))
 
     @property
@@ -179,8 +162,10 @@ class LlavaMedConfig:
 
     @property
     def num_image_tokens(self) -> int:
-        """Number of ``image_token_id`` tokens (= projected features) each image (view) contributes, after
-        :attr:`token_pool` (v1.5: 576; 144 with ``token_pool=2``; 64 with 3)."""
+        """Number of ``image_token_id`` tokens (= projected features) each image (view) or volume contributes,
+        after :attr:`token_pool` (v1.5: 576; 144 with ``token_pool=2``; 64 with 3; the 3-D tower: its pooled grid)."""
+        if self.is_volume:
+            return math.prod(volume_geometry(self.vision_config)["tokens"])
         cls_token = self.vision_feature_select_strategy == "cls_patch"
         return (self.patch_grid // self.token_pool) ** 2 + int(cls_token)
 
@@ -220,15 +205,23 @@ class LlavaMedConfig:
             )
         if self.text_model_type not in _TEXT_MODEL_TYPES:
             raise ValueError(f"text_config.model_type must be one of {_TEXT_MODEL_TYPES}, got {self.text_model_type!r}.")
-        if self.image_size % self.patch_size:
+        if self.is_volume:
+            if self.vision_feature_select_strategy != "patch":
+                raise CheckpointError("the 3-D tower has no CLS token: vision_feature_select_strategy must be 'patch'")
+        elif self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}.")
-        layers = int(self.vision_config.get("num_hidden_layers", 12))
+        layers = int(self.vision_config.get("num_layers" if self.is_volume else "num_hidden_layers", 12))
         if not -layers - 1 <= self.vision_feature_layer <= layers:
             raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the {layers}-layer encoder.")
         if self.image_token_id < 0:
             raise ValueError(f"image_token_id must be >= 0, got {self.image_token_id}.")
         if self.image_aspect_ratio not in ("pad", "resize"):
             raise ValueError(f"image_aspect_ratio must be 'pad' or 'resize', got {self.image_aspect_ratio!r}.")
+        if self.is_volume and self.token_pool != 1:
+            raise CheckpointError(
+                f"token_pool = {self.token_pool} pools a 2-D patch grid; the 3-D tower pools its own token grid "
+                "(vision_config['pool']): leave token_pool at 1"
+            )
         if self.patch_grid % self.token_pool:
             raise CheckpointError(
                 f"token_pool = {self.token_pool} does not divide the {self.patch_grid} x {self.patch_grid} patch grid "
@@ -336,9 +329,21 @@ class LlavaMedConfig:
         return cls(**values)
 
     @classmethod
+    def tiny_3d(cls, **overrides: Any) -> LlavaMedConfig:
+        """:meth:`tiny` with the small native 3-D tower (:func:`monai_vit3d_config`, 64 tokens per volume)."""
+        values: dict[str, Any] = {
+            "vision_config": monai_vit3d_config(),
+            "vision_feature_layer": -1,
+            "name": "llava-med-tiny-3d",
+        }
+        values.update(overrides)
+        return cls.tiny(**values)
+
+    @classmethod
     def preset(cls, name: str, **overrides: Any) -> LlavaMedConfig:
-        """A preset by name: ``"v1.5"`` (alias ``"llava-med-v1.5-mistral-7b"``) or ``"tiny"``."""
-        presets = {"v1.5": cls.v1_5, "v1_5": cls.v1_5, "llava-med-v1.5-mistral-7b": cls.v1_5, "tiny": cls.tiny}
+        """A preset by name: ``"v1.5"`` (alias ``"llava-med-v1.5-mistral-7b"``), ``"tiny"`` or ``"tiny_3d"``."""
+        presets = {"v1.5": cls.v1_5, "v1_5": cls.v1_5, "llava-med-v1.5-mistral-7b": cls.v1_5, "tiny": cls.tiny,
+                   "tiny_3d": cls.tiny_3d}
         if name not in presets:
             raise ValueError(f"Unknown LlavaMedConfig preset {name!r}; choose from {sorted(presets)}.")
         return presets[name](**overrides)

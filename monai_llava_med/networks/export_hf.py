@@ -116,6 +116,7 @@ def export_hf_llava(
 
     Raises:
         ExportError: for a pooled model (``token_pool > 1``): HF Llava has no spatial pooling of the patch tokens.
+        ExportError: for a native 3-D vision tower, which HF Llava cannot hold.
         ValueError: when the projector or vision tower cannot be expressed as HF Llava.
         TemplateError: when the conversation template cannot be expressed as a chat template.
     """
@@ -124,6 +125,11 @@ def export_hf_llava(
     from ..conversation.tokenizer import serving_tokenizer_files
 
     config = model.config
+    if config.is_volume:
+        raise ExportError(
+            "HF Llava holds a 2-D CLIP tower only; this model has the native 3-D tower (monai_vit3d), which "
+            "transformers, vLLM and SGLang cannot load: keep it in our layout (save_pretrained)", out_dir
+        )
     if config.token_pool != 1:
         raise ExportError(
             f"token_pool = {config.token_pool} averages {config.token_pool} x {config.token_pool} patch blocks before "

@@ -2,21 +2,21 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""LLaVA-Med as a MONAI network: CLIP vision tower -> projector -> causal language model."""
+"""LLaVA-Med as a MONAI network: vision tower (CLIP, or MONAI's 3-D ViT) -> projector -> causal language model."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import LlavaMedConfig, projector_depth
 from .token_pooling import pool_patch_tokens
+from .vision_towers import build_vision_tower, tower_features, vision_width
 
 __all__ = [
     "LlavaMedNet",
@@ -70,12 +70,12 @@ class LlavaMedNet(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**config.vision_config))
+        self.vision_tower = build_vision_tower(config)
         text_kwargs = dict(config.text_config)
         text_config = AutoConfig.for_model(text_kwargs.pop("model_type"), **text_kwargs)
         self.language_model = AutoModelForCausalLM.from_config(text_config)
         self.projector = build_projector(
-            config.projector_type, self.vision_tower.config.hidden_size, text_config.hidden_size
+            config.projector_type, vision_width(self.vision_tower), text_config.hidden_size
         )
 
     def _apply(self, fn: Any, recurse: bool = True) -> LlavaMedNet:
@@ -112,18 +112,13 @@ class LlavaMedNet(nn.Module):
         before the projector (:func:`~.token_pooling.pool_patch_tokens`; nothing is done for ``token_pool=1``).
 
         Args:
-            pixel_values: ``(N, 3, S, S)`` normalised images.
+            pixel_values: ``(N, 3, S, S)`` normalised images, or ``(N, 1, D, H, W)`` volumes for the 3-D tower.
 
         Returns:
             ``(N, num_image_tokens, hidden)`` features in the language model's dtype.
         """
-        vision_dtype = self.vision_tower.get_input_embeddings().weight.dtype
-        frozen = not any(p.requires_grad for p in self.vision_tower.parameters())
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            out = self.vision_tower(pixel_values.to(vision_dtype), output_hidden_states=True, return_dict=True)
-            features = out.hidden_states[self.config.vision_feature_layer]
-            if self.config.vision_feature_select_strategy == "patch":
-                features = features[:, 1:]
+        features = tower_features(self.vision_tower, pixel_values, self.config)
+        if not self.config.is_volume:
             features = pool_patch_tokens(features, self.config.patch_grid, self.config.token_pool,
                                          cls_token=self.config.vision_feature_select_strategy == "cls_patch")
         return self.projector(features.to(self.projector[0].weight.dtype)).to(self.dtype)
@@ -266,8 +261,14 @@ def set_trainable(model: LlavaMedNet, vision: bool, projector: bool, language_mo
     return model
 
 
-def configure_stage(model: LlavaMedNet, stage: str) -> LlavaMedNet:
-    """Freeze the network for a stage of the recipe: ``stage1``, ``stage2``, ``finetune`` or ``inference``."""
+def configure_stage(model: LlavaMedNet, stage: str, train_vision: bool = False) -> LlavaMedNet:
+    """Freeze the network for a stage of the recipe: ``stage1``, ``stage2``, ``finetune`` or ``inference``.
+
+    Args:
+        model: the network, changed in place.
+        stage: the stage (see :data:`STAGES`; the vision tower is frozen in every one).
+        train_vision: train the vision tower too (a randomly initialised 3-D tower needs it).
+    """
     if stage not in STAGES:
         raise ValueError(f"Unknown stage {stage!r}; choose from {sorted(STAGES)}.")
-    return set_trainable(model, **STAGES[stage])
+    return set_trainable(model, **{**STAGES[stage], **({"vision": True} if train_vision else {})})

@@ -38,6 +38,10 @@ _SUBMODULE_ATTRS = {
         "ModalityIntensityD", "ModalityIntensityDict", "MultiWindow", "MultiWindowd", "MultiWindowD", "MultiWindowDict",
         "resolve_window",
     ],
+    "volume_pixels": [
+        "MedicalVolumeToPixels", "MedicalVolumeToPixelsd", "MedicalVolumeToPixelsD", "MedicalVolumeToPixelsDict",
+        "block_mean",
+    ],
     "views": [
         "TOKENS_PER_VIEW", "VolumeToViews", "VolumeToViewsd", "VolumeToViewsD", "VolumeToViewsDict", "views_for_budget",
         "CONTENT_FRACTION", "CONTENT_LEVEL", "content_slices",

@@ -38,6 +38,7 @@ from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
 from .readers import QuietReaders, memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view, content_slices
+from .volume_pixels import MedicalVolumeToPixels
 
 __all__ = [
     "TEXT_RESERVE",
@@ -54,7 +55,9 @@ __all__ = [
 TEXT_RESERVE = 256
 
 
-def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> MedicalImageToPixels:
+def pixels_from_config(
+    config: Any, *, text_reserve: int = TEXT_RESERVE, **kwargs: Any
+) -> MedicalImageToPixels | MedicalVolumeToPixels:
     """The image pipeline of a network: the one place a ``MedicalImageToPixels`` is built from a model config.
 
     Training, inference, the bundle and MONAI Label all call this, so a file becomes the same pixels
@@ -73,15 +76,19 @@ def pixels_from_config(config: Any, *, text_reserve: int = TEXT_RESERVE, **kwarg
             given here (not ``None``) win over the config's; ``token_budget`` overrides the derived budget.
 
     Returns:
-        The pipeline, ``path -> {"pixel_values", "views", "modality", "source", "window"}``.
+        The pipeline, ``path -> {"pixel_values", "views", "modality", "source", "window"}``; for a config with
+        the native 3-D tower (``config.is_volume``) a :class:`~.volume_pixels.MedicalVolumeToPixels` giving
+        ``(1, 1, D, H, W)`` volumes.
 
     Raises:
         TypeError: an option that belongs to the config (``image_size``, ``image_mean``, ``image_std``,
             ``pad``, ``tokens_per_view``) is passed, since it would make the pixels disagree with the network.
     """
-    fixed = {"image_size", "image_mean", "image_std", "pad", "tokens_per_view"} & set(kwargs)
+    fixed = {"image_size", "image_mean", "image_std", "pad", "tokens_per_view", "volume_size"} & set(kwargs)
     if fixed:
         raise TypeError(f"{sorted(fixed)} come from the model config; change the config instead")
+    if getattr(config, "is_volume", False):
+        return MedicalVolumeToPixels.from_config(config, **kwargs)
     for name, default in (("max_views", 4), ("view_mode", "axial")):
         if kwargs.get(name) is None:
             kwargs[name] = getattr(config, name, default)
