@@ -52,9 +52,10 @@ from vqa_scoring import balanced_accuracy, check_disjoint, fmt, groups, image_fr
 
 from monai_llava_med.conversation import build_bpe_tokenizer
 from monai_llava_med.data.phantom import (
-    NUMBER_WORDS, balanced_question_set, case_rng, generate_phantom, lps_affine, make_questions,
+    balanced_question_set, case_rng, generate_phantom, lps_affine, make_questions,
     make_volume_questions, volume_findings, weighted_volume_questions, write_dicom, write_nifti,
 )
+from monai_llava_med.data.phantom.questions import NUMBER_WORDS
 from monai_llava_med.networks import LlavaMedConfig, monai_vit3d_config, save_pretrained
 from monai_llava_med.transforms.pipelines import pixels_from_config
 
