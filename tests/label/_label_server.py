@@ -39,7 +39,7 @@ PLANTED_LINKS = {
 #: Image ids the datastore holds from the start (the planted real file and its in-folder alias).
 PLANTED_IDS = {"inside", "alias"}
 #: Every image id a test outside the hardening module may leave in the datastore.
-STORED_IDS = {"ct", "photo", "broken", *PLANTED_IDS}
+STORED_IDS = {"ct", "photo", "broken", "vol", *PLANTED_IDS}  # "vol": the NRRD volume test's upload
 
 
 def free_port() -> int:
