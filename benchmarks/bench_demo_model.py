@@ -14,6 +14,11 @@ runs it), and scored by its VQA metric. On the same questions:
 * the blanked-image baseline: the same questions through the same path with every image replaced by the
   neutral image (a PNG of the CLIP mean colour, which normalises to zero pixels: what bench_train's control saw).
 
+Held-out volumes (``write_volume_vqa_datalist``: DICOM series, lesions only away from the middle slices) are
+answered through the same path with the model's own views (``max_views`` / ``view_mode`` of its config), next to
+the same model shown only the middle slice (the bundle's ``max_views=1 view_mode=axial`` override: what a 2-D-only
+model sees) and the per-question majority.
+
 Accuracies come with Wilson 95 % intervals. ``--manifest`` records the figures in the demo model's
 ``MANIFEST.json`` (``evaluation``), which ``tests/test_demo_model.py`` checks a fresh sample against.
 
@@ -38,7 +43,7 @@ from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from monai_llava_med.constants import CLIP_MEAN
-from monai_llava_med.data.phantom import write_vqa_datalist
+from monai_llava_med.data.phantom import write_volume_vqa_datalist, write_vqa_datalist
 from monai_llava_med.metrics import normalize_answer, score_question, wilson_interval
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "llava_med"
@@ -47,11 +52,12 @@ FAMILIES = ("presence", "side", "brightness", "modality_closed", "count", "modal
 
 
 def evaluate_bundle(
-    datalist: Path, out: Path, batch_size: int, max_new_tokens: int, reuse: bool = False
+    datalist: Path, out: Path, batch_size: int, max_new_tokens: int, reuse: bool = False, **overrides: object
 ) -> dict[str, bool]:
     """Run the bundle's evaluate path on ``datalist``; ``{question id: correct}`` from its metric report.
 
-    With ``reuse``, a report already in ``out`` (from an earlier run on the same work folder) is read instead.
+    With ``reuse``, a report already in ``out`` (from an earlier run on the same work folder) is read instead;
+    ``overrides`` are further bundle overrides (``max_views``, ``view_mode``).
     """
     if reuse and (out / "vqa_metrics.json").is_file():
         report = json.loads((out / "vqa_metrics.json").read_text())
@@ -61,7 +67,7 @@ def evaluate_bundle(
         config_file=[str(configs / "inference.json"), str(configs / "evaluate.json")],
         meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"), workflow_type="infer",
         bundle_root=str(BUNDLE), datalist=str(datalist), output_dir=str(out), batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, **overrides,
     )
     workflow.initialize()
     workflow.run()
@@ -93,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=200, help="held-out phantoms")
     parser.add_argument("--seed", type=int, default=2026, help="data seed (the demo was trained on seed 0)")
+    parser.add_argument("--volumes", type=int, default=60, help="held-out volumes (DICOM series)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--work-dir", default=None, help="keep the data and answers here (default: temporary)")
@@ -128,6 +135,22 @@ def main() -> None:
         evaluation[key] = rows
         cells = [f"{r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" for r in rows.values()]
         print(f"{kind:8s} {len(ids):5d} " + " ".join(f"{c:>24s}" for c in cells))
+    vol_list = write_volume_vqa_datalist(work / "volumes", args.volumes, seed=args.seed)
+    vol_items = json.loads(vol_list.read_text())
+    vol_scores = {
+        "model": evaluate_bundle(vol_list, work / "volume_model", **run),
+        "middle_slice": evaluate_bundle(vol_list, work / "volume_middle", **run, max_views=1, view_mode="axial"),
+        "majority_per_question": majority_correct(vol_items),
+    }
+    evaluation["volume_data"] = (f"write_volume_vqa_datalist(n_cases={args.volumes}, seed={args.seed}, split='test', "
+                                 f"size=64, depth=48)")
+    print(f"{args.volumes} held-out volumes, {len(vol_items)} questions")
+    for kind, key in (("CLOSED", "volume_closed"), ("OPEN", "volume_open")):
+        ids = [item["id"] for item in vol_items if item["answer_type"] == kind]
+        rows = {name: summary(correct, ids) for name, correct in vol_scores.items()}
+        evaluation[key] = rows
+        cells = [f"{name} {r['acc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" for name, r in rows.items()]
+        print(f"volume {kind:8s} {len(ids):5d} " + "  ".join(cells))
     if args.manifest:
         path = Path(args.manifest)
         manifest = json.loads(path.read_text())
@@ -141,6 +164,9 @@ def main() -> None:
         f"closed_blanked={closed['blanked_image']['acc']:.4f} open_acc={opened['model']['acc']:.4f} "
         f"open_majority={opened['majority_per_question']['acc']:.4f} open_blanked={opened['blanked_image']['acc']:.4f} "
         f"n_closed={closed['model']['n']} n_open={opened['model']['n']} "
+        f"volume_acc={evaluation['volume_closed']['model']['acc']:.4f} "
+        f"volume_middle_slice_acc={evaluation['volume_closed']['middle_slice']['acc']:.4f} "
+        f"volume_majority={evaluation['volume_closed']['majority_per_question']['acc']:.4f} "
         f"minutes={(time.perf_counter() - start) / 60:.2f}"
     )
 

@@ -61,7 +61,7 @@ from monai_llava_med.transforms.pipelines import pixels_from_config
 
 #: Committed stage-2 settings (optimizer steps at batch 32, learning rate), chosen on the val split.
 CHOSEN = {"steps": 2000, "lr": 1.5e-3, "steps_3d": 1200, "lr_3d": 1.5e-3}
-VOLUME_SIZE, VOLUME_DEPTH, VIEWS = 64, 32, 8
+VOLUME_SIZE, VOLUME_DEPTH, VIEWS = 64, 48, 8
 #: Volumes come from their own streams (seed + this), apart from the 2-D phantoms'.
 VOLUME_SEED_OFFSET = 1000
 
@@ -76,7 +76,7 @@ def multiview_config(tokenizer) -> LlavaMedConfig:
 def tower3d_config(tokenizer) -> LlavaMedConfig:
     """The same language model behind the native 3-D tower (64 tokens per volume)."""
     values = multiview_config(tokenizer).to_dict()
-    values.update(vision_config=monai_vit3d_config(img_size=[VOLUME_DEPTH, VOLUME_SIZE, VOLUME_SIZE]),
+    values.update(vision_config=monai_vit3d_config(img_size=[32, VOLUME_SIZE, VOLUME_SIZE]),
                   vision_feature_layer=-1, token_pool=1, max_views=1, view_mode="axial")
     return LlavaMedConfig.from_dict(values)
 
@@ -201,7 +201,7 @@ def main() -> None:
     pipelines = {"views": pixels_from_config(mv_config), "middle": pixels_from_config(mv_config, max_views=1,
                                                                                        view_mode="axial"),
                  "volume": pixels_from_config(t3_config)}
-    pix3d = {split: volume_pixels(vols[split], cache / f"3d_{split}_s{args.seed}_n{len(vols[split])}.pt", pipelines)
+    pix3d = {split: volume_pixels(vols[split], cache / f"3d_{split}_s{args.seed}_n{len(vols[split])}_d{VOLUME_DEPTH}_v{VIEWS}.pt", pipelines)
              for split in vols}
     assert pix3d["test"]["views"].shape[1] == VIEWS and pix3d["test"]["middle"].shape[1] == 1
     q2d = {s: balanced_question_set(cases[s], make_questions, args.eval_questions, args.seed + i)

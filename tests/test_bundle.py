@@ -142,10 +142,10 @@ def test_cli_exit_code_non_zero_only_when_everything_failed(model_dir, tmp_path)
     (last,) = failed.stderr.strip().splitlines()[-1:]
     assert last.startswith("ERROR AllItemsFailedError: all 1 item(s) failed") and str(missing) in last, last
     assert str(tmp_path / "o" / "answers.json") in last
-    ok = _cli(*cmd, "--max_new_tokens", "2")  # the 18 questions of the sample: a progress bar, no line per answer
+    ok = _cli(*cmd, "--max_new_tokens", "2")  # the 23 questions of the sample: a progress bar, no line per answer
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "batches answered" in ok.stderr and "100%" in ok.stderr
-    assert " -> " not in ok.stderr + ok.stdout and "wrote 18 answers (0 failed)" in ok.stderr + ok.stdout
+    assert " -> " not in ok.stderr + ok.stdout and "wrote 23 answers (0 failed)" in ok.stderr + ok.stdout
 
 
 @pytest.mark.parametrize("case", ["repository_root", "missing_datalist", "missing_model_dir"])

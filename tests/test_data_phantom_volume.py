@@ -261,3 +261,18 @@ def test_truth_survives_every_way_of_writing_and_loading(tmp_path, modality, win
     assert all(v > 7.5 for v in shows)
     cols = torch.nonzero(px[13] > organ_level + 0.5)[:, 1]
     assert cols.min() > 16  # patient left is shown on the image's right
+
+
+def test_volume_datalist_is_dicom_series_with_whole_volume_questions(tmp_path):
+    import json
+
+    from monai_llava_med.data.phantom import VOLUME_FAMILIES, write_volume_vqa_datalist
+    from monai_llava_med.transforms.io import detect_input_kind
+
+    path = write_volume_vqa_datalist(tmp_path, 3, seed=5, size=32, depth=32)
+    items = json.loads(path.read_text())
+    assert len({i["id"] for i in items}) == len(items)
+    for image in {i["image"] for i in items}:
+        assert detect_input_kind(tmp_path / image) == "dicom_series" and len(list((tmp_path / image).iterdir())) == 32
+    assert {i["family"] for i in items} <= set(VOLUME_FAMILIES) and {i["answer_type"] for i in items} == {"CLOSED", "OPEN"}
+    assert all(i["answer"] in ("yes", "no") for i in items if i["answer_type"] == "CLOSED")

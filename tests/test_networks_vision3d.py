@@ -69,6 +69,8 @@ def test_volume_config_refuses_bad_geometry(vision, message):
 def test_volume_config_refuses_cls_and_round_trips(tmp_path):
     with pytest.raises(CheckpointError, match="no CLS token"):
         LlavaMedConfig.tiny_3d(vision_feature_select_strategy="cls_patch")
+    with pytest.raises(CheckpointError, match="pools its own token grid"):  # 2-D token pooling is not for volumes
+        LlavaMedConfig.tiny_3d(token_pool=2)
     config = LlavaMedConfig.tiny_3d()
     assert LlavaMedConfig.load(config.save(tmp_path)) == config
 

@@ -18,7 +18,7 @@ import lazy_loader as _lazy
 _SUBMODULE_ATTRS = {
     "balance": ["balanced_question_set"],
     "dataset": ["PhantomVQADataset", "phantom_sample", "phantom_to_pixels"],
-    "export": ["split_sizes", "write_phantom_dataset", "write_vqa_datalist"],
+    "export": ["split_sizes", "write_phantom_dataset", "write_volume_vqa_datalist", "write_vqa_datalist"],
     "generator": [
         "LESION_Z_MODES", "MODALITIES", "SPLIT_CODES", "Lesion", "PhantomCase", "case_rng", "central_slices",
         "generate_phantom",

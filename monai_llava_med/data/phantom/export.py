@@ -28,9 +28,10 @@ import numpy as np
 
 from .generator import SPLIT_CODES, case_rng, generate_phantom
 from .questions import make_questions
+from .volume_questions import make_volume_questions
 from .writers import write_dicom, write_nifti, write_png
 
-__all__ = ["split_sizes", "write_phantom_dataset", "write_vqa_datalist"]
+__all__ = ["split_sizes", "write_phantom_dataset", "write_vqa_datalist", "write_volume_vqa_datalist"]
 
 FORMATS = ("dcm", "nii", "png")
 
@@ -179,6 +180,52 @@ def write_vqa_datalist(
         for qa in make_questions(case, families=families):
             items.append({"id": f"{index}-{qa.family}-{len(items)}", "image": name, "question": qa.question,
                           "answer": qa.answer, "answer_type": qa.answer_type, "family": qa.family})
+    return _write_datalist(out, items)
+
+
+def _write_datalist(out: Path, items: list[dict[str, Any]]) -> Path:
     path = out / "datalist.json"
     path.write_text(json.dumps(items))
     return path
+
+
+def write_volume_vqa_datalist(
+    out_dir: str | os.PathLike,
+    n_cases: int,
+    *,
+    seed: int,
+    split: str = "test",
+    size: int = 64,
+    depth: int = 48,
+    families: Sequence[str] | None = None,
+) -> Path:
+    """3-D phantom DICOM series and their whole-volume questions (:func:`~.volume_questions.make_volume_questions`)
+    as a bundle datalist, like :func:`write_vqa_datalist`.
+
+    Lesions lie only on slices away from the middle (``lesion_z="peripheral"``), so the middle slice alone
+    cannot answer them.
+
+    Args:
+        out_dir: output folder (created); each series is a folder ``volume{index:03d}`` beside the list.
+        n_cases: number of volumes.
+        seed: data set seed (cases are ``case_rng(seed, split, index)``).
+        split: split name of the random streams.
+        size: in-plane size.
+        depth: number of slices.
+        families: volume question families (all when None).
+
+    Returns:
+        the path of ``datalist.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items: list[dict[str, Any]] = []
+    for index in range(n_cases):
+        case = generate_phantom(case_rng(seed, split, index), size=size, ndim=3, depth=depth, lesion_z="peripheral",
+                                case_id=f"{split}-volume-{index}")
+        name = f"volume{index:03d}"
+        write_dicom(case, out / name, seed=index)
+        for qa in make_volume_questions(case, families=families):
+            items.append({"id": f"v{index}-{qa.family}-{len(items)}", "image": name, "question": qa.question,
+                          "answer": qa.answer, "answer_type": qa.answer_type, "family": qa.family})
+    return _write_datalist(out, items)
