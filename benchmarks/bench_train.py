@@ -243,10 +243,8 @@ def evaluate(model, tokenizer, pixels: torch.Tensor, questions: list, batch_size
 
 
 def common_trainer_args(args, config) -> dict:
-    # group_by_length=False: phantom questions of one text have one length, so length-grouped batches would each
-    # hold one question text (a batch of "left?" only), which slowed learning of sides and counts
     return {"micro_batch_size": args.batch_size, "global_batch_size": args.batch_size, "deepspeed": "zero2",
-            "group_by_length": args.group_by_length,
+            "lr_scheduler": args.lr_scheduler,
             "gradient_checkpointing": False, "save_every_n_steps": args.save_every, "keep_last_checkpoints": 1,
             "log_every_n_steps": 50, "seed": args.seed, "max_length": config.model_max_length, "restart": True}
 
@@ -296,7 +294,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save-dir", default=None, help="write the trained real-run model here (save_pretrained)")
     parser.add_argument("--sampling", choices=("weighted", "all"), default="weighted",
                         help="stage-2 question mix: weighted families (default) or every question of every phantom")
-    parser.add_argument("--group-by-length", action="store_true", help="length-grouped batches (off by default)")
+    parser.add_argument("--lr-scheduler", default="cosine", choices=("cosine", "linear", "constant"))
     parser.add_argument("--consistency-cases", type=int, default=300, help="test phantoms asked presence/left/right/count")
     parser.add_argument("--skip-control", action="store_true", help="train only the real run (no ablation)")
     parser.add_argument("--control-only", action="store_true", help="train and test only the control (chosen setting)")
