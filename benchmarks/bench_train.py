@@ -260,13 +260,14 @@ def train_stage1(out: Path, tokenizer, config, s1: Dataset, args) -> tuple[Path,
     return out / "model", t1.state.output["loss"]
 
 
-def train_stage2(out: Path, init: Path, tokenizer, config, s2: Dataset, lr: float, steps: int, args, **options):
-    """Stage 2 (projector + LM, questions) from the stage-1 export; returns the trained model and last loss
-    (``options``: further ``build_trainer`` arguments, e.g. ``train_vision``)."""
+def train_stage2(out: Path, init: Path | None, tokenizer, config, s2: Dataset, lr: float, steps: int, args, **options):
+    """Stage 2 (projector + LM, questions) from the stage-1 export (``init``; None: from the random initialisation
+    of ``config``); returns the trained model and last loss (``options``: further ``build_trainer`` arguments)."""
     from monai_llava_med.engines import build_trainer
 
     epochs = max(1, -(-steps * args.batch_size // len(s2)))
-    t2 = build_trainer("stage2", train_data=s2, init_from=str(init), tokenizer=tokenizer, output_dir=str(out),
+    start = {"init_from": str(init)} if init is not None else {"model_config": config}
+    t2 = build_trainer("stage2", train_data=s2, **start, tokenizer=tokenizer, output_dir=str(out),
                        learning_rate=lr, num_epochs=epochs, max_steps=steps, warmup_ratio=0.03,
                        export_name=DEMO_NAME, **common_trainer_args(args, config), **options)
     t2.run()
@@ -294,6 +295,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--save-dir", default=None, help="write the trained real-run model here (save_pretrained)")
     parser.add_argument("--sampling", choices=("weighted", "all"), default="weighted",
                         help="stage-2 question mix: weighted families (default) or every question of every phantom")
+    parser.add_argument("--train-vision", action="store_true", help="train the vision tower in stage 2 too")
+    parser.add_argument("--skip-stage1", action="store_true", help="stage 2 from the random initialisation")
     parser.add_argument("--lr-scheduler", default="cosine", choices=("cosine", "linear", "constant"))
     parser.add_argument("--consistency-cases", type=int, default=300, help="test phantoms asked presence/left/right/count")
     parser.add_argument("--skip-control", action="store_true", help="train only the real run (no ablation)")
@@ -317,7 +320,8 @@ def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q:
     s1 = PixelQADataset(build_items(cases["train"], tokenizer, config, "stage1"), {"2d": pix["train"]})
     s2 = PixelQADataset(build_items(cases["train"], tokenizer, config, "stage2", args.sampling, args.seed),
                         {"2d": pix["train"]})
-    init, loss1 = train_stage1(work / "real" / "stage1", tokenizer, config, s1, args)
+    init, loss1 = (None, float("nan")) if args.skip_stage1 else train_stage1(work / "real" / "stage1", tokenizer, config,
+                                                                           s1, args)
     print(f"real stage 1: loss {loss1:.3f}", flush=True)
     val_groups = groups(val_q)
     grid = args.grid if args.tune else [args.chosen]
@@ -325,7 +329,7 @@ def run_real(args, work: Path, tokenizer, config, cases: dict, pix: dict, val_q:
     for lr, steps in grid:
         t0 = time.perf_counter()
         model, loss2 = train_stage2(work / "real" / f"stage2_lr{lr:g}_s{steps}", init, tokenizer, config, s2, lr, steps,
-                                    args)
+                                    args, train_vision=args.train_vision)
         hits = evaluate(model, tokenizer, pix["val"], val_q)
         val_closed[(lr, steps)] = wilson(pick(hits, val_groups["CLOSED"]))[0]
         print(f"RESULT split=val stage2_lr={lr:g} stage2_steps={steps} {fmt('closed_acc', pick(hits, val_groups['CLOSED']))} "
