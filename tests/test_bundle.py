@@ -121,7 +121,8 @@ def test_evaluate_writes_report(model_dir, tmp_path):
     out = tmp_path / "eval"
     _run(_workflow(["inference.json", "evaluate.json"], model_dir=str(model_dir), output_dir=str(out), max_new_tokens=3))
     report = json.loads((out / "vqa_metrics.json").read_text())
-    assert sum(1 for q in report["per_question"]) == 18
+    datalist = json.loads((BUNDLE / "sample" / "datalist.json").read_text())
+    assert sum(1 for q in report["per_question"]) == len(datalist) == 23
     table = (out / "vqa_metrics.md").read_text()
     assert "phantom" in table and "closed acc" in table
 
