@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
 from ..errors import VolumeError
 from .dicom_file import decode_series_slice
@@ -36,6 +35,7 @@ from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, scan_di
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
+from .pixels_dict import PathToPixelsd
 from .readers import QuietReaders, memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view, content_slices
 from .volume_pixels import MedicalVolumeToPixels
@@ -298,35 +298,12 @@ class MedicalImageToPixels(Transform):
         }
 
 
-class MedicalImageToPixelsd(MapTransform):
-    """Dictionary wrapper of :class:`MedicalImageToPixels`.
+class MedicalImageToPixelsd(PathToPixelsd):
+    """Dictionary wrapper of :class:`MedicalImageToPixels` (:class:`~.pixels_dict.PathToPixelsd`): for each
+    path under ``keys`` it writes ``{prefix}pixel_values``, ``{prefix}views``, ``{prefix}modality``,
+    ``{prefix}source`` and ``{prefix}window``; ``kwargs`` are :class:`MedicalImageToPixels`'s arguments."""
 
-    For each path under ``keys`` it writes ``{prefix}pixel_values``, ``{prefix}views``, ``{prefix}modality``,
-    ``{prefix}source`` and ``{prefix}window`` into the dictionary.
-
-    Args:
-        keys: keys holding paths.
-        output_prefix: prefix of the written keys; ``None`` -> ``""`` for one key, ``"{key}_"`` for several.
-        allow_missing_keys: do not raise for missing keys.
-        kwargs: arguments of :class:`MedicalImageToPixels`.
-    """
-
-    def __init__(self, keys: KeysCollection, output_prefix: str | None = None, allow_missing_keys: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_prefix = output_prefix
-        self.transform = MedicalImageToPixels(**kwargs)
-
-    def __call__(self, data: dict) -> dict:  # type: ignore[override]
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if self.output_prefix is not None:
-                prefix = self.output_prefix
-            else:
-                prefix = "" if len(self.keys) == 1 else f"{key}_"
-            for name, value in self.transform(d[key]).items():
-                d[f"{prefix}{name}"] = value
-        return d
+    pipeline_class = MedicalImageToPixels
 
 
 MedicalImageToPixelsD = MedicalImageToPixelsDict = MedicalImageToPixelsd

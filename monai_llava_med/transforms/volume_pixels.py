@@ -33,9 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Transform
 
 from ..errors import VolumeError
 from .dicom_file import decode_series_slice
@@ -43,6 +42,7 @@ from .dicom_geometry import patient_affine
 from .dicom_header import read_dicom_header, tag_floats
 from .io import DEFAULT_MAX_VOXELS, DicomSeriesInfo, LoadMedicalImage, detect_input_kind, scan_dicom_series
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
+from .pixels_dict import PathToPixelsd
 from .readers import QuietReaders, memory_guard
 
 __all__ = [
@@ -224,35 +224,12 @@ class MedicalVolumeToPixels(Transform):
         }
 
 
-class MedicalVolumeToPixelsd(MapTransform):
-    """Dictionary wrapper of :class:`MedicalVolumeToPixels`.
+class MedicalVolumeToPixelsd(PathToPixelsd):
+    """Dictionary wrapper of :class:`MedicalVolumeToPixels` (:class:`~.pixels_dict.PathToPixelsd`): for each
+    path under ``keys`` it writes ``{prefix}pixel_values``, ``{prefix}views``, ``{prefix}modality``,
+    ``{prefix}source`` and ``{prefix}window``; ``kwargs`` are :class:`MedicalVolumeToPixels`'s arguments."""
 
-    For each path under ``keys`` it writes ``{prefix}pixel_values``, ``{prefix}views``, ``{prefix}modality``,
-    ``{prefix}source`` and ``{prefix}window`` into the dictionary.
-
-    Args:
-        keys: keys holding paths.
-        output_prefix: prefix of the written keys; ``None`` -> ``""`` for one key, ``"{key}_"`` for several.
-        allow_missing_keys: do not raise for missing keys.
-        kwargs: arguments of :class:`MedicalVolumeToPixels`.
-    """
-
-    def __init__(self, keys: KeysCollection, output_prefix: str | None = None, allow_missing_keys: bool = False,
-                 **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.output_prefix = output_prefix
-        self.transform = MedicalVolumeToPixels(**kwargs)
-
-    def __call__(self, data: dict) -> dict:  # type: ignore[override]
-        d = dict(data)
-        for key in self.key_iterator(d):
-            if self.output_prefix is not None:
-                prefix = self.output_prefix
-            else:
-                prefix = "" if len(self.keys) == 1 else f"{key}_"
-            for name, value in self.transform(d[key]).items():
-                d[f"{prefix}{name}"] = value
-        return d
+    pipeline_class = MedicalVolumeToPixels
 
 
 MedicalVolumeToPixelsD = MedicalVolumeToPixelsDict = MedicalVolumeToPixelsd

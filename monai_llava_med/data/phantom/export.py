@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .generator import SPLIT_CODES, case_rng, generate_phantom
-from .questions import make_questions
+from .generator import SPLIT_CODES, PhantomCase, case_rng, generate_phantom
+from .questions import PhantomQA, make_questions
 from .volume_questions import make_volume_questions
 from .writers import write_dicom, write_nifti, write_png
 
@@ -170,20 +170,31 @@ def write_vqa_datalist(
     Returns:
         the path of ``datalist.json``.
     """
-    out = Path(out_dir)
+    def case(index: int) -> PhantomCase:
+        return generate_phantom(case_rng(seed, split, index), size=size, ndim=2, case_id=f"{split}-{index}")
+
+    return _write_datalist(Path(out_dir), n_cases, case, "case{:03d}.dcm", "", make_questions, families)
+
+
+def _write_datalist(
+    out: Path,
+    n_cases: int,
+    make_case: Callable[[int], PhantomCase],
+    name: str,
+    id_prefix: str,
+    question_fn: Callable[..., list[PhantomQA]],
+    families: Sequence[str] | None,
+) -> Path:
+    """Write ``n_cases`` cases as DICOM (``name.format(index)``) and their questions as ``datalist.json``."""
     out.mkdir(parents=True, exist_ok=True)
     items: list[dict[str, Any]] = []
     for index in range(n_cases):
-        case = generate_phantom(case_rng(seed, split, index), size=size, ndim=2, case_id=f"{split}-{index}")
-        name = f"case{index:03d}.dcm"
-        write_dicom(case, out / name, seed=index)
-        for qa in make_questions(case, families=families):
-            items.append({"id": f"{index}-{qa.family}-{len(items)}", "image": name, "question": qa.question,
+        case = make_case(index)
+        image = name.format(index)
+        write_dicom(case, out / image, seed=index)
+        for qa in question_fn(case, families=families):
+            items.append({"id": f"{id_prefix}{index}-{qa.family}-{len(items)}", "image": image, "question": qa.question,
                           "answer": qa.answer, "answer_type": qa.answer_type, "family": qa.family})
-    return _write_datalist(out, items)
-
-
-def _write_datalist(out: Path, items: list[dict[str, Any]]) -> Path:
     path = out / "datalist.json"
     path.write_text(json.dumps(items))
     return path
@@ -217,15 +228,8 @@ def write_volume_vqa_datalist(
     Returns:
         the path of ``datalist.json``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    items: list[dict[str, Any]] = []
-    for index in range(n_cases):
-        case = generate_phantom(case_rng(seed, split, index), size=size, ndim=3, depth=depth, lesion_z="peripheral",
+    def case(index: int) -> PhantomCase:
+        return generate_phantom(case_rng(seed, split, index), size=size, ndim=3, depth=depth, lesion_z="peripheral",
                                 case_id=f"{split}-volume-{index}")
-        name = f"volume{index:03d}"
-        write_dicom(case, out / name, seed=index)
-        for qa in make_volume_questions(case, families=families):
-            items.append({"id": f"v{index}-{qa.family}-{len(items)}", "image": name, "question": qa.question,
-                          "answer": qa.answer, "answer_type": qa.answer_type, "family": qa.family})
-    return _write_datalist(out, items)
+
+    return _write_datalist(Path(out_dir), n_cases, case, "volume{:03d}", "v", make_volume_questions, families)
