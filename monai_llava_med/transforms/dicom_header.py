@@ -113,7 +113,7 @@ def _get(ds: Any, keyword: str, path: str | PathLike, where: str = "") -> Any:
     try:
         with QuietReaders():
             return ds.get(keyword)
-    except Exception as e:  # BytesLengthException, NotImplementedError (unknown VR), ValueError and the like
+    except Exception as e:  # pydicom's odd-byte-length, unknown-VR and value conversion errors alike
         raise DicomDecodeError(f"{where}unreadable {keyword} element ({type(e).__name__})", path) from e
 
 

@@ -35,7 +35,7 @@ from .io import DEFAULT_MAX_VOXELS, LoadMedicalImage, detect_input_kind, scan_di
 from .pathology import SlideTiles
 from .pixels import CLIP_MEAN, CLIP_STD, ImageToClipPixels
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
-from .pixels_dict import PathToPixelsd
+from .pixels_dict import PathToPixelsd, pixel_record
 from .readers import QuietReaders, memory_guard
 from .views import TOKENS_PER_VIEW, ViewMode, VolumeToViews, _square_pixels, _view, content_slices
 from .volume_pixels import MedicalVolumeToPixels
@@ -288,14 +288,7 @@ class MedicalImageToPixels(Transform):
                 except ValueError as e:  # NaN/inf after intensity scaling, or a shape the vision tower cannot take
                     raise VolumeError(f"the views cannot become vision-tower pixels: {e}", path) from e
                 metas.append(view.meta)
-        first = metas[0]
-        return {
-            "pixel_values": pixels,
-            "views": [dict(m["view"]) for m in metas],
-            "modality": str(first.get("modality", "OT")),
-            "source": Path(path).name,
-            "window": first.get("window"),
-        }
+        return pixel_record(pixels, [dict(m["view"]) for m in metas], metas[0], path)
 
 
 class MedicalImageToPixelsd(PathToPixelsd):

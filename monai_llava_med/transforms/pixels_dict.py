@@ -6,13 +6,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from os import PathLike
+from pathlib import Path
 from typing import Any, ClassVar
 
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["PathToPixelsd"]
+__all__ = ["PathToPixelsd", "pixel_record"]
+
+
+def pixel_record(pixels: Any, views: list[dict], meta: Mapping[str, Any], path: str | PathLike) -> dict[str, Any]:
+    """The result of a path pipeline: ``pixel_values``, ``views``, ``modality``, ``source`` (file name only) and
+    ``window``, and nothing else (no header value reaches it).
+
+    Args:
+        pixels: the model input.
+        views: one description per image (slice index / plane, tile, or the volume's axes).
+        meta: metadata of the loaded image (``modality``, ``window``).
+        path: the input path.
+    """
+    return {
+        "pixel_values": pixels,
+        "views": views,
+        "modality": str(meta.get("modality", "OT")),
+        "source": Path(path).name,
+        "window": meta.get("window"),
+    }
 
 
 class PathToPixelsd(MapTransform):

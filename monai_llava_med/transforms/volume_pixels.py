@@ -42,7 +42,7 @@ from .dicom_geometry import patient_affine
 from .dicom_header import read_dicom_header, tag_floats
 from .io import DEFAULT_MAX_VOXELS, DicomSeriesInfo, LoadMedicalImage, detect_input_kind, scan_dicom_series
 from .radiology import CanonicalOrientation, ModalityIntensity, WindowSpec
-from .pixels_dict import PathToPixelsd
+from .pixels_dict import PathToPixelsd, pixel_record
 from .readers import QuietReaders, memory_guard
 
 __all__ = [
@@ -215,13 +215,7 @@ class MedicalVolumeToPixels(Transform):
                               f"{self.in_channels}", path)
         if not bool(torch.isfinite(pixels).all()):
             raise VolumeError("the volume holds NaN/inf values after display scaling", path)
-        return {
-            "pixel_values": pixels,
-            "views": [{"kind": "volume", "axes": "SAR", "size": [d, h, w]}],
-            "modality": str(meta.get("modality", "OT")),
-            "source": Path(path).name,
-            "window": meta.get("window"),
-        }
+        return pixel_record(pixels, [{"kind": "volume", "axes": "SAR", "size": [d, h, w]}], meta, path)
 
 
 class MedicalVolumeToPixelsd(PathToPixelsd):
