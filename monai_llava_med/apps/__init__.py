@@ -2,7 +2,12 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Applications built on the library: :mod:`monai_llava_med.apps.monailabel` (a MONAI Label server app)."""
+"""Applications built on the library.
+
+* :mod:`monai_llava_med.apps.monailabel` -- a MONAI Label server app;
+* :mod:`monai_llava_med.apps.serve` -- an OpenAI-compatible HTTP server with a web page (``serve`` extra);
+* :mod:`monai_llava_med.apps.chat` -- a terminal chat with streamed answers.
+"""
 
 from __future__ import annotations
 

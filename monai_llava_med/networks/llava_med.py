@@ -197,7 +197,9 @@ class LlavaMedNet(nn.Module):
             top_p: nucleus sampling mass (only with ``do_sample``).
             eos_token_id: stop token(s); defaults to the language model's EOS. Generation stops on EOS.
             pad_token_id: id written after a sample has finished; defaults to EOS.
-            kwargs: further ``transformers`` generation arguments (``top_k``, ``repetition_penalty``...).
+            kwargs: further ``transformers`` generation arguments (``top_k``, ``repetition_penalty``...);
+                ``stopping_criteria`` (a ``StoppingCriteriaList``, called after every step with the tokens so far)
+                goes to ``generate`` itself, which is how the server streams and stops each row on its own.
 
         Returns:
             ``(B, T)`` the new tokens only (``T <= max_new_tokens``), padded with ``pad_token_id``.
@@ -210,6 +212,7 @@ class LlavaMedNet(nn.Module):
         eos = text_config.eos_token_id if eos_token_id is None else eos_token_id
         pad = pad_token_id if pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        stopping_criteria = kwargs.pop("stopping_criteria", None)
         generation_config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
@@ -221,7 +224,10 @@ class LlavaMedNet(nn.Module):
         )
         inputs_embeds = self.embed(input_ids, pixel_values)
         return self.language_model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, generation_config=generation_config
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            stopping_criteria=stopping_criteria,
         )
 
     # ------------------------------------------------------------------------------------------------ training

@@ -1,0 +1,98 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The batcher in process: rows of one ``generate`` end on their own; a full queue is a 503, a stall a 504."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from .conftest import SAMPLE
+
+pytest.importorskip("fastapi")
+
+
+def _request(predictor, question: str, sink, **kw):
+    from monai_llava_med.apps.serve.batching import GenerationRequest
+
+    prepared = predictor.prepare({"image": str(SAMPLE / "ct_slice.dcm"), "question": question})
+    return GenerationRequest(prepared, sink, **kw)
+
+
+def test_one_generate_serves_rows_with_their_own_limits(predictor):
+    from monai_llava_med.apps.serve.batching import DynamicBatcher
+
+    events: dict[int, list] = {0: [], 1: [], 2: []}
+    reqs = [
+        _request(predictor, "Describe the image.", lambda k, v: events[0].append((k, v)), max_tokens=6),
+        _request(predictor, "Describe the image.", lambda k, v: events[1].append((k, v)), max_tokens=2),
+        _request(predictor, "Is there a lesion in this image?", lambda k, v: events[2].append((k, v)), max_tokens=6),
+    ]
+    batcher = DynamicBatcher(predictor, queue_size=4, max_batch=8)
+    batcher.run_group(reqs)
+    assert batcher.generate_calls == 1
+    done = [next(v for k, v in events[i] if k == "done") for i in range(3)]
+    assert [d.batch_size for d in done] == [3, 3, 3]
+    assert done[1].completion_tokens == 2 and done[1].finish_reason == "length"
+    assert done[0].completion_tokens <= 6
+    for i in range(3):  # the pieces add up to the answer; nothing follows the end
+        assert "".join(v for k, v in events[i] if k == "delta") == done[i].text
+        assert events[i][-1][0] == "done"
+    alone = predictor.ask(SAMPLE / "ct_slice.dcm", "Is there a lesion in this image?", max_new_tokens=6)
+    assert done[2].text == alone["answer"]  # batching with longer prompts changes no answer
+
+
+def test_queue_full_is_503_and_a_stall_is_504(predictor):
+    from fastapi.testclient import TestClient
+
+    from monai_llava_med.apps.serve import ServeSettings, create_app
+
+    app = create_app(predictor, ServeSettings(queue_size=2, request_timeout_s=0.5))
+    client = TestClient(app)  # no lifespan: the batcher never starts, so the queue only fills
+    body = {"messages": [{"role": "user", "content": "Is there a lesion?"}]}
+    for _ in range(2):
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "queue_full" and r.headers["retry-after"] == "1"
+    assert client.get("/health").json()["batcher"]["queued"] == 2
+
+
+def test_a_failing_generate_answers_every_waiting_request(predictor):
+    from monai_llava_med.apps.serve.batching import DynamicBatcher
+
+    got: list = []
+    req = _request(predictor, "Is there a lesion?", lambda k, v: got.append((k, v)))
+    req.prepared = dict(req.prepared, pixel_values=req.prepared["pixel_values"][:, :1])  # wrong channel count
+    batcher = DynamicBatcher(predictor)
+    batcher.run_group([req])
+    assert got and got[-1][0] == "error"
+    ok: list = []
+    batcher.run_group([_request(predictor, "Is there a lesion?", lambda k, v: ok.append((k, v)))])
+    assert ok[-1][0] == "done"
+
+
+def test_cancelled_request_stops_its_row():
+    from monai_llava_med.apps.serve.batching import GenerationRequest, RowTracker
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(97 + i) for i in ids)
+
+    import torch
+
+    pieces: list[str] = []
+    cancel = GenerationRequest({}, lambda k, v: pieces.append(v), max_tokens=10, stop=("cd",))
+    other = GenerationRequest({}, lambda k, v: None, max_tokens=10)
+    tracker = RowTracker(Tok(), [cancel, other], eos_token_ids=[25])
+    ids = torch.empty(2, 0, dtype=torch.long)
+    for step, token in enumerate([0, 1, 2, 3]):
+        ids = torch.cat([ids, torch.tensor([[token], [token]])], 1)
+        done = tracker(ids)
+    assert done.tolist() == [True, False]
+    assert tracker.rows[0].text == "ab" and "".join(pieces) == "ab"  # 'c' was held back: it began the stop string
+    other.cancelled.set()
+    assert tracker(torch.cat([ids, torch.tensor([[4], [4]])], 1)).tolist() == [True, True]
+    assert tracker.rows[1].reason == "cancelled"
