@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""The FastAPI app: OpenAI chat completions, models, health, the model's views, and the web page.
+"""The FastAPI app: OpenAI chat completions, models, health and the model's views.
 
 :func:`create_app` takes a loaded :class:`~monai_llava_med.engines.LlavaMedPredictor` and
 :class:`~.settings.ServeSettings`. A request is checked (:mod:`.schema`), its image resolved (:mod:`.images`) and
@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,20 +40,9 @@ from .schema import ChatCompletionRequest, Conversation, ViewsRequest, to_conver
 from .settings import EXTENSION_FIELD, TRUST_KEYS, ServeSettings
 from .views import render_views
 
-__all__ = ["create_app", "STATIC_DIR", "PAGE_FILES"]
+__all__ = ["create_app"]
 
 logger = logging.getLogger("monai_llava_med.serve")
-#: The web page's files (package data).
-STATIC_DIR = Path(__file__).with_name("static")
-#: The only static files served, with their media types.
-PAGE_FILES = {"index.html": "text/html", "chat.js": "text/javascript", "style.css": "text/css"}
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 def _api_error_response(err: ApiError) -> JSONResponse:
@@ -237,16 +226,6 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
                          "finish_reason": _finish(value), EXTENSION_FIELD: _extension(value, source)}],
             "usage": _usage(value),
         })
-
-    @api.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
-
-    @api.get("/static/{name}", include_in_schema=False)
-    async def static(name: str) -> FileResponse:
-        if name not in PAGE_FILES:
-            raise ApiError(404, "no such file", None, None)
-        return FileResponse(STATIC_DIR / name, media_type=PAGE_FILES[name], headers=_PAGE_HEADERS)
 
     return ServeGuard(api, settings.api_key, settings.max_body_bytes)
 
