@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import PurePath
 from typing import Any
 
 from ...errors import LlavaMedInputError
+from ..file_signatures import matches_signature
 
 __all__ = [
     "ID_PATTERN",
@@ -169,33 +169,6 @@ def image_extension(filename: str) -> str:
     )
 
 
-def _nifti_header_size(head: bytes) -> bool:
-    """NIfTI-1/2 files start with ``sizeof_hdr`` = 348 or 540, in either byte order."""
-    return len(head) >= 4 and any(struct.unpack(order + "i", head[:4])[0] in (348, 540) for order in "<>")
-
-
-def _metaimage_header(head: bytes) -> bool:
-    """A MetaImage (``.mha``) file starts with ``Key = value`` lines of its header (``ObjectType = Image``...)."""
-    return re.match(rb"(ObjectType|ObjectSubType|NDims|Comment|DimSize|TransformType)\s*=", head) is not None
-
-
-#: Leading bytes of each accepted type (DICOM: ``DICM`` at offset 128). Only single-file volume formats are
-#: accepted (``.nrrd``, ``.mha``): an upload is one file, so a detached ``.nhdr``/``.mhd`` header would lack its data.
-_MAGIC: dict[str, Callable[[bytes], bool]] = {
-    ".png": lambda h: h.startswith(b"\x89PNG\r\n\x1a\n"),
-    ".jpg": lambda h: h.startswith(b"\xff\xd8\xff"),
-    ".jpeg": lambda h: h.startswith(b"\xff\xd8\xff"),
-    ".tif": lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-    ".tiff": lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-    ".svs": lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-    ".dcm": lambda h: h[128:132] == b"DICM",
-    ".nii": _nifti_header_size,
-    ".nii.gz": lambda h: h.startswith(b"\x1f\x8b"),
-    ".nrrd": lambda h: h.startswith(b"NRRD000"),
-    ".mha": _metaimage_header,
-}
-
-
 def check_file_content(path: str | PathLike, ext: str) -> None:
     """Check that a file starts the way its extension says (PNG/JPEG/TIFF signature, DICOM preamble, NIfTI header
     size, gzip magic, NRRD magic, MetaImage header key), so a renamed text or executable file is refused before it reaches the datastore.
@@ -211,7 +184,7 @@ def check_file_content(path: str | PathLike, ext: str) -> None:
         head = f.read(132)
     if not head:
         raise RequestError("the uploaded file is empty", "file")
-    if not _MAGIC[ext](head):
+    if not matches_signature(head, ext):
         raise RequestError(f"the uploaded file's content is not {ext} (its leading bytes do not match)", "file", 415)
 
 

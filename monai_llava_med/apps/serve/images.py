@@ -18,31 +18,16 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import struct
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
+from ..file_signatures import sniff_suffix
 from .api_errors import ApiError
 
-__all__ = ["FILE_SUFFIXES", "sniff_suffix", "decode_data_url", "resolve_file_url", "ImageSource"]
+__all__ = ["FILE_SUFFIXES", "decode_data_url", "resolve_file_url", "ImageSource"]
 
 #: Files a ``file://`` URL may name (a folder is read as a DICOM series).
 FILE_SUFFIXES = (".dcm", ".dicom", ".nii", ".nii.gz")
-
-
-def sniff_suffix(data: bytes) -> str | None:
-    """The file suffix the content calls for (``.png``, ``.jpg``, ``.dcm``, ``.nii``, ``.nii.gz``), or ``None``."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return ".png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return ".jpg"
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return ".dcm"
-    if data.startswith(b"\x1f\x8b"):
-        return ".nii.gz"
-    if len(data) >= 348 and any(struct.unpack(order + "i", data[:4])[0] in (348, 540) for order in "<>"):
-        return ".nii"
-    return None
 
 
 def decode_data_url(url: str, max_bytes: int, param: str) -> tuple[bytes, str]:
