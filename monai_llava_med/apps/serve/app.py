@@ -182,7 +182,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
                            "model", "model_not_found")
         conv = to_conversation(body, settings)
         if service.batcher.queue.full():
-            raise QueueFullError()
+            raise _queue_full()
         prepared, source = await run_in_threadpool(service.prepare, conv)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -197,7 +197,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
         try:
             service.batcher.submit(gen)
         except QueueFull:
-            raise QueueFullError() from None
+            raise _queue_full() from None
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -215,7 +215,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
                     raise _generation_error(value)
         except asyncio.TimeoutError:
             gen.cancelled.set()
-            raise ApiError(504, "the answer took longer than the server's time limit", None, "timeout") from None
+            raise _timed_out() from None
         except asyncio.CancelledError:
             gen.cancelled.set()
             raise
@@ -230,9 +230,14 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
     return ServeGuard(api, settings.api_key, settings.max_body_bytes)
 
 
-def QueueFullError() -> ApiError:  # noqa: N802 - reads as the error it builds
+def _queue_full() -> ApiError:
     """The 503 answered when the request queue is full."""
     return ApiError(503, "the server is busy (request queue full); retry shortly", None, "queue_full")
+
+
+def _timed_out() -> ApiError:
+    """The 504 answered when an answer outlasts ``request_timeout_s``."""
+    return ApiError(504, "the answer took longer than the server's time limit", None, "timeout")
 
 
 def _finish(done: Completion) -> str:
@@ -285,7 +290,7 @@ async def _stream(cid: str, service: _Service, gen: GenerationRequest, events: a
         finished = True
         yield "data: [DONE]\n\n"
     except asyncio.TimeoutError:
-        yield _sse(ApiError(504, "the answer took longer than the server's time limit", None, "timeout").body())
+        yield _sse(_timed_out().body())
         yield "data: [DONE]\n\n"
     finally:
         if not finished:

@@ -57,6 +57,9 @@ class ServeGuard:
         scheme, _, token = given.partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.api_key or b"")
 
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"request body over the limit of {self.max_body_bytes} bytes", None, "body_too_large")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         if scope.get("type") != "http":
@@ -75,8 +78,7 @@ class ServeGuard:
                 await send_api_error(send, ApiError(400, "invalid Content-Length header", None, "invalid_request"))
                 return
             if int(length) > self.max_body_bytes:
-                await send_api_error(send, ApiError(
-                    413, f"request body over the limit of {self.max_body_bytes} bytes", None, "body_too_large"))
+                await send_api_error(send, self._too_large())
                 return
             await self.app(scope, receive, send)
             return
@@ -90,8 +92,7 @@ class ServeGuard:
                 return
             total += len(message.get("body", b""))
             if total > self.max_body_bytes:
-                await send_api_error(send, ApiError(
-                    413, f"request body over the limit of {self.max_body_bytes} bytes", None, "body_too_large"))
+                await send_api_error(send, self._too_large())
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
