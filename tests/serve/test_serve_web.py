@@ -271,3 +271,21 @@ def test_wrong_key_shows_the_servers_error_message(served, browser):
     image_part = {"type": "image_url", "image_url": {"url": _data_url(served.root / "ct_slice.dcm")}}
     ref, _ = _api_answer(served, [{"role": "user", "content": [{"type": "text", "text": QUESTION}, image_part]}])
     assert _answer_text(li) and _answer_text(li) == ref.strip()
+
+
+def test_trust_fields_are_shown_as_text(served, browser):
+    """The answer line shows the trust fields when the predictor reports them, ``n/a`` when not, never as HTML."""
+    _open_page(browser, served)
+    line = "return LlavaMedPage.trustItems(arguments[0], arguments[1]).map((item) => item[1]);"
+    assert browser.execute_script(line, None, "stop") == ["confidence: n/a"]
+    assert browser.execute_script(line, {"views": [], "modality": "CT"}, "length") == [
+        "confidence: n/a", "modality: CT", "cut at the token limit"]
+    ext = {"confidence": 0.8312, "image_reliance": 0.4, "abstained": True, "reason": "the image is unclear"}
+    assert browser.execute_script(line, ext, "stop") == [
+        "confidence: 0.83", "image reliance: 0.40", "abstained", "reason: the image is unclear"]
+    hostile = {"confidence": "0.9", "reason": '<img src=x id="planted">'}
+    meta = browser.execute_script(
+        "const m = LlavaMedPage.trustLine(arguments[0], 'stop'); document.body.append(m);"
+        "return [m.textContent, m.querySelectorAll('img').length, document.querySelectorAll('#planted').length];",
+        hostile)
+    assert meta == ['confidence: n/areason: <img src=x id="planted">', 0, 0]  # a string confidence is not a number

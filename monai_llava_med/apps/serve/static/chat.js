@@ -192,7 +192,8 @@
     return items;
   }
 
-  function showTrust(li, ext, finish) {
+  // The line under an answer: one <span> per item of trustItems, text only.
+  function trustLine(ext, finish) {
     const meta = document.createElement("p");
     meta.className = "meta";
     for (const [kind, text] of trustItems(ext, finish)) {
@@ -201,8 +202,12 @@
       span.textContent = text;
       meta.append(span);
     }
+    return meta;
+  }
+
+  function showTrust(li, ext, finish) {
     if (ext && ext.abstained === true) li.classList.add("abstained");
-    li.append(meta);
+    li.append(trustLine(ext, finish));
   }
 
   // Read a server-sent-events body; call onEvent with each parsed JSON payload until [DONE].
@@ -332,4 +337,6 @@
   }
 
   init();
+  // The answer-line formatting, for the browser tests (it builds elements, it changes nothing on the page).
+  window.LlavaMedPage = Object.freeze({ trustItems, trustLine });
 })();
