@@ -44,3 +44,15 @@ def test_shipped_sample_validates_without_errors():
     assert len(files) == 50
     for path in files[::7] + files[-1:]:  # a spread of them (dciodvfy takes ~50 ms a file)
         assert dciodvfy_errors(path) == [], path.name
+
+
+def test_missing_validator_skips_or_fails_when_required(monkeypatch):
+    import dciodvfy_check
+
+    monkeypatch.setattr(dciodvfy_check.shutil, "which", lambda name: None)
+    monkeypatch.delenv("LLAVA_MED_REQUIRE_DCIODVFY", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="dicom3tools"):
+        dciodvfy_check.require_dciodvfy()
+    monkeypatch.setenv("LLAVA_MED_REQUIRE_DCIODVFY", "1")
+    with pytest.raises(pytest.fail.Exception, match="LLAVA_MED_REQUIRE_DCIODVFY=1"):
+        dciodvfy_check.require_dciodvfy()

@@ -10,8 +10,8 @@ draws it):
 
 - the device observer (TID 1004): the model, its version and the sha256 of its weights;
 - the procedure reported, from the sources' modality (CID 100);
-- the image library (TID 1600): every source instance; the same instances are the document's evidence
-  (Current Requested Procedure Evidence Sequence);
+- every source instance as the document's evidence (Current Requested Procedure Evidence Sequence), and on
+  request in an image library (TID 1600);
 - per answer a Measurement Group (TID 1501): tracking identifier (the answer's id) and UID, the algorithm
   (TID 4019), ``confidence`` and ``image_reliance`` as NUM items (unit ``1``), ``abstained`` as a CODE
   (SCT Yes/No), and TEXT items for the question, the answer and the abstention ``reason``. The trust fields
@@ -60,6 +60,7 @@ CODES = {
     "reason": ("LLM-REASON", "Abstention reason"),
 }
 _EMPTY_ANSWER = "(no text generated)"
+_PIXEL_GROUP = 0x7FE0
 # Type 2 attributes highdicom reads from the first source as attributes (a missing one raises AttributeError)
 _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
           "StudyTime", "ReferringPhysicianName")
@@ -105,9 +106,10 @@ def _source_dataset(source: Dataset | str | PathLike, position: int) -> tuple[Da
     else:
         raise DicomSRError(f"a source must be a pydicom Dataset or a path, not {type(source).__name__}",
                            f"sources[{position}]")
-    header = copy.copy(ds)  # shallow: the caller's dataset is never changed
-    if "PixelData" in header:
-        del header.PixelData
+    header = Dataset()  # a new dataset of the same elements, pixel data left out: the caller's is never changed
+    for element in ds:
+        if element.tag.group < _PIXEL_GROUP:
+            header.add(copy.copy(element))
     missing = [k for k in _TYPE1 if not str(header.get(k, "") or "")]
     if missing:
         raise DicomSRError(f"source lacks the Type 1 attribute(s) {missing}: it cannot be referenced", where)
@@ -214,6 +216,7 @@ def build_answer_sr(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     manufacturer: str = "monai-llava-med",
+    image_library: bool = False,
 ) -> Any:
     """Build the Comprehensive SR holding ``answers`` about ``sources`` (nothing is written).
 
@@ -230,6 +233,9 @@ def build_answer_sr(
         series_instance_uid: UID of the new series (a fresh UID when None).
         sop_instance_uid: UID of the SR instance (a fresh UID when None).
         manufacturer: the Manufacturer written in the SR's equipment module.
+        image_library: also list every source in a TID 1600 Image Library (modality, geometry per instance); off
+            by default: the evidence sequence already references every instance, and highdicom takes ~60 ms per
+            instance to build the library.
 
     Returns:
         a ``highdicom.sr.ComprehensiveSR``.
@@ -260,7 +266,8 @@ def build_answer_sr(
                                                       observer_identifying_attributes=device))
     try:
         report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=_procedure(headers),
-                                         imaging_measurements=groups, referenced_images=headers)
+                                         imaging_measurements=groups,
+                                         referenced_images=headers if image_library else None)
         report[0].ContentSequence.append(
             hd.sr.TextContentItem(name=codes.DCM.Comment, value=RESEARCH_USE, relationship_type="CONTAINS"))
         sr = hd.sr.ComprehensiveSR(

@@ -9,6 +9,7 @@ The document itself is built by :func:`.dicom_sr.build_answer_sr` (docs/dicom_sr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -50,15 +51,16 @@ def write_answer_sr(
     """
     sr = build_answer_sr(answers, sources, **kwargs)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         sr.save_as(tmp, enforce_file_format=True)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise DicomSRError(f"cannot write the SR ({err.strerror or type(err).__name__})", out) from err
     return out
 
