@@ -250,3 +250,14 @@ def test_image_library_on_request(tmp_path):
                   if entry.ValueType == "IMAGE"}
     assert referenced == {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in _files()[:3]}
     assert dciodvfy_errors(out) == []
+
+
+def test_numpy_trust_values_are_accepted(tmp_path):
+    import numpy as np
+
+    entry = {"question": "Is there a lesion?", "answer": "no", "confidence": np.float32(0.5),
+             "image_reliance": np.float64(0.25), "abstained": np.bool_(True), "reason": "low confidence"}
+    out = write_answer_sr([entry], _files()[:1], tmp_path / "sr.dcm", **MODEL)
+    assert read_answer_sr(out) == [{"id": "answer 1", "question": "Is there a lesion?", "answer": "no",
+                                    "confidence": 0.5, "image_reliance": 0.25, "abstained": True,
+                                    "reason": "low confidence"}]

@@ -27,11 +27,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -150,7 +152,7 @@ def _number(entry: Mapping[str, Any], key: str, where: str) -> float | None:
     value = entry.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise DicomSRError(f"{key} must be a finite number, got a {type(value).__name__}", where)
     if key == "confidence" and not 0.0 <= value <= 1.0:
         raise DicomSRError("confidence must lie in [0, 1]", where)
@@ -177,7 +179,7 @@ def _answer_group(entry: Mapping[str, Any], index: int, algorithm: Any) -> Any:
     evaluations = []
     abstained = entry.get("abstained")
     if abstained is not None:
-        if not isinstance(abstained, bool):
+        if not isinstance(abstained, (bool, np.bool_)):
             raise DicomSRError(f"abstained must be a bool, got a {type(abstained).__name__}", where)
         value = codes.SCT.Yes if abstained else codes.SCT.No
         evaluations.append(hd.sr.QualitativeEvaluation(_code("abstained"), value))
