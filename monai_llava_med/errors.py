@@ -25,6 +25,7 @@ __all__ = [
     "RecordError",
     "TemplateError",
     "BundleError",
+    "DicomSRError",
     "as_input_error",
 ]
 
@@ -81,6 +82,10 @@ class TemplateError(LlavaMedInputError):
 
 class BundleError(LlavaMedInputError):
     """A MONAI bundle is run with settings that cannot work (wrong ``bundle_root``, missing bundle file)."""
+
+
+class DicomSRError(LlavaMedInputError):
+    """Answers cannot be written as a DICOM SR: no source instance, sources of several studies, a malformed answer."""
 
 
 def as_input_error(err: Exception, where: str) -> LlavaMedInputError:

@@ -28,6 +28,8 @@ _SUBMODULE_ATTRS = {
     ],
     "training": ["build_trainer", "load_run_config", "make_train_loader", "run_training", "seed_everything"],
     "bundle_run": ["bundle_path", "report_errors_without_traceback", "typed_cause"],
+    "dicom_sr": ["CODES", "CODING_SCHEME", "RESEARCH_USE", "build_answer_sr", "weights_sha256"],
+    "dicom_sr_files": ["read_answer_sr", "write_answer_sr", "write_bundle_answer_sr"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
     "inference": [
         "ERROR_KEY", "LlavaMedInferer", "LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa",
