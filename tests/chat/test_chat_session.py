@@ -37,7 +37,8 @@ def test_turns_go_into_the_next_prompt_as_the_predictor_takes_them(predictor):
     assert "".join(pieces) == first.text
     assert first.text == predictor.ask(CT, "Is there a lesion in this image?", max_new_tokens=8)["answer"]
     second = session.ask("Is it on the left side?", lambda _: None)
-    turns = [("user", "Is there a lesion in this image?"), ("assistant", first.text), ("user", "Is it on the left side?")]
+    turns = [("user", "Is there a lesion in this image?"), ("assistant", first.text),
+             ("user", "Is it on the left side?")]
     reference = predictor.ask(CT, turns, max_new_tokens=8)
     alone = predictor.prepare({"image": str(CT), "question": "Is it on the left side?"})
     assert second.text == reference["answer"]

@@ -122,7 +122,8 @@ class ChatSession:
         """
         turns = [*self.history, {"role": "user", "content": question}]
         image = str(self.image) if self.image is not None else None
-        prepared = self._prepare({"id": CONVERSATION, "image": image, "question": question if len(turns) == 1 else turns})
+        asked = question if len(turns) == 1 else turns
+        prepared = self._prepare({"id": CONVERSATION, "image": image, "question": asked})
         ended: dict[str, Any] = {}
 
         def sink(kind: str, value: Any) -> None:
