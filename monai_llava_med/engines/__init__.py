@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""MONAI engines for LLaVA-Med: DeepSpeed training workflows and question answering.
+"""MONAI engines for LLaVA-Med: DeepSpeed training workflows and question answering (batched or streamed).
 
 Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
 costs nothing until one of them is needed. The training names need the ``train`` extra (DeepSpeed,
@@ -35,6 +35,7 @@ _SUBMODULE_ATTRS = {
         "ERROR_KEY", "LlavaMedInferer", "LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa",
         "prepare_vqa_batch",
     ],
+    "streaming": ["Completion", "GenerationRequest", "RowTracker", "stream_generate"],
 }
 
 __getattr__, __dir__, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)
