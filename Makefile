@@ -4,13 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LABEL_VENV ?= .venv-label
 LABEL_PY := $(LABEL_VENV)/bin/python
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_PY := $(DEPLOY_VENV)/bin/python
 CONSTRAINTS := requirements/constraints.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: install test test-label test-all fuzz demo bench clean label-venv
+.PHONY: install test test-label test-deploy test-all fuzz demo bench clean label-venv deploy-venv
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +28,7 @@ TEST_WORKERS ?= 2
 # lint-imports checks the layer contracts of pyproject.toml [tool.importlinter] (docs/architecture.md)
 test: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not label" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not label and not deploy" tests
 
 # Long fuzz campaign over the loading entry point (tests/fuzz; make test runs a short one): counts of ok / typed /
 # untyped / crash / hang / memory / nonfinite / leak; failing inputs are kept in FUZZ_FAILURES (under .cache/, ignored)
@@ -55,7 +57,22 @@ label-venv: $(LABEL_VENV)/.installed
 test-label: label-venv
 	$(LABEL_PY) -m pytest -q -m label tests/label
 
-test-all: test test-label
+# MONAI Deploy App SDK 4.0 (holoscan-cu13, cupy, tritonclient; no torch) in its own venv: its tritonclient needs
+# protobuf<7 (constraints.txt pins 7.x), and ~540 MiB of GPU runtime stays out of .venv (docs/deploy.md)
+$(DEPLOY_VENV)/.installed: requirements/deploy.txt pyproject.toml
+	test -x $(DEPLOY_PY) || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_PY) -m pip install -q --upgrade pip
+	$(DEPLOY_PY) -m pip install -q torch==2.13.0
+	$(DEPLOY_PY) -m pip install -q -r requirements/deploy.txt
+	$(DEPLOY_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+deploy-venv: $(DEPLOY_VENV)/.installed
+
+test-deploy: deploy-venv
+	$(DEPLOY_PY) -m pytest -q -m deploy tests/deploy
+
+test-all: test test-label test-deploy
 
 demo: install
 	$(PY) -m monai.bundle run --config_file bundles/llava_med/configs/inference.json --bundle_root bundles/llava_med
@@ -64,4 +81,4 @@ bench: install
 	$(PY) benchmarks/bench_network.py
 
 clean:
-	rm -rf $(VENV) $(LABEL_VENV) .cache build *.egg-info
+	rm -rf $(VENV) $(LABEL_VENV) $(DEPLOY_VENV) .cache build *.egg-info

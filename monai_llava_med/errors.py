@@ -26,6 +26,7 @@ __all__ = [
     "TemplateError",
     "BundleError",
     "DicomSRError",
+    "SeriesSelectionError",
     "as_input_error",
 ]
 
@@ -86,6 +87,10 @@ class BundleError(LlavaMedInputError):
 
 class DicomSRError(LlavaMedInputError):
     """Answers cannot be written as a DICOM SR: no source instance, sources of several studies, a malformed answer."""
+
+
+class SeriesSelectionError(LlavaMedInputError):
+    """A DICOM input has nothing to answer about: no DICOM file, or no series matching the selection rules."""
 
 
 def as_input_error(err: Exception, where: str) -> LlavaMedInputError:

@@ -6,7 +6,8 @@
 
 * :mod:`monai_llava_med.apps.chat` -- a terminal chat about one image at a time;
 * :mod:`monai_llava_med.apps.monailabel` -- a MONAI Label server app;
-* :mod:`monai_llava_med.apps.serve` -- an OpenAI-compatible HTTP server with a web page (``serve`` extra).
+* :mod:`monai_llava_med.apps.serve` -- an OpenAI-compatible HTTP server with a web page (``serve`` extra);
+* :mod:`monai_llava_med.apps.deploy` -- MONAI Deploy App SDK operators and an example app (``.venv-deploy``).
 """
 
 from __future__ import annotations
