@@ -29,10 +29,9 @@ _SUBMODULE_ATTRS = {
     "training": ["build_trainer", "load_run_config", "make_train_loader", "run_training", "seed_everything"],
     "bundle_run": ["bundle_path", "report_errors_without_traceback", "typed_cause"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
-    "inference": [
-        "ERROR_KEY", "LlavaMedInferer", "LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa",
-        "prepare_vqa_batch",
-    ],
+    "inferer": ["ERROR_KEY", "LlavaMedInferer"],
+    "inference": ["LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa", "prepare_vqa_batch"],
+    "calibrate": ["fit_calibration", "run_calibration"],
 }
 
 __getattr__, __dir__, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)
