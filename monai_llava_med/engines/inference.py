@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..conversation.tokenization import MAX_QUESTION_CHARS
-from ..errors import RecordError, as_input_error
+from ..errors import CalibrationError, RecordError, as_input_error
 from ..networks import LlavaMedNet, load_pretrained
 from ..transforms.pipelines import TEXT_RESERVE
 from ..trust.assessment import AnswerScores
@@ -222,6 +222,11 @@ class LlavaMedPredictor:
         self.tokenizer = tokenizer
         self.prepare = PrepareVqaItem(tokenizer, model, preprocess=preprocess, template=template, raise_errors=True)
         self.max_new_tokens = max_new_tokens
+        gate = calibration.gate if calibration is not None else None
+        if gate is not None and gate.width != 2 * model.projector[0].in_features:
+            raise CalibrationError(f"its input gate was fitted on {gate.width // 2}-wide vision features; this model's "
+                                   f"are {model.projector[0].in_features}-wide (a calibration of another model?)",
+                                   calibration.model or "calibration")
         self.calibration = calibration
         self.trust = trust
 

@@ -37,7 +37,8 @@ class AnswerScores:
         raw_confidence: the chosen answer's probability with the image: the normalised yes/no probability
             (closed) or ``exp(mean log p)`` of the answer's tokens (open).
         blank_confidence: the same answer's probability with the neutral image, ``None`` without an image.
-        features: ``(width,)`` the projector's input averaged over tokens and views, ``None`` without an image.
+        features: ``(2 * width,)`` the projector's input summarised over tokens (mean and standard deviation) and
+            averaged over views (:meth:`~.gate.ProjectorInputs.pooled`), ``None`` without an image.
     """
 
     kind: str
@@ -54,7 +55,8 @@ class AnswerScores:
 
 
 def image_features(projector_inputs: ProjectorInputs, images_per_row: torch.Tensor) -> list[torch.Tensor | None]:
-    """Each row's image features from what the projector saw: the mean over its tokens and its views.
+    """Each row's image features from what the projector saw (:meth:`~.gate.ProjectorInputs.pooled`), averaged over
+    its views.
 
     Args:
         projector_inputs: the record of one ``generate`` (or forward) call over the batch's images.

@@ -4,8 +4,8 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """The input gate: how far an image's vision features lie from those of the in-domain images.
 
-An image is summarised by the mean over its tokens (and over its views) of the projector's input, the vision
-tower's selected (and pooled) features, which the answer's forward pass computes anyway (:class:`ProjectorInputs`
+An image is summarised by the mean and the standard deviation over its tokens (averaged over its views) of the
+projector's input, the vision tower's selected (and pooled) features, which ``generate`` computes anyway (:class:`ProjectorInputs`
 reads them with a hook, so the gate costs no extra pass). The in-domain images give a mean and a Ledoit-Wolf
 shrinkage covariance (:func:`ledoit_wolf_covariance`); an image's score is its Mahalanobis distance
 ``sqrt((x - mean)^T cov^-1 (x - mean))``. The refusal distance is a split-conformal quantile of the distances of
@@ -61,10 +61,12 @@ class ProjectorInputs:
             self._handle = None
 
     def pooled(self) -> torch.Tensor:
-        """``(N, width)``: each recorded image's features averaged over its tokens."""
+        """``(N, 2 * width)``: each recorded image's features summarised over its tokens, their mean and their
+        standard deviation side by side (the spread tells a uniform image from one with structure)."""
         if not self.batches:
             return torch.empty(0, 0)
-        return torch.cat([b.reshape(b.shape[0], -1, b.shape[-1]).mean(1) for b in self.batches])
+        tokens = [b.reshape(b.shape[0], -1, b.shape[-1]) for b in self.batches]
+        return torch.cat([torch.cat([t.mean(1), t.std(1, correction=0)], -1) for t in tokens])
 
 
 def ledoit_wolf_covariance(x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -98,7 +100,7 @@ class FeatureGate:
     """Mahalanobis distance to the in-domain features, with a refusal distance.
 
     Args:
-        mean: ``(d,)`` mean in-domain feature.
+        mean: ``(d,)`` mean in-domain feature (``d`` = twice the projector's input width: token mean and spread).
         precision: ``(d, d)`` inverse of the shrinkage covariance.
         threshold: images farther than this are refused.
         refusal_rate: the in-domain refusal rate the threshold was chosen for.
@@ -117,7 +119,7 @@ class FeatureGate:
 
     @property
     def width(self) -> int:
-        """Feature width the gate expects (the projector's input width)."""
+        """Feature width the gate expects (twice the projector's input width)."""
         return int(self.mean.shape[0])
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
