@@ -85,7 +85,8 @@ def test_closed_and_open_fields_on_the_demo_model(demo, phantoms):
 
 
 def _prepared(predictor, image, question):
-    item = PrepareVqaItem(predictor.tokenizer, predictor.model, raise_errors=True)({"image": image, "question": question})
+    prepare = PrepareVqaItem(predictor.tokenizer, predictor.model, raise_errors=True)
+    item = prepare({"image": image, "question": question})
     return item["input_ids"][None], item["pixel_values"]
 
 
@@ -99,7 +100,8 @@ def test_closed_confidence_and_reliance_equal_a_hand_computed_softmax(demo, phan
     ids, pixels = _prepared(demo, image, "Is there a lesion in this image?")
     yes, no = _vocab_ids(tok, "yes"), _vocab_ids(tok, "no")
     with torch.no_grad():
-        probs = [torch.softmax(model(ids, None, p).logits[0, -1].double(), -1) for p in (pixels, torch.zeros_like(pixels))]
+        probs = [torch.softmax(model(ids, None, p).logits[0, -1].double(), -1)
+                 for p in (pixels, torch.zeros_like(pixels))]  # the image, then the neutral image
     chosen = [float(p[yes if word == "yes" else no].sum() / (p[yes].sum() + p[no].sum())) for p in probs]
     assert result["confidence"] == pytest.approx(chosen[0], abs=1e-5)
     assert result["image_reliance"] == pytest.approx(abs(chosen[0] - chosen[1]), abs=1e-5)

@@ -31,7 +31,7 @@ from ..data.records import closed_answer_type
 from ..errors import BundleError, CalibrationError
 from ..metrics.scoring import score_question
 from ..trust.abstention import DEFAULT_MIN_IMAGE_RELIANCE
-from ..trust.calibration import CALIBRATION_FILE, KINDS, Calibration, PlattScaling, conformal_risk_threshold
+from ..trust.calibration import CALIBRATION_FILE, QUESTION_KINDS, Calibration, PlattScaling, conformal_risk_threshold
 from ..trust.gate import fit_feature_gate
 from .answers import load_datalist
 from .inference import ERROR_KEY, LlavaMedPredictor
@@ -120,7 +120,7 @@ def fit_calibration(
     fit = [r for r, f in zip(rows, in_fit) if f]
     held = [r for r, f in zip(rows, in_fit) if not f]
     scaling, thresholds, summary = {}, {}, {"items": len(items), "failed": failed, "seed": seed}
-    for kind in KINDS:
+    for kind in QUESTION_KINDS:
         fit_rows, held_rows = [r for r in fit if r[1].kind == kind], [r for r in held if r[1].kind == kind]
         scaling[kind] = PlattScaling.fit([r[1].raw_confidence for r in fit_rows], [r[2] for r in fit_rows])
         held_conf = scaling[kind](np.array([r[1].raw_confidence for r in held_rows]))

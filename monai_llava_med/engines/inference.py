@@ -299,7 +299,9 @@ class LlavaMedPredictor:
         result["latency_s"] = round(time.perf_counter() - start, 4)
         return result
 
-    def ask_batch(self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any) -> list[dict[str, Any]]:
+    def ask_batch(
+        self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any
+    ) -> list[dict[str, Any]]:
         """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
 
         A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place, whatever raised it (see
@@ -333,7 +335,8 @@ class LlavaMedPredictor:
         )
         out: list[tuple[dict[str, Any], AnswerScores | None]] = []
         for start in range(0, len(items), batch_size):
-            entries, scores = self._run([prepare(it) for it in items[start : start + batch_size]], raw=raw, **generation)
+            prepared = [prepare(it) for it in items[start : start + batch_size]]
+            entries, scores = self._run(prepared, raw=raw, **generation)
             out += zip(entries, scores)
         return out
 

@@ -24,7 +24,8 @@ _SUBMODULE_ATTRS = {
     ],
     "assessment": ["AnswerScores", "image_features", "score_answers", "trust_fields"],
     "calibration": [
-        "CALIBRATION_FILE", "Calibration", "PlattScaling", "conformal_risk_threshold", "load_calibration",
+        "CALIBRATION_FILE", "QUESTION_KINDS", "Calibration", "PlattScaling", "conformal_risk_threshold",
+        "load_calibration",
     ],
     "confidence": [
         "answer_lengths", "closed_choice_probability", "sequence_probability", "yes_no_token_ids",

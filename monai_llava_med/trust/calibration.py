@@ -32,13 +32,16 @@ from ..errors import CalibrationError
 from .abstention import DEFAULT_MIN_IMAGE_RELIANCE
 from .gate import FeatureGate
 
-__all__ = ["CALIBRATION_FILE", "Calibration", "PlattScaling", "conformal_risk_threshold", "load_calibration"]
+__all__ = [
+    "CALIBRATION_FILE", "QUESTION_KINDS", "Calibration", "PlattScaling", "conformal_risk_threshold",
+    "load_calibration",
+]
 
 #: the calibration's file name, beside the weights (or in the folder ``calibrate.json`` writes).
 CALIBRATION_FILE = "calibration.json"
 _FORMAT, _VERSION = "monai-llava-med-calibration", 1
 #: question types, each with its own scaling and threshold.
-KINDS = ("closed", "open")
+QUESTION_KINDS = ("closed", "open")
 _EPS = 1e-6
 
 
@@ -160,8 +163,8 @@ class Calibration:
         fit_summary: counts and risks of the fit, for the record.
     """
 
-    scaling: dict[str, PlattScaling] = field(default_factory=lambda: {k: PlattScaling() for k in KINDS})
-    thresholds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 0.0))
+    scaling: dict[str, PlattScaling] = field(default_factory=lambda: {k: PlattScaling() for k in QUESTION_KINDS})
+    thresholds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(QUESTION_KINDS, 0.0))
     target_error: float | None = None
     min_image_reliance: float = DEFAULT_MIN_IMAGE_RELIANCE
     gate: FeatureGate | None = None
@@ -222,8 +225,8 @@ class Calibration:
             thresholds = {k: float(v) for k, v in dict(data.get("thresholds") or {}).items()}
             target = data.get("target_error")
             gate = None if data.get("gate") is None else FeatureGate.load(folder, dict(data["gate"]))
-            return cls(scaling={**{k: PlattScaling() for k in KINDS}, **scaling},
-                       thresholds={**dict.fromkeys(KINDS, 0.0), **thresholds},
+            return cls(scaling={**{k: PlattScaling() for k in QUESTION_KINDS}, **scaling},
+                       thresholds={**dict.fromkeys(QUESTION_KINDS, 0.0), **thresholds},
                        target_error=None if target is None else float(target),
                        min_image_reliance=float(data.get("min_image_reliance", DEFAULT_MIN_IMAGE_RELIANCE)),
                        gate=gate, model=data.get("model"), fit_summary=dict(data.get("fit_summary") or {}))

@@ -68,7 +68,8 @@ def answer_lengths(new_tokens: torch.Tensor, eos_token_id: int | Sequence[int] |
         return torch.full((rows,), width, dtype=torch.long, device=new_tokens.device)
     stops = torch.as_tensor(eos_token_id, device=new_tokens.device).reshape(-1)
     is_end = torch.isin(new_tokens, stops)
-    first = torch.where(is_end.any(1), is_end.int().argmax(1) + 1, torch.full_like(is_end[:, 0], width, dtype=torch.long))
+    never = torch.full_like(is_end[:, 0], width, dtype=torch.long)
+    first = torch.where(is_end.any(1), is_end.int().argmax(1) + 1, never)
     return first.long()
 
 

@@ -5,8 +5,8 @@
 """The input gate: how far an image's vision features lie from those of the in-domain images.
 
 An image is summarised by the mean and the standard deviation over its tokens (averaged over its views) of the
-projector's input, the vision tower's selected (and pooled) features, which ``generate`` computes anyway (:class:`ProjectorInputs`
-reads them with a hook, so the gate costs no extra pass). The in-domain images give a mean and a Ledoit-Wolf
+projector's input, the vision tower's selected (and pooled) features, which ``generate`` computes anyway
+(:class:`ProjectorInputs` reads them with a hook, so the gate costs no extra pass). The in-domain images give a mean and a Ledoit-Wolf
 shrinkage covariance (:func:`ledoit_wolf_covariance`); an image's score is its Mahalanobis distance
 ``sqrt((x - mean)^T cov^-1 (x - mean))``. The refusal distance is a split-conformal quantile of the distances of
 held-out in-domain images (:func:`fit_feature_gate`). The tensors are saved in ``gate.safetensors``.
@@ -167,7 +167,9 @@ class FeatureGate:
         mean, precision = tensors.get("mean"), tensors.get("precision")
         width = int(summary.get("width", -1))
         if mean is None or precision is None or mean.shape != (width,) or precision.shape != (width, width):
-            raise CalibrationError(f"the gate tensors must be 'mean' ({width},) and 'precision' ({width}, {width})", path)
+            raise CalibrationError(
+                f"the gate tensors must be 'mean' ({width},) and 'precision' ({width}, {width})", path
+            )
         return cls(mean=mean, precision=precision, threshold=float(summary["threshold"]),
                    refusal_rate=float(summary.get("refusal_rate", 0.01)), shrinkage=float(summary.get("shrinkage", 0)),
                    n_fit=int(summary.get("n_fit", 0)), n_calibration=int(summary.get("n_calibration", 0)))
