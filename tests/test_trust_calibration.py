@@ -160,3 +160,26 @@ def test_calibrate_config_writes_calibration_json_outside_the_model_folder(tmp_p
     from monai_llava_med.engines import typed_cause
 
     assert isinstance(typed_cause(refused.value), BundleError)
+
+
+def test_bundle_inference_reads_the_calibration_dir(tmp_path):
+    import csv
+
+    from test_bundle import _run, _workflow
+
+    datalist = write_vqa_datalist(tmp_path / "data", 3, seed=47, split="val")
+    predictor = LlavaMedPredictor.from_pretrained(DEMO, device="cpu")
+    fit_calibration(predictor, datalist, target_error=0.1, output_dir=tmp_path / "cal", max_new_tokens=8)
+    out, questions = tmp_path / "answers", tmp_path / "data" / "questions.json"
+    questions.write_text(json.dumps(json.loads(datalist.read_text())[:4]))
+    _run(_workflow(["inference.json"], model_dir=str(DEMO), calibration_dir=str(tmp_path / "cal"),
+                   datalist=str(questions), output_dir=str(out), max_new_tokens=8))
+    answers = json.loads((out / "answers.json").read_text())
+    assert len(answers) == 4 and all(isinstance(a["gate_distance"], float) and 0 <= a["confidence"] <= 1 for a in answers)
+    with (out / "answers.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {"confidence", "image_reliance", "abstained", "reason", "gate_distance"} <= set(rows[0])
+    assert [r["abstained"] for r in rows] == [str(a["abstained"]) for a in answers]
+    _run(_workflow(["inference.json"], model_dir=str(DEMO), datalist=str(questions), output_dir=str(out),
+                   max_new_tokens=8, trust=False))
+    assert "confidence" not in json.loads((out / "answers.json").read_text())[0]

@@ -136,3 +136,20 @@ def test_reliance_is_zero_when_the_image_cannot_reach_the_answer(tiny_model, tin
         assert result["image_reliance"] <= 1e-6
         assert result["abstained"] and result["reason"] == REASON_IMAGE_INDEPENDENT
         assert result["answer"] == predictor.ask(get_testdata_file(image), "Is there a lesion?")["answer"]
+
+
+def test_batched_trust_fields_equal_single_ones(demo, phantoms):
+    folder, _ = phantoms
+    items = [{"image": str(folder / "case000.dcm"), "question": "Is there a lesion in this image?"},
+             {"image": str(folder / "case001.dcm"), "question": "How many lesions are there?"},
+             {"image": None, "question": "What modality is this?"},
+             {"image": str(folder / "case002.dcm"), "question": "Is the lesion on the left side of the patient?"}]
+    batched = demo.ask_batch(items, batch_size=4)  # prompts of different lengths: left padding in both passes
+    for item, got in zip(items, batched):
+        want = demo.ask(item["image"], item["question"])
+        assert got["answer"] == want["answer"] and got["reason"] == want["reason"]
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+        if item["image"] is None:
+            assert got["image_reliance"] is None
+        else:
+            assert got["image_reliance"] == pytest.approx(want["image_reliance"], abs=1e-5)
