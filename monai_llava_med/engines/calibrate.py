@@ -92,7 +92,8 @@ def fit_calibration(
         generation: generation options (``max_new_tokens``...).
 
     Returns:
-        the calibration, also set on ``predictor``.
+        the calibration, also set on ``predictor``. A question type (closed / open) absent from the data keeps the
+        identity scaling and threshold 0 (not controlled; ``fit_summary`` records 0 answers for it).
 
     Raises:
         CalibrationError: fewer than two labelled images answered, or an item without an answer.
