@@ -17,7 +17,7 @@ from released_v15_fixture import save_plain_tokenizer, write_released_checkpoint
 
 from monai_llava_med.data.phantom import write_vqa_datalist
 from monai_llava_med.engines import LlavaMedPredictor, PrepareVqaItem
-from monai_llava_med.trust import REASON_IMAGE_INDEPENDENT, REASONS
+from monai_llava_med.trust import REASON_IMAGE_INDEPENDENT, REASONS, Calibration, PlattScaling
 
 DEMO = Path(__file__).resolve().parents[1] / "bundles" / "llava_med" / "models"
 
@@ -70,6 +70,12 @@ def test_fields_on_the_tiny_v15_layout_model(tiny_tokenizer, tmp_path):
     assert predictor.calibration is None
     for question in ("Is there a lesion in the left lung?", "What modality is this image?"):
         _check_fields(predictor.ask(get_testdata_file("CT_small.dcm"), question))
+    Calibration(scaling={"closed": PlattScaling(0.5, 0.0, 3), "open": PlattScaling(0.5, 0.0, 3)}).save(folder)
+    calibrated = LlavaMedPredictor.from_pretrained(folder, device="cpu", max_new_tokens=6)  # found beside the weights
+    assert calibrated.calibration.scaling["open"].a == 0.5
+    raw, scaled = (p.ask(get_testdata_file("CT_small.dcm"), "What modality?") for p in (predictor, calibrated))
+    assert scaled["answer"] == raw["answer"]  # the released layout still loads the same weights
+    assert abs(scaled["confidence"] - 0.5) <= abs(raw["confidence"] - 0.5) + 1e-9  # a = 0.5 pulls towards 0.5
 
 
 def test_closed_and_open_fields_on_the_demo_model(demo, phantoms):
