@@ -65,7 +65,7 @@ def gated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gate")
     datalist = write_vqa_datalist(folder / "fit", 100, seed=5, split="val", families=("presence",))
     predictor = LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=4, calibration=None)
-    fit_calibration(predictor, datalist, target_error=0.1, batch_size=25, max_new_tokens=4)
+    fit_calibration(predictor, datalist, target_error=0.1, batch_size=50, max_new_tokens=2)
     return predictor, folder
 
 
