@@ -26,6 +26,7 @@ __all__ = [
     "TemplateError",
     "BundleError",
     "CalibrationError",
+    "DicomSRError",
     "as_input_error",
 ]
 
@@ -87,6 +88,10 @@ class BundleError(LlavaMedInputError):
 class CalibrationError(LlavaMedInputError):
     """A ``calibration.json`` (or its gate tensors) cannot be read or does not fit the model, or a calibration
     cannot be fitted from the data given (too few labelled answers)."""
+
+
+class DicomSRError(LlavaMedInputError):
+    """Answers cannot be written as a DICOM SR: no source instance, sources of several studies, a malformed answer."""
 
 
 def as_input_error(err: Exception, where: str) -> LlavaMedInputError:

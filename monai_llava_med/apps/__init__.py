@@ -4,8 +4,9 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """Applications built on the library.
 
+* :mod:`monai_llava_med.apps.chat` -- a terminal chat about one image at a time;
 * :mod:`monai_llava_med.apps.monailabel` -- a MONAI Label server app;
-* :mod:`monai_llava_med.apps.serve` -- an OpenAI-compatible HTTP server (``serve`` extra).
+* :mod:`monai_llava_med.apps.serve` -- an OpenAI-compatible HTTP server with a web page (``serve`` extra).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""MONAI engines for LLaVA-Med: DeepSpeed training workflows and question answering.
+"""MONAI engines for LLaVA-Med: DeepSpeed training workflows and question answering (batched or streamed).
 
 Names are imported on first use (PEP 562 ``__getattr__`` via ``lazy_loader``), so importing the package
 costs nothing until one of them is needed. The training names need the ``train`` extra (DeepSpeed,
@@ -28,10 +28,13 @@ _SUBMODULE_ATTRS = {
     ],
     "training": ["build_trainer", "load_run_config", "make_train_loader", "run_training", "seed_everything"],
     "bundle_run": ["bundle_path", "report_errors_without_traceback", "typed_cause"],
+    "dicom_sr": ["CODES", "CODING_SCHEME", "RESEARCH_USE", "build_answer_sr", "weights_sha256"],
+    "dicom_sr_files": ["read_answer_sr", "write_answer_sr", "write_bundle_answer_sr"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
     "inferer": ["ERROR_KEY", "LlavaMedInferer"],
     "inference": ["LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa", "prepare_vqa_batch"],
     "calibrate": ["fit_calibration", "run_calibration"],
+    "streaming": ["Completion", "GenerationRequest", "RowTracker", "stream_generate"],
 }
 
 __getattr__, __dir__, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)

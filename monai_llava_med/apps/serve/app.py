@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""The FastAPI app: OpenAI chat completions, models, health and the model's views.
+"""The FastAPI app: OpenAI chat completions, models, health, the model's views and the web page (:mod:`.web`).
 
 :func:`create_app` takes a loaded :class:`~monai_llava_med.engines.LlavaMedPredictor` and
 :class:`~.settings.ServeSettings`. A request is checked (:mod:`.schema`), its image resolved (:mod:`.images`) and
@@ -39,6 +39,7 @@ from .images import ImageSource
 from .schema import ChatCompletionRequest, Conversation, ViewsRequest, to_conversation
 from .settings import EXTENSION_FIELD, TRUST_KEYS, ServeSettings
 from .views import render_views
+from .web import add_page_routes
 
 __all__ = ["create_app"]
 
@@ -227,6 +228,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
             "usage": _usage(value),
         })
 
+    add_page_routes(api)
     return ServeGuard(api, settings.api_key, settings.max_body_bytes)
 
 

@@ -10,7 +10,11 @@ file per slice with ImagePositionPatient stepping along z (:func:`lps_affine`: i
 row, slice) -> LPS mm; slice ``k`` lies at ``z = (k - (D - 1) / 2) * spacing_z``, so higher slices are
 more superior); deterministic UIDs derived from the case id and seed. Patient fields hold only the
 synthetic case id; no dates, no real data. ``instance_order="descending"`` numbers (and names) the slices
-from the most superior one down, the geometry unchanged, as many scanners do.
+from the most superior one down, the geometry unchanged, as many scanners do. The files are conformant CT / MR
+Image IODs (``dciodvfy`` reports no error): the Type 2 attributes with nothing true to say (PatientBirthDate,
+StudyDate, StudyTime, ReferringPhysicianName, AccessionNumber, PositionReferenceIndicator; for MR ScanOptions,
+MRAcquisitionType, RepetitionTime, EchoTime, EchoTrainLength) are present and empty, as the standard allows;
+PatientPosition is ``HFS``, the position the identity orientation describes; AcquisitionNumber is 1.
 NIfTI: int16 intensities and a uint8 ``*_seg.nii.gz`` label map, with the RAS affine that matches the
 DICOM LPS geometry (x and y flipped); ``flip_z=True`` stores the slices in reverse order with the affine
 compensating (the same patient geometry).
@@ -79,13 +83,21 @@ def _base_dataset(case: PhantomCase, uid_seed: str) -> Dataset:
     ds.SOPClassUID = CTImageStorage if case.modality == "CT" else MRImageStorage
     ds.PatientName = "PHANTOM^SYNTHETIC"
     ds.PatientID = case.case_id
+    ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[uid_seed, "study"])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=[uid_seed, "series"])
     ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[uid_seed, "frame"])
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.ReferringPhysicianName = ""
+    ds.AccessionNumber = ""
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.Modality = case.modality
+    ds.PatientPosition = "HFS"  # Type 2C (no Patient Orientation Code Sequence): head first supine, +z superior
+    ds.PositionReferenceIndicator = ""
+    ds.AcquisitionNumber = 1
     ds.Manufacturer = "monai-llava-med synthetic phantom"
     ds.StudyDescription = "Synthetic phantom"
     ds.SeriesDescription = f"Synthetic {case.modality} phantom"
@@ -108,6 +120,9 @@ def _base_dataset(case: PhantomCase, uid_seed: str) -> Dataset:
         ds.MagneticFieldStrength = 1.5
         ds.ScanningSequence = "SE"
         ds.SequenceVariant = "NONE"
+        # Type 2 (RepetitionTime 2C) acquisition parameters a phantom has none of: present and empty
+        for keyword in ("ScanOptions", "MRAcquisitionType", "RepetitionTime", "EchoTime", "EchoTrainLength"):
+            setattr(ds, keyword, "")
         ds.WindowCenter, ds.WindowWidth = 600.0, 1200.0
     return ds
 

@@ -1,0 +1,291 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""Throughput and latency of the OpenAI-compatible server (``monai_llava_med.apps.serve``), over loopback.
+
+Starts the real server (a subprocess on ``127.0.0.1``, a free port, the shipped demo model unless ``--model_dir``
+says otherwise, ``file://`` images from the bundle's ``sample/`` folder) and talks to it with the official
+``openai`` client, one client (one connection) per thread:
+
+* **(a) batching**: the same ``--n`` requests sent one at a time, then by ``--concurrency`` clients at once, in
+  ``--rounds`` alternating rounds against the same server; prints the throughput of each (median over rounds) and
+  their ratio, with the range of the per-round ratios. The server's ``generate_calls`` counter says how many
+  shared ``generate`` calls answered the concurrent requests.
+* **(b) load**: ``--requests`` streamed requests over ``--connections`` connections: errors, p50/p95 latency and
+  p50/p95 time to first token (the first chunk with text), next to the serial requests' p50 latency of (a).
+* **stages** (not with ``--smoke``): in the benchmark's process, without HTTP, the ms per request to prepare an item
+  (read the image, build the prompt) and to generate alone vs in a ``--max_batch`` batch: what batching can share.
+
+Questions cycle over the sample datalist's; answers are greedy (``temperature`` 0) with ``--max_tokens``. A few
+warm-up requests precede the timings. The server's flags (``--max_batch``, ``--batch_wait_ms``, ``--threads``) are
+printed with the results; the serial baseline runs on the same server, so it pays the batching window too.
+
+Run: ``python benchmarks/bench_serve.py [--n 64] [--concurrency 8] [--requests 200] [--connections 20]
+[--max_batch 8] [--batch_wait_ms 5] [--smoke]``. Prints ``RESULT key=value ...`` lines; stops the server by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "llava_med"
+SERVER_START_S = 180.0
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> dict[str, Any]:
+    """``GET url`` as JSON."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def start_server(args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start the server; wait (bounded) until ``/health`` answers."""
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(args.threads))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "monai_llava_med.apps.serve", "--model_dir", str(args.model_dir), "--host",
+           "127.0.0.1", "--port", str(port), "--allowed_root", str(BUNDLE / "sample"), "--threads", str(args.threads),
+           "--max_batch", str(args.max_batch), "--batch_wait_ms", str(args.batch_wait_ms),
+           "--queue_size", str(max(64, 2 * args.connections)), "--log_level", "warning"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            get_json(f"{url}/health")
+            return proc, url
+        except OSError:
+            time.sleep(0.25)
+    stop_server(proc)
+    raise RuntimeError(f"the server did not answer /health within {SERVER_START_S:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM by PID, then SIGKILL if it has not exited within 20 s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+class Client:
+    """One ``openai`` client (its own connection) asking the benchmark's questions.
+
+    Args:
+        url: the server's base URL.
+        model: the served model's name.
+        questions: ``(question, file:// URL)`` pairs, cycled by request index.
+        max_tokens: answer bound.
+    """
+
+    def __init__(self, url: str, model: str, questions: list[tuple[str, str]], max_tokens: int) -> None:
+        import openai
+
+        self.model = model
+        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        self.questions = questions
+        self.max_tokens = max_tokens
+
+    def _body(self, i: int) -> dict[str, Any]:
+        question, image = self.questions[i % len(self.questions)]
+        return {"model": self.model, "messages": [{"role": "user", "content": [{"type": "text", "text": question},
+                                                          {"type": "image_url", "image_url": {"url": image}}]}],
+                "max_tokens": self.max_tokens, "temperature": 0}
+
+    def ask(self, i: int) -> float:
+        """One plain request; its latency in seconds."""
+        start = time.perf_counter()
+        r = self.client.chat.completions.create(**self._body(i))
+        if not r.choices[0].message.content:
+            raise RuntimeError("empty answer")
+        return time.perf_counter() - start
+
+    def ask_streamed(self, i: int) -> tuple[float, float]:
+        """One streamed request: ``(latency, time to first token)`` in seconds."""
+        start = time.perf_counter()
+        first = None
+        for chunk in self.client.chat.completions.create(**self._body(i), stream=True):
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter() - start
+        if first is None:
+            raise RuntimeError("no text streamed")
+        return time.perf_counter() - start, first
+
+
+def run_parallel(make_client: Callable[[], Client], indices: list[int], workers: int, streamed: bool
+                 ) -> tuple[float, list[Any], int]:
+    """Send ``indices`` over ``workers`` threads (one client each); ``(wall seconds, results, errors)``."""
+    local = threading.local()
+    errors = [0]
+    lock = threading.Lock()
+
+    def one(i: int) -> Any:
+        if not hasattr(local, "client"):
+            local.client = make_client()
+        try:
+            return local.client.ask_streamed(i) if streamed else local.client.ask(i)
+        except Exception as err:  # noqa: BLE001 - an error is counted, the run goes on
+            with lock:
+                errors[0] += 1
+                if errors[0] <= 3:
+                    print(f"request {i} failed: {type(err).__name__}", file=sys.stderr)
+            return None
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, indices))
+    return time.perf_counter() - start, [r for r in results if r is not None], errors[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (linear interpolation)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def sample_questions() -> list[tuple[str, str]]:
+    """The sample datalist's questions, each with its image as a ``file://`` URL."""
+    items = json.loads((BUNDLE / "sample" / "datalist.json").read_text())
+    return [(it["question"], (BUNDLE / "sample" / it["image"]).resolve().as_uri()) for it in items]
+
+
+def stage_costs(args: argparse.Namespace, questions: list[tuple[str, str]], repeats: int = 20) -> str:
+    """In this process, without HTTP: ms per request to prepare one item, and to generate alone vs in a batch.
+
+    Explains the end-to-end ratio: dynamic batching shares ``generate``; preparing (reading the image, building the
+    prompt) stays per request.
+    """
+    import torch
+
+    from monai_llava_med.engines import LlavaMedPredictor
+    from monai_llava_med.engines.streaming import GenerationRequest, stream_generate
+
+    torch.set_num_threads(args.threads)
+    p = LlavaMedPredictor.from_pretrained(args.model_dir, device="cpu")
+    question, image = questions[0]
+    item = {"image": unquote(urlsplit(image).path), "question": question}
+    for _ in range(3):
+        prepared = p.prepare(item)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        prepared = p.prepare(item)
+    prepare_ms = (time.perf_counter() - start) / repeats * 1000
+    per_request = {}
+    for size in (1, args.max_batch):
+        stream_generate(p, [GenerationRequest(prepared, lambda k, v: None, max_tokens=args.max_tokens)] * size)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            group = [GenerationRequest(prepared, lambda k, v: None, max_tokens=args.max_tokens) for _ in range(size)]
+            stream_generate(p, group)
+        per_request[size] = (time.perf_counter() - start) / repeats / size * 1000
+    return (f"RESULT stage=in_process prepare_ms={prepare_ms:.1f} generate_ms_per_request_batch1={per_request[1]:.1f} "
+            f"generate_ms_per_request_batch{args.max_batch}={per_request[args.max_batch]:.1f} "
+            f"generate_speedup={per_request[1] / per_request[args.max_batch]:.2f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options (``--smoke``: a quick check of the whole path with small counts)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model_dir", type=Path, default=BUNDLE / "models")
+    p.add_argument("--n", type=int, default=64, help="requests per round of (a)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating serial/concurrent rounds of (a)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--requests", type=int, default=200, help="streamed requests of (b)")
+    p.add_argument("--connections", type=int, default=20)
+    p.add_argument("--max_tokens", type=int, default=8)
+    p.add_argument("--max_batch", type=int, default=8, help="server flag")
+    p.add_argument("--batch_wait_ms", type=float, default=5.0, help="server flag")
+    p.add_argument("--threads", type=int, default=1, help="server's torch CPU threads")
+    p.add_argument("--smoke", action="store_true", help="n=8, rounds=1, requests=20, connections=4")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.n, args.rounds, args.requests, args.connections = 8, 1, 20, 4
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the server, run (a) and (b), print the RESULT lines, stop the server."""
+    args = parse_args(argv)
+    questions = sample_questions()
+    print(f"server flags: --max_batch {args.max_batch} --batch_wait_ms {args.batch_wait_ms:g} --threads {args.threads}"
+          f"; max_tokens={args.max_tokens}; cpus={os.cpu_count()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        proc, url = start_server(args, Path(tmp) / "server.log")
+        print(f"server: pid {proc.pid} at {url}", flush=True)
+        try:
+            model = get_json(f"{url}/health")["model"]
+            make = lambda: Client(url, model, questions, args.max_tokens)  # noqa: E731
+            run_parallel(make, list(range(2 * args.concurrency)), args.concurrency, False)  # warm-up
+            serial, batched, ratios, calls, serial_latency = [], [], [], [], []
+            total_errors = 0
+            for r in range(args.rounds):
+                work = list(range(r * args.n, (r + 1) * args.n))
+                wall_s, lat_s, err_s = run_parallel(make, work, 1, False)
+                serial_latency += lat_s
+                before = get_json(f"{url}/health")["batcher"]["generate_calls"]
+                wall_c, _, err_c = run_parallel(make, work, args.concurrency, False)
+                calls.append(get_json(f"{url}/health")["batcher"]["generate_calls"] - before)
+                total_errors += err_s + err_c
+                serial.append(args.n / wall_s)
+                batched.append(args.n / wall_c)
+                ratios.append(wall_s / wall_c)
+                print(f"round {r}: serial {serial[-1]:.2f} req/s, {args.concurrency} clients {batched[-1]:.2f} req/s "
+                      f"({calls[-1]} generate calls for {args.n} requests)", flush=True)
+            print(f"RESULT serial_rps={statistics.median(serial):.2f} batched_rps={statistics.median(batched):.2f} "
+                  f"speedup={statistics.median(ratios):.2f} speedup_min={min(ratios):.2f} "
+                  f"speedup_max={max(ratios):.2f} rounds={args.rounds} n={args.n} concurrency={args.concurrency} "
+                  f"mean_batch={args.n * len(calls) / max(1, sum(calls)):.2f} errors={total_errors} "
+                  f"max_batch={args.max_batch} batch_wait_ms={args.batch_wait_ms:g}", flush=True)
+
+            wall, results, errors = run_parallel(make, list(range(args.requests)), args.connections, True)
+            latency = [lat for lat, _ in results]
+            ttft = [first for _, first in results]
+            print(f"RESULT requests={args.requests} connections={args.connections} errors={errors} "
+                  f"rps={len(results) / wall:.2f} p50_s={percentile(latency, 50):.3f} "
+                  f"p95_s={percentile(latency, 95):.3f} ttft_p50_s={percentile(ttft, 50):.3f} "
+                  f"ttft_p95_s={percentile(ttft, 95):.3f} serial_p50_s={percentile(serial_latency, 50):.3f}",
+                  flush=True)
+        finally:
+            stop_server(proc)
+    if not args.smoke:
+        print(stage_costs(args, questions), flush=True)
+    return 1 if total_errors or errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
