@@ -25,6 +25,7 @@ __all__ = [
     "RecordError",
     "TemplateError",
     "BundleError",
+    "CalibrationError",
     "DicomSRError",
     "SeriesSelectionError",
     "as_input_error",
@@ -83,6 +84,11 @@ class TemplateError(LlavaMedInputError):
 
 class BundleError(LlavaMedInputError):
     """A MONAI bundle is run with settings that cannot work (wrong ``bundle_root``, missing bundle file)."""
+
+
+class CalibrationError(LlavaMedInputError):
+    """A ``calibration.json`` (or its gate tensors) cannot be read or does not fit the model, or a calibration
+    cannot be fitted from the data given (too few labelled answers)."""
 
 
 class DicomSRError(LlavaMedInputError):

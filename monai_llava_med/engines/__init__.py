@@ -31,10 +31,9 @@ _SUBMODULE_ATTRS = {
     "dicom_sr": ["CODES", "CODING_SCHEME", "RESEARCH_USE", "build_answer_sr", "weights_sha256"],
     "dicom_sr_files": ["read_answer_sr", "write_answer_sr", "write_bundle_answer_sr"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
-    "inference": [
-        "ERROR_KEY", "LlavaMedInferer", "LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa",
-        "prepare_vqa_batch",
-    ],
+    "inferer": ["ERROR_KEY", "LlavaMedInferer"],
+    "inference": ["LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa", "prepare_vqa_batch"],
+    "calibrate": ["fit_calibration", "run_calibration"],
     "streaming": ["Completion", "GenerationRequest", "RowTracker", "stream_generate"],
 }
 

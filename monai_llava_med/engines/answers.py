@@ -34,7 +34,8 @@ __all__ = ["item_id", "load_datalist", "shard_datalist", "VqaAnswerWriter", "All
 logger = logging.getLogger(__name__)
 _CSV_FIELDS = (
     "id", "dataset", "image", "question", "answer_type", "ground_truth", "answer",
-    "model", "modality", "source", "views", "latency_s", "error",
+    "model", "modality", "source", "views", "latency_s", "confidence", "image_reliance", "abstained", "reason",
+    "gate_distance", "error",
 )
 
 

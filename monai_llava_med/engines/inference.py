@@ -25,12 +25,14 @@ from os import PathLike
 from typing import Any
 
 import torch
-from monai.inferers import Inferer
 
 from ..conversation.tokenization import MAX_QUESTION_CHARS
-from ..errors import RecordError, as_input_error
+from ..errors import CalibrationError, RecordError, as_input_error
 from ..networks import LlavaMedNet, load_pretrained
 from ..transforms.pipelines import TEXT_RESERVE
+from ..trust.assessment import AnswerScores
+from ..trust.calibration import Calibration, load_calibration
+from .inferer import ERROR_KEY, LlavaMedInferer
 
 __all__ = [
     "ERROR_KEY",
@@ -45,9 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-ERROR_KEY = "error"
-#: Item fields copied into each answer entry (``dataset`` and ``question_id`` key the metrics).
-_ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type")
 
 
 def build_preprocess(model: LlavaMedNet, text_reserve: int = TEXT_RESERVE, **kwargs: Any) -> Callable[[str], Mapping[str, Any]]:
@@ -194,77 +193,6 @@ def prepare_vqa_batch(
     return moved, None, (), {}
 
 
-class LlavaMedInferer(Inferer):
-    """A MONAI inferer that answers a collated batch with the network's ``generate``.
-
-    Args:
-        tokenizer: decodes the generated ids.
-        max_new_tokens: longest answer in tokens.
-        do_sample: sample instead of greedy decoding.
-        temperature: sampling temperature.
-        top_p: nucleus mass.
-        model_name: reported with each answer; default the network's ``config.name``.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        max_new_tokens: int = 128,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        model_name: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p}
-        self.model_name = model_name
-
-    def __call__(self, inputs: Mapping[str, Any], network: LlavaMedNet, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Answer every item of ``inputs`` (see :func:`collate_vqa`); error items pass through.
-
-        Args:
-            inputs: a collated batch.
-            network: the LLaVA-Med network.
-            args: unused (MONAI inferer signature).
-            kwargs: generation overrides (``max_new_tokens``, ``do_sample``...).
-        """
-        generation = {**self.generation, **kwargs}
-        answers: list[str] = []
-        elapsed = 0.0
-        if inputs.get("input_ids") is not None:
-            start = time.perf_counter()
-            new_tokens = network.generate(
-                inputs["input_ids"],
-                inputs["attention_mask"],
-                inputs.get("pixel_values"),
-                eos_token_id=self.tokenizer.eos_token_id,
-                pad_token_id=self.tokenizer.pad_token_id,
-                **generation,
-            )
-            answers = [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-            elapsed = time.perf_counter() - start
-        name = self.model_name or network.config.name
-        results, good = [], iter(answers)
-        for item in inputs["items"]:
-            entry = {k: item.get(k) for k in _ENTRY_KEYS if k in item}
-            if "answer" in item:  # a datalist with ground truth (evaluation)
-                entry["ground_truth"] = item["answer"]
-            entry["model"] = name
-            if ERROR_KEY in item:
-                entry[ERROR_KEY] = item[ERROR_KEY]
-            else:
-                entry.update(
-                    answer=next(good),
-                    views=item.get("views", []),
-                    modality=item.get("modality"),
-                    source=item.get("source"),
-                    latency_s=round(float(item.get("preprocess_s", 0.0)) + elapsed, 4),
-                )
-            results.append(entry)
-        return results
-
-
 class LlavaMedPredictor:
     """Ask questions about medical images with a loaded network: one object, loaded once.
 
@@ -274,6 +202,10 @@ class LlavaMedPredictor:
         preprocess: image path -> pixels (default :func:`build_preprocess`).
         template: conversation template (default the model's).
         max_new_tokens: default answer length bound.
+        calibration: the :class:`~monai_llava_med.trust.Calibration` applied to every answer's trust fields, or
+            ``None`` (raw confidences, no gate).
+        trust: compute the trust fields (``confidence``, ``image_reliance``, ``abstained``, ``reason``,
+            ``gate_distance``; see ``docs/trust.md``).
     """
 
     def __init__(
@@ -283,11 +215,20 @@ class LlavaMedPredictor:
         preprocess: Callable[[str], Mapping[str, Any]] | None = None,
         template: str | None = None,
         max_new_tokens: int = 128,
+        calibration: Calibration | None = None,
+        trust: bool = True,
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.prepare = PrepareVqaItem(tokenizer, model, preprocess=preprocess, template=template, raise_errors=True)
         self.max_new_tokens = max_new_tokens
+        gate = calibration.gate if calibration is not None else None
+        if gate is not None and gate.width != 2 * model.projector[0].in_features:
+            raise CalibrationError(f"its input gate was fitted on {gate.width // 2}-wide vision features; this model's "
+                                   f"are {model.projector[0].in_features}-wide (a calibration of another model?)",
+                                   calibration.model or "calibration")
+        self.calibration = calibration
+        self.trust = trust
 
     @classmethod
     def from_pretrained(
@@ -296,6 +237,7 @@ class LlavaMedPredictor:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         preprocess: Callable[[str], Mapping[str, Any]] | None = None,
+        calibration: Calibration | str | PathLike | None = "auto",
         **kwargs: Any,
     ) -> LlavaMedPredictor:
         """Load the network and tokenizer from a folder (our layout, LLaVA-Med v1.5, or HF Llava).
@@ -305,22 +247,32 @@ class LlavaMedPredictor:
             device: target device; default CUDA when available, else CPU.
             dtype: parameter dtype (default fp32 on CPU, bf16 on GPU).
             preprocess: image pipeline override.
-            kwargs: passed to the constructor (``template``, ``max_new_tokens``).
+            calibration: ``"auto"`` loads ``model_dir/calibration.json`` when present; a folder or file path loads
+                that one; a :class:`~monai_llava_med.trust.Calibration` is used as is; ``None`` uses none.
+            kwargs: passed to the constructor (``template``, ``max_new_tokens``, ``trust``).
+
+        Raises:
+            CalibrationError: the calibration file is present (or named) but unusable.
         """
         model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device or "auto")
-        return cls(model, tokenizer, preprocess=preprocess, **kwargs)
+        if isinstance(calibration, str) and calibration == "auto":
+            calibration = load_calibration(model_dir)
+        elif calibration is not None and not isinstance(calibration, Calibration):
+            calibration = Calibration.load(calibration)
+        return cls(model, tokenizer, preprocess=preprocess, calibration=calibration, **kwargs)
 
     @property
     def model_name(self) -> str:
         """The loaded model's name."""
         return self.model.config.name
 
-    def _run(self, prepared: Sequence[Mapping[str, Any]], **generation: Any) -> list[dict[str, Any]]:
+    def _run(self, prepared: Sequence[Mapping[str, Any]], raw: bool = False, **generation: Any) -> tuple[list, list]:
         generation.setdefault("max_new_tokens", self.max_new_tokens)
-        inferer = LlavaMedInferer(self.tokenizer, **generation)
+        inferer = LlavaMedInferer(self.tokenizer, **generation, trust=self.trust or raw,
+                                  calibration=None if raw else self.calibration)
         batch = collate_vqa(prepared, pad_token_id=self.tokenizer.pad_token_id or 0)
         batch, _, _, _ = prepare_vqa_batch(batch, self.model.device)
-        return inferer(batch, self.model)
+        return inferer.answer(batch, self.model)
 
     def ask(
         self, image: str | PathLike | None, question: str | Sequence[Any], **generation: Any
@@ -335,18 +287,21 @@ class LlavaMedPredictor:
             generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
 
         Returns:
-            ``{"answer", "views", "modality", "source", "model", "latency_s", ...}``.
+            ``{"answer", "views", "modality", "source", "model", "latency_s", ...}`` and the trust fields
+            ``confidence``, ``image_reliance``, ``abstained``, ``reason``, ``gate_distance`` (``docs/trust.md``).
 
         Raises:
             LlavaMedInputError: for an unreadable image or an invalid question (file and cause named).
         """
         start = time.perf_counter()
         item = {"image": str(image) if image is not None else None, "question": question}
-        result = self._run([self.prepare(item)], **generation)[0]
+        result = self._run([self.prepare(item)], **generation)[0][0]
         result["latency_s"] = round(time.perf_counter() - start, 4)
         return result
 
-    def ask_batch(self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any) -> list[dict[str, Any]]:
+    def ask_batch(
+        self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any
+    ) -> list[dict[str, Any]]:
         """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
 
         A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place, whatever raised it (see
@@ -360,11 +315,28 @@ class LlavaMedPredictor:
         Returns:
             one entry per item, in order.
         """
+        return [entry for entry, _ in self.score_batch(items, batch_size, raw=False, **generation)]
+
+    def score_batch(
+        self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, raw: bool = True, **generation: Any
+    ) -> list[tuple[dict[str, Any], AnswerScores | None]]:
+        """Like :meth:`ask_batch`, with each entry's :class:`~monai_llava_med.trust.AnswerScores` (``None`` for an
+        error entry): the uncalibrated numbers a calibration is fitted on
+        (:func:`~monai_llava_med.engines.fit_calibration`).
+
+        Args:
+            items: the questions.
+            batch_size: prompts per ``generate``.
+            raw: leave the calibration out of the entries' trust fields.
+            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
+        """
         prepare = PrepareVqaItem(
             self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template
         )
-        results: list[dict[str, Any]] = []
+        out: list[tuple[dict[str, Any], AnswerScores | None]] = []
         for start in range(0, len(items), batch_size):
-            results += self._run([prepare(it) for it in items[start : start + batch_size]], **generation)
-        return results
+            prepared = [prepare(it) for it in items[start : start + batch_size]]
+            entries, scores = self._run(prepared, raw=raw, **generation)
+            out += zip(entries, scores)
+        return out
 

@@ -176,7 +176,8 @@ def stream_generate(
     tracker = RowTracker(tok, group, eos if isinstance(eos, (list, tuple)) else [eos])
     try:
         inferer = LlavaMedInferer(tok, max_new_tokens=max(r.max_tokens for r in group), do_sample=first.do_sample,
-                                  temperature=first.temperature, top_p=first.top_p, model_name=p.model_name)
+                                  temperature=first.temperature, top_p=first.top_p, model_name=p.model_name,
+                                  trust=p.trust, calibration=p.calibration)
         batch = collate_vqa([r.prepared for r in group], pad_token_id=tok.pad_token_id or 0)
         batch, _, _, _ = prepare_vqa_batch(batch, p.model.device)
         with torch.inference_mode():

@@ -47,6 +47,9 @@ def test_answers_equal_the_library(server, uploaded, predictor, image_id, questi
     assert got["model"] == want["model"] == "llava-med-tiny"
     assert got["source"] == image_id and got["question"] == question
     assert 0 < got["latency_s"] < 60
+    assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)  # the trust fields, as the library's
+    assert (got["abstained"], got["reason"], got["gate_distance"]) == (want["abstained"], want["reason"], None)
+    assert got["image_reliance"] == pytest.approx(want["image_reliance"], abs=1e-5)
 
 
 def test_inline_file_upload_gives_the_same_answer(server, uploaded, predictor):

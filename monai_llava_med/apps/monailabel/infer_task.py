@@ -22,6 +22,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ...engines.inference import LlavaMedPredictor
 from ...errors import LlavaMedInputError
+from ...trust.abstention import TRUST_FIELDS
 from .http_errors import as_http_error, unexpected_http_error
 from .redaction import safe_modality
 from .request_checks import RequestLimits, parse_infer_params
@@ -126,4 +127,5 @@ class LlavaMedInferTask(InferTask):
             "source": name if request.get("image") else None,
             "question": checked.question,
             "ignored_params": checked.ignored,
+            **{k: result[k] for k in TRUST_FIELDS if k in result},
         }

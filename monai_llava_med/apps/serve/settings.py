@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["ServeSettings", "TRUST_KEYS", "EXTENSION_FIELD"]
 
 #: The per-answer trust fields of the predictor's result passed through to each choice (those present).
-TRUST_KEYS = ("confidence", "image_reliance", "abstained", "reason")
+TRUST_KEYS = ("confidence", "image_reliance", "abstained", "reason", "gate_distance")
 #: Name of the documented extension field of each choice (``choices[i].llava_med``).
 EXTENSION_FIELD = "llava_med"
 

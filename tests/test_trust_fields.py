@@ -1,0 +1,161 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The per-answer trust fields: present and sane on every model, equal to probabilities read by hand from the
+network's logits, and image reliance that is zero for a model blind to its image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+from released_v15_fixture import save_plain_tokenizer, write_released_checkpoint
+
+from monai_llava_med.data.phantom import write_vqa_datalist
+from monai_llava_med.engines import LlavaMedPredictor, PrepareVqaItem
+from monai_llava_med.trust import REASON_IMAGE_INDEPENDENT, REASONS, Calibration, PlattScaling
+
+DEMO = Path(__file__).resolve().parents[1] / "bundles" / "llava_med" / "models"
+
+
+def _check_fields(result: dict, with_image: bool = True) -> None:
+    assert 0.0 <= result["confidence"] <= 1.0 and isinstance(result["confidence"], float)
+    assert isinstance(result["abstained"], bool)
+    assert result["reason"] is None if not result["abstained"] else result["reason"] in REASONS
+    if with_image:
+        assert isinstance(result["image_reliance"], float) and 0.0 <= result["image_reliance"] <= 1.0
+    else:
+        assert result["image_reliance"] is None
+    assert result["gate_distance"] is None  # no calibration with a gate is loaded here
+
+
+def _vocab_ids(tokenizer, word: str) -> list[int]:
+    """Every vocabulary entry that decodes to ``word`` (any case, any surrounding space): found by a scan of the
+    vocabulary, not by the library's helper."""
+    return sorted(i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().lower() == word)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phantoms")
+    return folder, write_vqa_datalist(folder, 3, seed=31, split="test")
+
+
+def test_fields_on_the_tiny_model(tiny_model, tiny_tokenizer):
+    predictor = LlavaMedPredictor(tiny_model, tiny_tokenizer, max_new_tokens=5)
+    _check_fields(predictor.ask(get_testdata_file("CT_small.dcm"), "Is there a lesion?"))
+    _check_fields(predictor.ask(None, "Is there a lesion?"), with_image=False)
+    batch = predictor.ask_batch([{"image": get_testdata_file("MR_small.dcm"), "question": "How many?"},
+                                 {"image": None, "question": "What modality?"}])
+    _check_fields(batch[0])
+    _check_fields(batch[1], with_image=False)
+    plain = LlavaMedPredictor(tiny_model, tiny_tokenizer, max_new_tokens=5, trust=False)
+    assert "confidence" not in plain.ask(None, "Is there a lesion?")
+
+
+def test_fields_on_the_tiny_v15_layout_model(tiny_tokenizer, tmp_path):
+    folder = tmp_path / "llava-med-v1.5-tiny"
+    write_released_checkpoint(folder, lambda f: save_plain_tokenizer(tiny_tokenizer, f),
+                              tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    predictor = LlavaMedPredictor.from_pretrained(folder, device="cpu", max_new_tokens=6)
+    assert predictor.calibration is None
+    for question in ("Is there a lesion in the left lung?", "What modality is this image?"):
+        _check_fields(predictor.ask(get_testdata_file("CT_small.dcm"), question))
+    Calibration(scaling={"closed": PlattScaling(0.5, 0.0, 3), "open": PlattScaling(0.5, 0.0, 3)}).save(folder)
+    calibrated = LlavaMedPredictor.from_pretrained(folder, device="cpu", max_new_tokens=6)  # found beside the weights
+    assert calibrated.calibration.scaling["open"].a == 0.5
+    raw, scaled = (p.ask(get_testdata_file("CT_small.dcm"), "What modality?") for p in (predictor, calibrated))
+    assert scaled["answer"] == raw["answer"]  # the released layout still loads the same weights
+    assert abs(scaled["confidence"] - 0.5) <= abs(raw["confidence"] - 0.5) + 1e-9  # a = 0.5 pulls towards 0.5
+
+
+def test_closed_and_open_fields_on_the_demo_model(demo, phantoms):
+    folder, datalist = phantoms
+    results = demo.ask_batch([{**it, "image": str(folder / it["image"])} for it in json.loads(datalist.read_text())])
+    kinds = {"closed": 0, "open": 0}
+    for result in results:
+        _check_fields(result)
+        kinds["closed" if result["answer"].split()[0].lower() in ("yes", "no") else "open"] += 1
+    assert kinds["closed"] >= 8 and kinds["open"] >= 4, kinds
+    reliance = torch.tensor([r["image_reliance"] for r in results])
+    assert float(reliance.mean()) > 0.1 and float(reliance.max()) > 0.5  # the demo model looks at its phantoms
+
+
+def _prepared(predictor, image, question):
+    prepare = PrepareVqaItem(predictor.tokenizer, predictor.model, raise_errors=True)
+    item = prepare({"image": image, "question": question})
+    return item["input_ids"][None], item["pixel_values"]
+
+
+def test_closed_confidence_and_reliance_equal_a_hand_computed_softmax(demo, phantoms):
+    folder, _ = phantoms
+    tok, model = demo.tokenizer, demo.model
+    image = str(folder / "case000.dcm")
+    result = demo.ask(image, "Is there a lesion in this image?")
+    word = result["answer"].split()[0].lower()
+    assert word in ("yes", "no")
+    ids, pixels = _prepared(demo, image, "Is there a lesion in this image?")
+    yes, no = _vocab_ids(tok, "yes"), _vocab_ids(tok, "no")
+    with torch.no_grad():
+        probs = [torch.softmax(model(ids, None, p).logits[0, -1].double(), -1)
+                 for p in (pixels, torch.zeros_like(pixels))]  # the image, then the neutral image
+    chosen = [float(p[yes if word == "yes" else no].sum() / (p[yes].sum() + p[no].sum())) for p in probs]
+    assert result["confidence"] == pytest.approx(chosen[0], abs=1e-5)
+    assert result["image_reliance"] == pytest.approx(abs(chosen[0] - chosen[1]), abs=1e-5)
+
+
+def test_open_confidence_equals_the_hand_computed_sequence_probability(demo, phantoms):
+    folder, _ = phantoms
+    tok, model = demo.tokenizer, demo.model
+    image, question = str(folder / "case001.dcm"), "How many lesions are there?"
+    result = demo.ask(image, question)
+    ids, pixels = _prepared(demo, image, question)
+    with torch.no_grad():
+        generated = model.generate(ids, None, pixels, max_new_tokens=8, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)[0].tolist()
+    answer = generated[: generated.index(tok.eos_token_id) + 1]  # every token the model wrote, its end included
+    assert tok.decode(answer, skip_special_tokens=True).strip() == result["answer"]
+    assert tok.decode(answer[0]).strip().lower() not in ("yes", "no")
+    full = torch.cat([ids, torch.tensor([answer])], 1)
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(full, None, pixels).logits[0].double(), -1)
+    steps = [float(log_p[ids.shape[1] - 1 + t, token]) for t, token in enumerate(answer)]
+    assert result["confidence"] == pytest.approx(float(torch.tensor(steps).mean().exp()), abs=1e-5)
+
+
+def test_reliance_is_zero_when_the_image_cannot_reach_the_answer(tiny_model, tiny_tokenizer):
+    with torch.no_grad():
+        tiny_model.projector[-1].weight.zero_()
+        tiny_model.projector[-1].bias.zero_()
+    predictor = LlavaMedPredictor(tiny_model, tiny_tokenizer, max_new_tokens=5)
+    for image in ("CT_small.dcm", "MR_small.dcm"):
+        result = predictor.ask(get_testdata_file(image), "Is there a lesion?")
+        assert result["image_reliance"] <= 1e-6
+        assert result["abstained"] and result["reason"] == REASON_IMAGE_INDEPENDENT
+        assert result["answer"] == predictor.ask(get_testdata_file(image), "Is there a lesion?")["answer"]
+
+
+def test_batched_trust_fields_equal_single_ones(demo, phantoms):
+    folder, _ = phantoms
+    items = [{"image": str(folder / "case000.dcm"), "question": "Is there a lesion in this image?"},
+             {"image": str(folder / "case001.dcm"), "question": "How many lesions are there?"},
+             {"image": None, "question": "What modality is this?"},
+             {"image": str(folder / "case002.dcm"), "question": "Is the lesion on the left side of the patient?"}]
+    batched = demo.ask_batch(items, batch_size=4)  # prompts of different lengths: left padding in both passes
+    for item, got in zip(items, batched):
+        want = demo.ask(item["image"], item["question"])
+        assert got["answer"] == want["answer"] and got["reason"] == want["reason"]
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+        if item["image"] is None:
+            assert got["image_reliance"] is None
+        else:
+            assert got["image_reliance"] == pytest.approx(want["image_reliance"], abs=1e-5)
