@@ -26,6 +26,11 @@ __all__ = [
     "TemplateError",
     "BundleError",
     "DicomSRError",
+    "PacsError",
+    "PacsConfigError",
+    "PacsUnavailableError",
+    "StudyNotFoundError",
+    "NoMatchingSeriesError",
     "as_input_error",
 ]
 
@@ -86,6 +91,39 @@ class BundleError(LlavaMedInputError):
 
 class DicomSRError(LlavaMedInputError):
     """Answers cannot be written as a DICOM SR: no source instance, sources of several studies, a malformed answer."""
+
+
+class PacsError(LlavaMedError):
+    """A PACS exchange failed (DICOMweb or DIMSE); ``where`` names the service, never a patient or study value.
+
+    Args:
+        message: what failed.
+        where: the service (``DICOMweb http://host:port/dicom-web``, ``DIMSE AE@host:port``), if any.
+    """
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        self.where = where
+        self.reason = message
+        super().__init__(f"{where}: {message}" if where is not None else message)
+
+
+class PacsUnavailableError(PacsError):
+    """The PACS cannot be reached or refused the request (connection refused, timeout, HTTP 5xx, C-STORE failure).
+
+    Transient: the PACS node retries it with backoff.
+    """
+
+
+class PacsConfigError(LlavaMedInputError):
+    """The PACS node is configured with settings that cannot work (bad destination, no question, bad port)."""
+
+
+class StudyNotFoundError(LlavaMedInputError):
+    """The PACS holds no instance of the requested study."""
+
+
+class NoMatchingSeriesError(LlavaMedInputError):
+    """No series of the study matches the selection rules (modality, body part, series description)."""
 
 
 def as_input_error(err: Exception, where: str) -> LlavaMedInputError:
