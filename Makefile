@@ -71,7 +71,7 @@ bench: install
 	$(PY) benchmarks/bench_network.py
 
 bench-pacs: install
-	$(PACS_NETNS) 'ip link set lo up && PYTHONPATH=tests:. $(PY) benchmarks/bench_pacs.py'
+	$(PACS_NETNS) 'ip link set lo up && $(PY) benchmarks/bench_pacs.py'
 
 clean:
 	rm -rf $(VENV) $(LABEL_VENV) .cache build *.egg-info
