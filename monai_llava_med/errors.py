@@ -28,6 +28,11 @@ __all__ = [
     "CalibrationError",
     "DicomSRError",
     "SeriesSelectionError",
+    "PacsError",
+    "PacsConfigError",
+    "PacsUnavailableError",
+    "StudyNotFoundError",
+    "NoMatchingSeriesError",
     "as_input_error",
 ]
 
@@ -97,6 +102,39 @@ class DicomSRError(LlavaMedInputError):
 
 class SeriesSelectionError(LlavaMedInputError):
     """A DICOM input has nothing to answer about: no DICOM file, or no series matching the selection rules."""
+
+
+class PacsError(LlavaMedError):
+    """A PACS exchange failed (DICOMweb or DIMSE); ``where`` names the service, never a patient or study value.
+
+    Args:
+        message: what failed.
+        where: the service (``DICOMweb http://host:port/dicom-web``, ``DIMSE AE@host:port``), if any.
+    """
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        self.where = where
+        self.reason = message
+        super().__init__(f"{where}: {message}" if where is not None else message)
+
+
+class PacsUnavailableError(PacsError):
+    """The PACS cannot be reached or refused the request (connection refused, timeout, HTTP 5xx, C-STORE failure).
+
+    Transient: the PACS node retries it with backoff.
+    """
+
+
+class PacsConfigError(LlavaMedInputError):
+    """The PACS node is configured with settings that cannot work (bad destination, no question, bad port)."""
+
+
+class StudyNotFoundError(LlavaMedInputError):
+    """The PACS holds no instance of the requested study."""
+
+
+class NoMatchingSeriesError(SeriesSelectionError):
+    """No series of the study matches the selection rules (modality, body part, series description)."""
 
 
 def as_input_error(err: Exception, where: str) -> LlavaMedInputError:

@@ -8,6 +8,7 @@
 * :mod:`monai_llava_med.apps.monailabel` -- a MONAI Label server app;
 * :mod:`monai_llava_med.apps.serve` -- an OpenAI-compatible HTTP server with a web page (``serve`` extra);
 * :mod:`monai_llava_med.apps.deploy` -- MONAI Deploy App SDK operators and an example app (``.venv-deploy``).
+* :mod:`monai_llava_med.apps.pacs` -- a PACS node: DICOMweb one-shot and a C-STORE listener (``pacs`` extra).
 """
 
 from __future__ import annotations
