@@ -13,7 +13,10 @@ modes, which the model config (``networks``) names and the view transform (``tra
 
 from __future__ import annotations
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX", "MODALITY_CODES", "VIEW_MODES"]
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "IGNORE_INDEX", "MODALITY_CODES", "REASON_CONTRADICTION", "REASON_IMAGE_INDEPENDENT",
+    "REASON_LOW_CONFIDENCE", "REASON_OUT_OF_DOMAIN", "VIEW_MODES",
+]
 
 #: per-channel mean of OpenAI CLIP's image normalisation (RGB, on [0, 1] pixels); also LLaVA's "pad" colour.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -33,3 +36,13 @@ MODALITY_CODES = frozenset(
 )
 #: How a volume becomes 2D views (``transforms.VolumeToViews``); also the values ``LlavaMedConfig.view_mode`` takes.
 VIEW_MODES = ("axial", "central", "content", "triplanar", "montage")
+
+# The reasons an answer abstains (``trust`` sets them, ``metrics`` counts them; docs/trust.md).
+#: the calibrated confidence lies below the abstention threshold chosen for the target error.
+REASON_LOW_CONFIDENCE = "low confidence"
+#: the answer's probability barely moves when the image is replaced by the neutral image.
+REASON_IMAGE_INDEPENDENT = "answer does not depend on the image"
+#: the image's vision-tower features lie beyond the input gate's refusal distance.
+REASON_OUT_OF_DOMAIN = "input unlike the model's training data"
+#: a closed question and its negated form got answers that contradict each other (paired probes).
+REASON_CONTRADICTION = "contradicts its paired question"

@@ -15,6 +15,10 @@ import lazy_loader as _lazy
 from monai_llava_med.constants import IGNORE_INDEX
 
 _SUBMODULE_ATTRS = {
+    "negation": [
+        "AUXILIARIES", "NEGATION_WORDS", "PROBE_PREFIX", "negate_question", "negation_refusal", "paired_conversation",
+        "probed_question",
+    ],
     "templates": [
         "IMAGE_PLACEHOLDER", "ConversationTemplate", "Segment", "Turn", "get_template", "list_templates",
         "normalize_turns", "place_image_placeholders", "register_template", "render_conversation", "render_segments",

@@ -37,6 +37,8 @@ _CSV_FIELDS = (
     "model", "modality", "source", "views", "latency_s", "confidence", "image_reliance", "abstained", "reason",
     "gate_distance", "error",
 )
+#: columns added after the others when some answer has them (paired probes, evaluation probe sets).
+_OPTIONAL_CSV_FIELDS = ("paired_question", "paired_answer", "probe_set")
 
 
 class AllItemsFailedError(LlavaMedError, RuntimeError):
@@ -167,7 +169,8 @@ class VqaAnswerWriter:
         json_path, csv_path = self.output_dir / f"{stem}.json", self.output_dir / f"{stem}.csv"
         atomic_write_text(json_path, json.dumps(self.results, indent=2, default=str) + "\n")
         table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        extra = [f for f in _OPTIONAL_CSV_FIELDS if any(f in entry for entry in self.results)]
+        writer = csv.DictWriter(table, fieldnames=[*_CSV_FIELDS, *extra], extrasaction="ignore")
         writer.writeheader()
         for entry in self.results:
             writer.writerow({**entry, "views": json.dumps(entry.get("views", []))})

@@ -18,6 +18,7 @@ others are still answered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from ..conversation.tokenization import MAX_QUESTION_CHARS
-from ..errors import CalibrationError, RecordError, as_input_error
+from ..errors import CalibrationError, RecordError, TemplateError, as_input_error
 from ..networks import LlavaMedNet, load_pretrained
 from ..transforms.pipelines import TEXT_RESERVE
 from ..trust.assessment import AnswerScores
@@ -85,6 +86,9 @@ class PrepareVqaItem:
             ``{"role", "content"}`` / LLaVA ``{"from", "value"}`` dicts) ending with a user turn; the image, if
             any, goes with its first turn.
         raise_errors: raise input errors instead of recording them.
+        paired_probes: also build the prompt of the negated question (the last user turn negated by
+            :func:`~monai_llava_med.conversation.negate_question`), as ``probe_input_ids``, with its text as
+            ``paired_question`` (``None`` when the question is refused or the probe's prompt does not fit).
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class PrepareVqaItem:
         image_key: str = "image",
         question_key: str = "question",
         raise_errors: bool = False,
+        paired_probes: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.config = model.config
@@ -104,9 +109,10 @@ class PrepareVqaItem:
         self.image_key = image_key
         self.question_key = question_key
         self.raise_errors = raise_errors
+        self.paired_probes = paired_probes
 
     def _prepare(self, item: Mapping[str, Any]) -> dict[str, Any]:
-        from ..conversation import build_prompt
+        from ..conversation import build_prompt, paired_conversation
 
         where = str(item.get("id") or item.get(self.image_key) or "item")
         question = item.get(self.question_key)
@@ -126,16 +132,26 @@ class PrepareVqaItem:
                 source=pre.get("source"),
             )
         n_images = 0 if out["pixel_values"] is None else int(out["pixel_values"].shape[0])
-        out["input_ids"] = build_prompt(
-            question,
-            self.tokenizer,
-            self.template,
+        prompt = functools.partial(
+            build_prompt,
+            tokenizer=self.tokenizer,
+            template=self.template,
             num_images=n_images,
             num_image_tokens=self.config.num_image_tokens,
             image_token_id=self.config.image_token_id,
             max_length=self.config.model_max_length,
             where=where,
         )
+        out["input_ids"] = prompt(question)
+        if self.paired_probes:
+            out["paired_question"] = None
+            paired = paired_conversation(question)
+            if paired is not None:
+                try:
+                    out["probe_input_ids"] = prompt(paired[0])
+                    out["paired_question"] = paired[1]
+                except (RecordError, TemplateError):  # the longer probe does not fit: no probe, the question stands
+                    logger.info("item %s: its paired question does not fit the prompt; no probe", where)
         out["preprocess_s"] = time.perf_counter() - start
         return out
 
@@ -160,25 +176,31 @@ class PrepareVqaItem:
 def collate_vqa(items: Sequence[Mapping[str, Any]], pad_token_id: int = 0) -> dict[str, Any]:
     """Batch prepared items for generation: prompts left-padded, images concatenated in order.
 
-    Items with an ``"error"`` are carried along (under ``"items"``) but not put into the tensors.
+    Items with an ``"error"`` are carried along (under ``"items"``) but not put into the tensors. Items with a
+    paired probe (``probe_input_ids``, see :class:`PrepareVqaItem`) add one more row each after the items' rows,
+    with the same images, so the probes are answered by the same ``generate`` call.
 
     Args:
         items: outputs of :class:`PrepareVqaItem`.
         pad_token_id: id used for left padding.
 
     Returns:
-        ``{"items": [...], "input_ids": (B, L) or None, "attention_mask": ..., "pixel_values": (N, 3, S, S) or
-        None}`` where B counts the items without errors.
+        ``{"items": [...], "input_ids": (B + P, L) or None, "attention_mask": ..., "pixel_values": (N, 3, S, S) or
+        None}`` where B counts the items without errors and P their probes; with P > 0 also ``"probe_of"``, the
+        item row (in ``0..B-1``) of each probe row ``B + p``.
     """
     from ..data import LlavaMedCollator
 
     good = [it for it in items if ERROR_KEY not in it]
     batch: dict[str, Any] = {"items": list(items), "input_ids": None, "attention_mask": None, "pixel_values": None}
     if good:
-        tensors = LlavaMedCollator(pad_token_id, "left")(
-            [{k: it[k] for k in ("input_ids", "pixel_values") if it.get(k) is not None} for it in good]
-        )
+        rows = [{k: it[k] for k in ("input_ids", "pixel_values") if it.get(k) is not None} for it in good]
+        probe_of = [r for r, it in enumerate(good) if it.get("probe_input_ids") is not None]
+        rows += [{**rows[r], "input_ids": good[r]["probe_input_ids"]} for r in probe_of]
+        tensors = LlavaMedCollator(pad_token_id, "left")(rows)
         batch.update({k: tensors[k] for k in ("input_ids", "attention_mask", "pixel_values")})
+        if probe_of:
+            batch["probe_of"] = probe_of
     return batch
 
 
@@ -206,6 +228,13 @@ class LlavaMedPredictor:
             ``None`` (raw confidences, no gate).
         trust: compute the trust fields (``confidence``, ``image_reliance``, ``abstained``, ``reason``,
             ``gate_distance``; see ``docs/trust.md``).
+        paired_probes: also ask each yes/no question in its negated form, as extra rows of the same ``generate``
+            call; an answer that contradicts its probe abstains ("contradicts its paired question") and every
+            result gets ``paired_question`` and ``paired_answer`` (``None`` when the question has no probe). Needs
+            ``trust``.
+
+    Raises:
+        ValueError: ``paired_probes`` without ``trust``.
     """
 
     def __init__(
@@ -217,10 +246,15 @@ class LlavaMedPredictor:
         max_new_tokens: int = 128,
         calibration: Calibration | None = None,
         trust: bool = True,
+        paired_probes: bool = False,
     ) -> None:
+        if paired_probes and not trust:
+            raise ValueError("paired_probes abstain through the trust fields: they need trust=True")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.prepare = PrepareVqaItem(tokenizer, model, preprocess=preprocess, template=template, raise_errors=True)
+        self.paired_probes = paired_probes
+        self.prepare = PrepareVqaItem(tokenizer, model, preprocess=preprocess, template=template, raise_errors=True,
+                                      paired_probes=paired_probes)
         self.max_new_tokens = max_new_tokens
         gate = calibration.gate if calibration is not None else None
         if gate is not None and gate.width != 2 * model.projector[0].in_features:
@@ -249,7 +283,7 @@ class LlavaMedPredictor:
             preprocess: image pipeline override.
             calibration: ``"auto"`` loads ``model_dir/calibration.json`` when present; a folder or file path loads
                 that one; a :class:`~monai_llava_med.trust.Calibration` is used as is; ``None`` uses none.
-            kwargs: passed to the constructor (``template``, ``max_new_tokens``, ``trust``).
+            kwargs: passed to the constructor (``template``, ``max_new_tokens``, ``trust``, ``paired_probes``).
 
         Raises:
             CalibrationError: the calibration file is present (or named) but unusable.
@@ -331,7 +365,8 @@ class LlavaMedPredictor:
             generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
         """
         prepare = PrepareVqaItem(
-            self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template
+            self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template,
+            paired_probes=self.paired_probes,
         )
         out: list[tuple[dict[str, Any], AnswerScores | None]] = []
         for start in range(0, len(items), batch_size):

@@ -26,8 +26,9 @@ from ..trust.gate import ProjectorInputs
 __all__ = ["ERROR_KEY", "ENTRY_KEYS", "LlavaMedInferer"]
 
 ERROR_KEY = "error"
-#: Item fields copied into each answer entry (``dataset`` and ``question_id`` key the metrics).
-ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type")
+#: Item fields copied into each answer entry when the item has them (``dataset`` and ``question_id`` key the
+#: metrics; ``probe_set`` groups the evaluation's refusal and hallucination rates).
+ENTRY_KEYS = ("id", "question_id", "dataset", "image", "question", "answer_type", "probe_set")
 
 
 class LlavaMedInferer(Inferer):
@@ -83,10 +84,19 @@ class LlavaMedInferer(Inferer):
         behind its trust fields (``None`` for an error entry, or for all with ``trust=False``).
 
         Generation is one ``generate`` call for the batch; the trust fields cost one more batched forward pass.
+        Paired probes (rows ``B + p`` of a batch with ``probe_of``, see :func:`collate_vqa`) are answered in the same
+        call; each item with a probe gets ``paired_question`` and ``paired_answer``, and abstains when the two
+        answers contradict each other (:func:`~monai_llava_med.trust.contradicts`).
+
+        Raises:
+            ValueError: a batch with paired probes and ``trust=False`` (probes abstain through the trust fields).
         """
         generation = {**self.generation, **kwargs}
         answers: list[str] = []
         scores: list[AnswerScores | None] = []
+        probe_of = list(inputs.get("probe_of") or [])
+        if probe_of and not self.trust:
+            raise ValueError("paired probes abstain through the trust fields: they need trust=True")
         elapsed = 0.0
         if inputs.get("input_ids") is not None:
             start = time.perf_counter()
@@ -104,9 +114,14 @@ class LlavaMedInferer(Inferer):
                 new_tokens = network.generate(ids, mask, pixels, eos_token_id=eos, pad_token_id=pad, **generation)
             answers = [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             elapsed = time.perf_counter() - start
-        fields = iter(trust_fields(scores, self.calibration) if scores else [])
+        first_probe = len(answers) - len(probe_of)
+        pairs = {r: first_probe + p for p, r in enumerate(probe_of)}
+        paired_answers = {r: answers[row] for r, row in pairs.items()}
+        fields = iter(trust_fields(scores, self.calibration, pairs)[:first_probe] if scores else [])
+        answers, scores = answers[:first_probe], scores[:first_probe]
         name = self.model_name or network.config.name
         results, good, raw, kept = [], iter(answers), iter(scores), []
+        row = 0
         for item in inputs["items"]:
             entry = {k: item.get(k) for k in ENTRY_KEYS if k in item}
             if "answer" in item:  # a datalist with ground truth (evaluation)
@@ -124,6 +139,9 @@ class LlavaMedInferer(Inferer):
                     latency_s=round(float(item.get("preprocess_s", 0.0)) + elapsed, 4),
                     **(next(fields) if scores else {}),
                 )
+                if "paired_question" in item:  # prepared with paired probes
+                    entry.update(paired_question=item["paired_question"], paired_answer=paired_answers.get(row))
                 kept.append(next(raw) if scores else None)
+                row += 1
             results.append(entry)
         return results, kept

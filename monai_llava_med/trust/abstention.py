@@ -9,6 +9,8 @@ An abstained answer still carries what the model said (``answer``); ``abstained`
 
 from __future__ import annotations
 
+from ..constants import REASON_CONTRADICTION, REASON_IMAGE_INDEPENDENT, REASON_LOW_CONFIDENCE, REASON_OUT_OF_DOMAIN
+
 __all__ = [
     "DEFAULT_MIN_IMAGE_RELIANCE",
     "REASONS",
@@ -20,14 +22,6 @@ __all__ = [
     "abstention_reason",
 ]
 
-#: the calibrated confidence lies below the abstention threshold chosen for the target error.
-REASON_LOW_CONFIDENCE = "low confidence"
-#: the answer's probability barely moves when the image is replaced by the neutral image.
-REASON_IMAGE_INDEPENDENT = "answer does not depend on the image"
-#: the image's vision-tower features lie beyond the input gate's refusal distance.
-REASON_OUT_OF_DOMAIN = "input unlike the model's training data"
-#: a closed question and its negated form got answers that contradict each other (paired probes).
-REASON_CONTRADICTION = "contradicts its paired question"
 #: every value ``reason`` may take besides ``None``.
 REASONS = (REASON_LOW_CONFIDENCE, REASON_IMAGE_INDEPENDENT, REASON_OUT_OF_DOMAIN, REASON_CONTRADICTION)
 #: the per-answer trust fields, in the order they are written (``gate_distance`` is ``None`` without a gate).
@@ -44,12 +38,14 @@ def abstention_reason(
     min_image_reliance: float,
     gate_distance: float | None = None,
     gate_threshold: float | None = None,
+    contradicts: bool = False,
 ) -> str | None:
     """The one reason to abstain, or ``None`` to answer.
 
     The checks run from the input to the answer, and the first that fails names the reason: the input gate
     (``gate_distance > gate_threshold``), then image reliance (``image_reliance < min_image_reliance``; skipped for a
-    text-only question, whose reliance is ``None``), then confidence (``confidence < min_confidence``).
+    text-only question, whose reliance is ``None``), then confidence (``confidence < min_confidence``), then the
+    paired probe (``contradicts``: the question and its negated form got the same yes/no).
 
     Args:
         confidence: the calibrated confidence of the answer, in [0, 1].
@@ -58,6 +54,7 @@ def abstention_reason(
         min_image_reliance: the threshold on image reliance (0 never abstains).
         gate_distance: the image's distance to the in-domain features, or ``None`` without a gate or an image.
         gate_threshold: the gate's refusal distance, or ``None`` without a gate.
+        contradicts: the answer contradicts the answer to its negated question (paired probes).
     """
     if gate_distance is not None and gate_threshold is not None and gate_distance > gate_threshold:
         return REASON_OUT_OF_DOMAIN
@@ -65,4 +62,6 @@ def abstention_reason(
         return REASON_IMAGE_INDEPENDENT
     if confidence < min_confidence:
         return REASON_LOW_CONFIDENCE
+    if contradicts:
+        return REASON_CONTRADICTION
     return None

@@ -14,7 +14,7 @@ applying a :class:`~.calibration.Calibration` when one is given.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +25,7 @@ from .calibration import Calibration
 from .confidence import answer_lengths, closed_choice_probability, sequence_probability
 from .gate import ProjectorInputs
 
-__all__ = ["AnswerScores", "image_features", "score_answers", "trust_fields"]
+__all__ = ["AnswerScores", "contradicts", "image_features", "score_answers", "trust_fields"]
 
 
 @dataclass
@@ -39,12 +39,14 @@ class AnswerScores:
         blank_confidence: the same answer's probability with the neutral image, ``None`` without an image.
         features: ``(2 * width,)`` the projector's input summarised over tokens (mean and standard deviation) and
             averaged over views (:meth:`~.gate.ProjectorInputs.pooled`), ``None`` without an image.
+        choice: ``"yes"`` or ``"no"`` for a closed answer (its first token), ``None`` for an open one.
     """
 
     kind: str
     raw_confidence: float
     blank_confidence: float | None
     features: torch.Tensor | None
+    choice: str | None = None
 
     @property
     def image_reliance(self) -> float | None:
@@ -73,19 +75,21 @@ def image_features(projector_inputs: ProjectorInputs, images_per_row: torch.Tens
 
 def _chosen_probability(
     logits: torch.Tensor, answer: torch.Tensor, answer_mask: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: whether the answer is closed, and the probability of the chosen answer (see :mod:`.confidence`)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: whether the answer is closed, the probability of the chosen answer (see :mod:`.confidence`), and
+    whether its first token is a "yes"."""
     logits = logits.float()
     token_log_probs = logits.gather(-1, answer[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
     probability = sequence_probability(token_log_probs, answer_mask)
     first = answer[:, 0]
     closed = torch.zeros_like(first, dtype=torch.bool)
+    is_yes = torch.zeros_like(closed)
     if yes_ids and no_ids:
         p_yes, _ = closed_choice_probability(logits[:, 0], yes_ids, no_ids)
         is_yes = torch.isin(first, torch.tensor(list(yes_ids), device=first.device))
         closed = is_yes | torch.isin(first, torch.tensor(list(no_ids), device=first.device))
         probability = torch.where(closed, torch.where(is_yes, p_yes, 1 - p_yes), probability)
-    return closed, probability.clamp(0.0, 1.0)
+    return closed, probability.clamp(0.0, 1.0), is_yes
 
 
 @torch.no_grad()
@@ -132,7 +136,7 @@ def score_answers(
     lengths = answer_lengths(new_tokens, eos_token_id)
     answer_mask = torch.arange(width, device=device)[None] < lengths[:, None]
     answer = new_tokens.masked_fill(~answer_mask, 0 if pad_token_id is None else pad_token_id)
-    closed, confidence = _chosen_probability(generated_logits.to(device), answer, answer_mask, yes_ids, no_ids)
+    closed, confidence, is_yes = _chosen_probability(generated_logits.to(device), answer, answer_mask, yes_ids, no_ids)
     config = network.config
     with_image = (input_ids == config.image_token_id).sum(1) > 0
     blank: dict[int, float] = {}
@@ -143,18 +147,29 @@ def score_answers(
         out = network(ids, mask, torch.zeros_like(pixel_values), position_ids=positions, logits_to_keep=width + 1,
                       use_cache=False)
         # position L - 1 + t predicts answer token t
-        _, blank_confidence = _chosen_probability(out.logits[:, :width], answer[with_image], answer_mask[with_image],
+        _, blank_confidence, _ = _chosen_probability(out.logits[:, :width], answer[with_image], answer_mask[with_image],
                                                   yes_ids, no_ids)
         blank = dict(zip(torch.nonzero(with_image).flatten().tolist(), blank_confidence.cpu().tolist()))
     confidence = confidence.cpu()
     return [
         AnswerScores(kind="closed" if bool(closed[r]) else "open", raw_confidence=float(confidence[r]),
-                     blank_confidence=blank.get(r), features=None if features is None else features[r])
+                     blank_confidence=blank.get(r), features=None if features is None else features[r],
+                     choice=("yes" if bool(is_yes[r]) else "no") if bool(closed[r]) else None)
         for r in range(rows)
     ]
 
 
-def trust_fields(scores: Sequence[AnswerScores], calibration: Calibration | None = None) -> list[dict[str, object]]:
+def contradicts(answer: AnswerScores, probe: AnswerScores) -> bool:
+    """Whether a closed answer and the answer to its negated question (the probe of
+    :func:`~monai_llava_med.conversation.negate_question`, a positive question meaning "is the answer no?") say the
+    same yes/no, i.e. contradict each other. An open answer on either side contradicts nothing.
+    """
+    return answer.choice is not None and answer.choice == probe.choice
+
+
+def trust_fields(
+    scores: Sequence[AnswerScores], calibration: Calibration | None = None, pairs: Mapping[int, int] | None = None
+) -> list[dict[str, object]]:
     """The trust fields of each answer: ``confidence``, ``image_reliance``, ``abstained``, ``reason``,
     ``gate_distance``.
 
@@ -165,7 +180,11 @@ def trust_fields(scores: Sequence[AnswerScores], calibration: Calibration | None
     Args:
         scores: from :func:`score_answers`.
         calibration: the fitted calibration, or ``None``.
+        pairs: paired probes: answer row -> the row of its negated question; a row whose answer
+            :func:`contradicts` its probe's abstains with "contradicts its paired question" unless an earlier check
+            already failed (:func:`~.abstention.abstention_reason`).
     """
+    pairs = pairs or {}
     gate = calibration.gate if calibration is not None else None
     distances: dict[int, float] = {}
     if gate is not None:
@@ -182,7 +201,8 @@ def trust_fields(scores: Sequence[AnswerScores], calibration: Calibration | None
             min_confidence, min_reliance = calibration.min_confidence(s.kind), calibration.min_image_reliance
         distance = distances.get(i)
         reason = abstention_reason(confidence, min_confidence, s.image_reliance, min_reliance, distance,
-                                   None if gate is None else gate.threshold)
+                                   None if gate is None else gate.threshold,
+                                   contradicts=i in pairs and contradicts(s, scores[pairs[i]]))
         fields.append({"confidence": float(min(max(confidence, 0.0), 1.0)), "image_reliance": s.image_reliance,
                        "abstained": reason is not None, "reason": reason, "gate_distance": distance})
     return fields
