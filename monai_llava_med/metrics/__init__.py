@@ -15,6 +15,10 @@ from __future__ import annotations
 import lazy_loader as _lazy
 
 _SUBMODULE_ATTRS = {
+    "calibration_metrics": [
+        "DEFAULT_BINS", "accuracy_at_coverage", "auroc", "bootstrap_interval", "brier_score",
+        "expected_calibration_error", "reliability_bins", "risk_coverage_curve",
+    ],
     "intervals": ["Z_95", "binomial_acceptance_interval", "wilson_interval"],
     "normalization": [
         "ARTICLES", "CONTRACTIONS", "NUMBER_WORDS", "YES_NO", "answer_to_text", "answer_tokens", "closed_answer",
@@ -26,7 +30,9 @@ _SUBMODULE_ATTRS = {
     "report": ["format_markdown", "write_report"],
     "scoring": ["ANSWER_TYPES", "QuestionScore", "infer_answer_type", "score_question", "token_scores"],
     "vqa_evaluation": ["SUMMARY_KEYS", "evaluate_vqa", "parse_record", "summarize", "summarize_scores"],
-    "vqa_metric": ["VQAMetric", "vqa_output_transform"],
+    "trust_plots": ["write_trust_plots"],
+    "trust_report": ["COVERAGES", "calibration_summary", "probe_set_summary", "trust_section"],
+    "vqa_metric": ["TRUST_KEYS", "VQAMetric", "vqa_output_transform"],
 }
 
 __getattr__, __dir__, _lazy_all = _lazy.attach(__name__, submod_attrs=_SUBMODULE_ATTRS)

@@ -61,7 +61,40 @@ def format_markdown(results: Mapping[str, Any], title: str = "VQA evaluation") -
         "EM = normalised exact match. \u2013 = no question of that type.",
         "",
     ]
+    if results.get("trust"):
+        lines += _trust_lines(results["trust"])
     return "\n".join(lines)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "\u2013" if value is None else f"{value:.{digits}f}"
+
+
+def _trust_lines(trust: Mapping[str, Any]) -> list[str]:
+    """The trust section as two Markdown tables (answers by type; probe sets)."""
+    coverages = [str(c) for c in trust.get("coverages", ())]
+    lines = ["## Trust (docs/trust.md)", "",
+             "| answers | n | ECE [95 % CI] | Brier | AUROC | " + " | ".join(f"acc @ {c}" for c in coverages)
+             + " | abstained | answered acc |", "|---|" + "---:|" * (6 + len(coverages))]
+    for name, s in trust.get("answers", {}).items():
+        ci = s.get("ece_95ci")
+        ece = _num(s["ece"]) + ("" if not ci else f" [{_num(ci[0])}, {_num(ci[1])}]")
+        cells = [name, str(s["count"]), ece, _num(s["brier"]), _num(s["auroc"]),
+                 *(_num(s["accuracy_at_coverage"].get(c)) for c in coverages), _num(s["abstention_rate"]),
+                 _num(s["answered_accuracy"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if trust.get("probe_sets"):
+        lines += ["", "| probe set | n | abstained | gate refused | false yes [95 % CI] |", "|---|---:|---:|---:|---:|"]
+        for name, s in trust["probe_sets"].items():
+            fy = s["false_yes"]
+            ci = fy.get("rate_95ci")
+            rate = _num(fy["rate"]) + ("" if not ci else f" [{_num(ci[0])}, {_num(ci[1])}]")
+            lines.append(f"| {name} | {s['count']} | {_num(s['abstention_rate'])} | {_num(s['gate_refusal_rate'])} | "
+                         f"{rate} ({fy['yes']}/{fy['questions']}) |")
+    lines += ["", f"ECE over {trust.get('bins')} equal-width bins, interval from a seeded bootstrap; acc @ c = accuracy "
+              "of the most confident share c of the answers; false yes = \"yes\" to yes/no questions whose truth is "
+              "\"no\" (the hallucination rate on an absent-finding probe set).", ""]
+    return lines
 
 
 def write_report(

@@ -26,13 +26,18 @@ from monai.utils import string_list_all_gather
 from monai_llava_med.data.records import question_id_of
 from monai_llava_med.errors import RecordError
 
+from .calibration_metrics import DEFAULT_BINS
 from .report import write_report
-from .scoring import QuestionScore
+from .scoring import QuestionScore, yes_no_of
+from .trust_plots import write_trust_plots
+from .trust_report import trust_section
 from .vqa_evaluation import SUMMARY_KEYS, parse_record, summarize
 
-__all__ = ["VQAMetric", "vqa_output_transform"]
+__all__ = ["TRUST_KEYS", "VQAMetric", "vqa_output_transform"]
 
 _ANSWER_KEYS = ("prediction", "answer", "text")
+#: answer-entry fields passed on to the metric's trust section (docs/trust.md), when an entry has them.
+TRUST_KEYS = ("confidence", "abstained", "reason", "probe_set")
 
 
 def vqa_output_transform(output: Any, pred_key: str = "pred") -> tuple[list[str | None], list[dict[str, Any]]]:
@@ -41,13 +46,16 @@ def vqa_output_transform(output: Any, pred_key: str = "pred") -> tuple[list[str 
     The output holds, under ``pred_key``, one answer entry per item as ``LlavaMedInferer`` produces them:
     ``{"id", "answer" | "error", "ground_truth", "answer_type", ["dataset"]}``; a decollated output (a list
     of such dicts) works too. Use it as the ``output_transform`` of ``monai.handlers.IgniteMetricHandler``.
+    The entries' trust fields (:data:`TRUST_KEYS`) are passed on in the labels when present; an entry of a probe
+    set (``probe_set``) may lack a ground truth: it then counts only in that probe set's refusal rates.
 
     Args:
         output: ``engine.state.output``.
         pred_key: the key holding the answer entries.
 
     Raises:
-        RecordError: an entry without ground truth (evaluation needs a datalist with answers).
+        RecordError: an entry without ground truth that belongs to no probe set (evaluation needs a datalist with
+            answers).
     """
     if isinstance(output, Mapping):
         entries = output[pred_key]
@@ -58,16 +66,17 @@ def vqa_output_transform(output: Any, pred_key: str = "pred") -> tuple[list[str 
     for n, entry in enumerate(entries):
         qid = question_id_of(entry)
         rid = f"item #{n}" if qid is None else str(qid)
-        if entry.get("ground_truth") is None:
+        if entry.get("ground_truth") is None and not entry.get("probe_set"):
             raise RecordError("answer entry without 'ground_truth': evaluate a datalist that has answers", rid)
         key = next((k for k in _ANSWER_KEYS if entry.get(k) is not None), None)
         preds.append(None if entry.get("error") is not None or key is None else entry[key])
         labels.append(
             {
                 "question_id": rid,
-                "ground_truth": entry["ground_truth"],
+                "ground_truth": entry.get("ground_truth"),
                 "answer_type": entry.get("answer_type"),
                 "dataset": entry.get("dataset"),
+                **{k: entry[k] for k in TRUST_KEYS if k in entry},
             }
         )
     return preds, labels
@@ -106,6 +115,15 @@ class VQAMetric(Metric):
         report_name: the report file stem.
         drop_duplicates: keep the first score of a (dataset, question_id) seen twice, as a
             ``DistributedSampler`` padding the last batch produces; when False a duplicate raises.
+        trust_bins: equal-width bins of the trust section's ECE and reliability diagram.
+        bootstrap_resamples: resamples of the ECE's bootstrap interval.
+        bootstrap_seed: the bootstrap's seed.
+
+    When the labels carry a ``confidence`` (answers with trust fields, see :data:`TRUST_KEYS`) or a ``probe_set``,
+    the results gain a ``trust`` section (:func:`~.trust_report.trust_section`: ECE with its interval, Brier score,
+    AUROC, accuracy at 80 % / 90 % coverage, abstention, and per probe set refusal and false-yes rates), and the
+    report folder a reliability diagram and a risk-coverage curve (``{report_name}_reliability.png``,
+    ``{report_name}_risk_coverage.png``; needs matplotlib). A probe-set label without ground truth counts only there.
     """
 
     def __init__(
@@ -115,6 +133,9 @@ class VQAMetric(Metric):
         report_dir: str | os.PathLike | None = None,
         report_name: str = "vqa_metrics",
         drop_duplicates: bool = True,
+        trust_bins: int = DEFAULT_BINS,
+        bootstrap_resamples: int = 1000,
+        bootstrap_seed: int = 0,
     ) -> None:
         if summary_key is not None and summary_key not in SUMMARY_KEYS:
             raise ValueError(f"summary_key must be one of {SUMMARY_KEYS}, got {summary_key!r}")
@@ -123,13 +144,18 @@ class VQAMetric(Metric):
         self.report_dir = None if report_dir is None else Path(report_dir)
         self.report_name = report_name
         self.drop_duplicates = drop_duplicates
+        self.trust_bins = trust_bins
+        self.bootstrap_resamples = bootstrap_resamples
+        self.bootstrap_seed = bootstrap_seed
         self.results: dict[str, Any] | None = None
         self._scores: list[QuestionScore] = []
+        self._trust: list[dict[str, Any]] = []
         self._count = 0
 
     def reset(self) -> None:
         """Forget the accumulated questions and the last results."""
         self._scores = []
+        self._trust = []
         self._count = 0
         self.results = None
 
@@ -175,18 +201,37 @@ class VQAMetric(Metric):
                 if value is not None:
                     rec[key] = value
             rec.setdefault("question_id", f"rank{rank}-{self._count}")
+            trust = {k: rec.pop(k) for k in TRUST_KEYS if k in rec}
+            self._count += 1
+            if rec.get("ground_truth") is None and trust.get("probe_set"):  # a refusal-only probe
+                self._trust.append({**trust, "question_id": str(rec["question_id"]), "correct": None,
+                                    "dataset": str(rec.get("dataset") or self.default_dataset),
+                                    "answer_type": rec.get("answer_type"), "closed_pred": None, "truth": None})
+                continue
             if pred is None:
                 rec["status"] = "failed"
             else:
                 rec["prediction"] = pred
-            batch.append(parse_record(rec, self._count, self.default_dataset))
-            self._count += 1
+            score = parse_record(rec, self._count - 1, self.default_dataset)
+            batch.append(score)
+            if trust:
+                self._trust.append({**trust, "question_id": score.question_id, "dataset": score.dataset,
+                                    "answer_type": score.answer_type, "correct": score.correct,
+                                    "closed_pred": score.closed_pred,
+                                    "truth": yes_no_of(score.gt_normalized) if score.answer_type == "CLOSED" else None})
         self._scores.extend(batch)
         return [s.to_dict() for s in batch]
 
     def get_buffer(self) -> list[dict[str, Any]]:
         """The per-question score dicts of every rank (duplicates removed when ``drop_duplicates``)."""
-        local = [json.dumps(s.to_dict(), ensure_ascii=False) for s in self._scores]
+        return self._gathered([s.to_dict() for s in self._scores])
+
+    def get_trust_buffer(self) -> list[dict[str, Any]]:
+        """The per-answer trust records of every rank (see :mod:`.trust_report`), duplicates removed likewise."""
+        return self._gathered(self._trust)
+
+    def _gathered(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        local = [json.dumps(r, ensure_ascii=False) for r in records]
         gathered = [json.loads(s) for s in string_list_all_gather(local) if s]
         if not self.drop_duplicates:
             return gathered
@@ -214,11 +259,17 @@ class VQAMetric(Metric):
             RecordError: nothing was accumulated, or a duplicate with ``drop_duplicates=False``.
         """
         scores = [QuestionScore(**s) for s in self.get_buffer()]
-        if not scores:
+        trust = self.get_trust_buffer()
+        if not scores and not trust:
             raise RecordError("no question was accumulated before aggregate()", "VQAMetric")
         self.results = summarize(scores)
+        if trust:
+            self.results["trust"] = trust_section(trust, self.trust_bins, self.bootstrap_resamples, self.bootstrap_seed)
         is_main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
         if self.report_dir is not None and is_main:
+            if trust:
+                plots = write_trust_plots(trust, self.report_dir, self.report_name, self.trust_bins)
+                self.results["trust"]["plots"] = {k: p.name for k, p in plots.items()}
             write_report(self.results, self.report_dir, self.report_name)
         overall = self.results["overall"]
         return overall if self.summary_key is None else overall[self.summary_key]

@@ -23,6 +23,7 @@ _SUBMODULE_ATTRS = {
         "LESION_Z_MODES", "MODALITIES", "SPLIT_CODES", "Lesion", "PhantomCase", "case_rng", "central_slices",
         "generate_phantom",
     ],
+    "probe_sets": ["OUT_OF_DOMAIN_SETS", "PROBE_SETS", "write_probe_datalist"],
     "questions": [
         "FAMILIES", "LesionFinding", "PhantomQA", "findings_from_label_map", "make_questions", "sample_question",
     ],
