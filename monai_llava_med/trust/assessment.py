@@ -93,6 +93,18 @@ def _chosen_probability(
 
 
 @torch.no_grad()
+def _neutral_embeddings(network: LlavaMedNet, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``network.embed(input_ids, zeros_like(pixel_values))`` with the vision tower run once: every neutral image is
+    the same constant input, so its projected features are computed for one and written at every image's tokens."""
+    image_mask = input_ids == network.config.image_token_id
+    embeds = network.language_model.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+    n_images = int(image_mask.sum()) // network.config.num_image_tokens
+    if n_images:
+        one = network.encode_images(torch.zeros_like(pixel_values[:1]))
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), one.expand(n_images, -1, -1).to(embeds.dtype))
+    return embeds
+
+
 def score_answers(
     network: LlavaMedNet,
     input_ids: torch.Tensor,
@@ -144,8 +156,9 @@ def score_answers(
         ids = torch.cat([input_ids, answer], 1)[with_image]
         mask = torch.cat([attention_mask, answer_mask.to(attention_mask.dtype)], 1)[with_image]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = network(ids, mask, torch.zeros_like(pixel_values), position_ids=positions, logits_to_keep=width + 1,
-                      use_cache=False)
+        out = network.language_model(inputs_embeds=_neutral_embeddings(network, ids, pixel_values),
+                                     attention_mask=mask, position_ids=positions, logits_to_keep=width + 1,
+                                     use_cache=False)
         # position L - 1 + t predicts answer token t
         _, blank_confidence, _ = _chosen_probability(out.logits[:, :width], answer[with_image], answer_mask[with_image],
                                                   yes_ids, no_ids)
