@@ -43,10 +43,11 @@ def _reliability(path: Path, groups: Mapping[str, tuple[list[float], list[bool]]
         kept = [(p, a) for p, a, c in zip(table["confidence"], table["accuracy"], table["count"]) if c]
         ax.plot([p for p, _ in kept], [a for _, a in kept], marker="o", label=f"{name} (n={len(conf)})")
     centres = [(b + 0.5) / bins for b in range(bins)]
-    counts = reliability_bins(*next(iter(groups.values())), bins)["count"]
+    first = next(iter(groups))
+    counts = reliability_bins(*groups[first], bins)["count"]
     share = ax.twinx()
     share.bar(centres, counts, width=1 / bins, alpha=0.15, color="tab:blue")
-    share.set_ylabel("answers per bin (first group)")
+    share.set_ylabel(f"answers per bin ({first})")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
            title=f"Reliability diagram ({bins} bins)")
     ax.legend(loc="upper left", fontsize=8)
