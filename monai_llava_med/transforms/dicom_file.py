@@ -248,6 +248,8 @@ def decode_series_slice(path: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXE
             raise decode_error(e, ds, path) from e
         if data.ndim != 2:
             raise VolumeError(f"DICOM image decoded to {data.ndim + 1} dimensions (3 expected)", path)
+        if data.shape != (header_int(ds, "Rows", path), header_int(ds, "Columns", path)):
+            raise DicomDecodeError("pixel data decoded to a plane of other size than Rows x Columns", path)
         img = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
         check_values(img, path)
     return img

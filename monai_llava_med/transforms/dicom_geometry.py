@@ -13,6 +13,7 @@ same affine with the slice normal times its thickness as third axis, so it is re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
 from typing import Any
 
@@ -21,14 +22,37 @@ import numpy as np
 from ..errors import VolumeError
 from .dicom_header import functional_item, header_value, tag_floats
 
-__all__ = ["stack_order", "patient_affine", "is_orientation", "slice_affine", "frame_stack"]
+__all__ = ["stack_order", "odd_one_out", "patient_affine", "is_orientation", "slice_affine", "frame_stack"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def odd_one_out(same_as_first: np.ndarray) -> int | None:
+    """The index of the first slice that differs from most others, or None when all agree.
+
+    Args:
+        same_as_first: ``(N,)`` booleans, whether each slice agrees with slice 0 (``same_as_first[0]`` is true).
+
+    Returns:
+        the first index that disagrees with slice 0, or 0 when slice 0 is the one in the minority.
+    """
+    same = np.asarray(same_as_first, dtype=bool)
+    if bool(same.all()):
+        return None
+    return 0 if int(same.sum()) * 2 < len(same) else int(np.argmin(same))
+
+
+def _slice_words(names: Sequence[str] | None, *indices: int) -> str:
+    """``"; slice a.dcm"`` / ``"; slices a.dcm and b.dcm"`` when ``names`` are given, else ``""``."""
+    if names is None:
+        return ""
+    picked = [names[int(i)] for i in indices]
+    return f"; slice {picked[0]}" if len(picked) == 1 else f"; slices {' and '.join(picked)}"
+
+
 def stack_order(
     orientations: np.ndarray, positions: np.ndarray, spacings: np.ndarray, path: str | PathLike,
-    spacing_rtol: float = 0.1,
+    spacing_rtol: float = 0.1, names: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Validate slices as one volume and sort them by position along the slice normal.
 
@@ -38,6 +62,7 @@ def stack_order(
         spacings: ``(N, 2)`` PixelSpacing of each slice.
         path: the series folder or file, for messages.
         spacing_rtol: allowed relative deviation of a slice gap from the median gap.
+        names: file name of each slice, to name the odd slice (or the two at one position) in messages.
 
     Returns:
         ``(order, sorted positions along the normal, median gap)``; ``order`` sorts the slices ascending.
@@ -45,17 +70,23 @@ def stack_order(
     Raises:
         VolumeError: mixed orientations or pixel spacings, duplicate or unevenly spaced positions.
     """
-    if not np.allclose(orientations, orientations[0], atol=1e-4):
-        raise VolumeError("series has slices with different orientations (mixed geometry)", path)
-    if not np.allclose(spacings, spacings[0], rtol=1e-4):
-        raise VolumeError("series has slices with different pixel spacings (mixed geometry)", path)
+    odd = odd_one_out(np.all(np.isclose(orientations, orientations[0], atol=1e-4), axis=1))
+    if odd is not None:
+        raise VolumeError("series has slices with different orientations (mixed geometry)"
+                          + _slice_words(names, odd), path)
+    odd = odd_one_out(np.all(np.isclose(spacings, spacings[0], rtol=1e-4), axis=1))
+    if odd is not None:
+        raise VolumeError("series has slices with different pixel spacings (mixed geometry)"
+                          + _slice_words(names, odd), path)
     normal = np.cross(orientations[0][:3], orientations[0][3:])
     pos = positions @ normal
     order = np.argsort(pos, kind="stable")
     pos_sorted = pos[order]
     gaps = np.diff(pos_sorted)
     if np.any(gaps < 1e-3):
-        raise VolumeError("series has two or more slices at the same position (duplicate or mixed series)", path)
+        k = int(np.argmax(gaps < 1e-3))
+        raise VolumeError("series has two or more slices at the same position (duplicate or mixed series)"
+                          + _slice_words(names, order[k], order[k + 1]), path)
     median = float(np.median(gaps))
     if np.any(np.abs(gaps - median) > spacing_rtol * median):
         raise VolumeError(

@@ -35,11 +35,12 @@ PHOTOMETRIC_CODES = frozenset(
     "MONOCHROME1 MONOCHROME2 RGB YBR_FULL YBR_FULL_422 YBR_PARTIAL_420 YBR_PARTIAL_422 YBR_ICT YBR_RCT HSV ARGB "
     "CMYK XYB".split() + ["PALETTE COLOR"]
 )
-#: Header fields a series scan reads (``specific_tags`` keeps the scan of hundreds of slices fast).
+#: Header fields a series scan reads (``specific_tags`` keeps the scan of hundreds of slices fast); PixelData is
+#: kept as a deferred element (its length and offset, never its value) for :mod:`.dicom_pixel_data`.
 SCAN_TAGS = (
     "SeriesInstanceUID", "Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
     "InstanceNumber", "SliceThickness", "Modality", "PhotometricInterpretation", "WindowCenter", "WindowWidth",
-    "RescaleSlope", "RescaleIntercept",
+    "RescaleSlope", "RescaleIntercept", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames", "PixelData",
 )
 #: Geometry elements and the number of values each must hold.
 _GEOMETRY_TAGS = {"ImageOrientationPatient": 6, "ImagePositionPatient": 3, "PixelSpacing": 2}
@@ -54,31 +55,34 @@ _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 _PIXEL_DATA = 0x7FE00010
 
 
-def read_dicom_header(path: str | PathLike, stop_before_pixels: bool = False) -> Any:
+def read_dicom_header(path: str | PathLike, scan: bool = False) -> Any:
     """Read a DICOM header with pydicom, turning every parse failure into :class:`DicomDecodeError`.
+
+    No pixel value is read either way: large values (PixelData) are deferred, pydicom seeks past them.
 
     Args:
         path: the DICOM file.
-        stop_before_pixels: read only the fields a series scan needs and stop at PixelData; otherwise read the
-            whole header with large values deferred.
+        scan: read only :data:`SCAN_TAGS`, the fields a series scan needs; otherwise the whole header.
 
     Returns:
-        the ``pydicom.Dataset`` (pixel data not decoded).
+        the ``pydicom.Dataset`` (pixel data not read; its element keeps its declared length and offset).
 
     Raises:
-        DicomDecodeError: not DICOM, truncated before its PixelData ends, or a deflated data set inflating beyond
-            :data:`~.limits.MAX_INFLATED_BYTES`.
+        DicomDecodeError: not DICOM, truncated (an element, PixelData included, that ends past the end of the
+            file), or a deflated data set inflating beyond :data:`~.limits.MAX_INFLATED_BYTES`.
     """
     check_deflated_dicom(path)  # pydicom inflates a deflated data set whole: bound it first
     with QuietReaders() as quiet:
         try:
-            if stop_before_pixels:
-                return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(SCAN_TAGS))
-            ds = pydicom.dcmread(path, defer_size=4096)
+            if scan:
+                ds = pydicom.dcmread(path, defer_size=1024, specific_tags=list(SCAN_TAGS))
+            else:
+                ds = pydicom.dcmread(path, defer_size=4096)
         except Exception as e:  # InvalidDicomError, EOFError, struct.error, OSError ...
             raise DicomDecodeError(f"not a readable DICOM file ({type(e).__name__}: {redact_text(e)})", path) from e
     if "PixelData" not in ds and any("End of file reached" in w for w in quiet.warnings):
-        raise DicomDecodeError("file is truncated: it ends inside an element, before its PixelData", path)
+        raise DicomDecodeError("file is truncated: it ends inside an element (the header or an encapsulated "
+                               "PixelData)", path)
     _check_deferred_lengths(ds, path)
     return ds
 

@@ -4,9 +4,12 @@
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """A DICOM series folder: header scan and validation, then the whole volume through MONAI's PydicomReader.
 
-The scan reads only the fields it needs from every slice and checks one series, same size/orientation/pixel
-spacing, distinct and evenly spaced positions; slices are sorted by position along the slice normal
-(:func:`~.dicom_geometry.stack_order`, the rule enhanced multi-frame files follow too).
+The scan reads only the fields it needs from every slice (no pixel value) and checks one series: every slice's
+PixelData holds the pixels its header declares (:func:`~.dicom_pixel_data.check_pixel_data_size`, so a truncated
+slice is refused even where only some slices are decoded), same size, pixel layout, orientation and pixel
+spacing, distinct and evenly spaced positions; a message names the odd slice's file. Slices are sorted by
+position along the slice normal (:func:`~.dicom_geometry.stack_order`, the rule enhanced multi-frame files follow
+too).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from typing import Any
 import numpy as np
 from monai.data import MetaTensor
 
-from ..errors import ImageReadError, VolumeError
+from ..errors import DicomDecodeError, ImageReadError, VolumeError
 from .dicom_file import decode_error, load_dicom_file
-from .dicom_geometry import stack_order
+from .dicom_geometry import odd_one_out, stack_order
 from .dicom_header import (
     check_dicom_pixels,
     check_geometry,
@@ -31,6 +34,7 @@ from .dicom_header import (
     header_value,
     read_dicom_header,
 )
+from .dicom_pixel_data import check_pixel_data_size
 from .input_kind import is_dicom_file
 from .readers import DEFAULT_MAX_VOXELS, QuietReaders, cached_loader, clean_meta, file_name, run_loader
 
@@ -80,8 +84,10 @@ def scan_dicom_series(
 
     Raises:
         ImageReadError: no DICOM files, absurd size.
-        DicomDecodeError: an unreadable slice header.
-        VolumeError: several series, mixed size/orientation/pixel spacing, duplicate or unevenly spaced positions,
+        DicomDecodeError: an unreadable slice header; a slice without PixelData or whose PixelData is shorter
+            than its header declares (truncated; the error names that file).
+        VolumeError: several series, mixed size/pixel layout (BitsAllocated, SamplesPerPixel, NumberOfFrames,
+            PhotometricInterpretation)/orientation/pixel spacing, duplicate or unevenly spaced positions,
             malformed ImageOrientationPatient/ImagePositionPatient/PixelSpacing.
     """
     with QuietReaders():
@@ -93,17 +99,23 @@ def _scan(folder: str | PathLike, max_voxels: int, spacing_rtol: float) -> Dicom
     paths = sorted(str(f) for f in Path(folder).iterdir() if f.is_file() and is_dicom_file(f))
     if not paths:
         raise ImageReadError("folder holds no DICOM files (expected one DICOM series)", folder)
-    headers = [read_dicom_header(p, stop_before_pixels=True) for p in paths]
+    headers = [read_dicom_header(p, scan=True) for p in paths]  # an element cut by the file's end is refused
     first = headers[0]
     uids = {str(h.get("SeriesInstanceUID", "")) for h in headers}
     if len(uids) > 1:
         raise VolumeError(f"folder mixes {len(uids)} DICOM series; put one series per folder", folder)
     where = [f"slice {file_name(p)}: " for p in paths]
-    shapes = {(header_int(h, "Rows", folder, where=w), header_int(h, "Columns", folder, where=w))
-              for h, w in zip(headers, where)}
-    if len(shapes) > 1:
-        raise VolumeError("series has slices of different sizes (Rows/Columns differ: mixed geometry)", folder)
-    rows, cols = shapes.pop()
+    for h, p in zip(headers, paths):
+        check_pixel_data_size(h, p)  # every slice, also those the lazy paths never decode
+    layouts = [_pixel_layout(h, folder, w) for h, w in zip(headers, where)]
+    for what, part in (("sizes (Rows/Columns differ: mixed geometry)", slice(0, 2)),
+                       ("pixel layouts (BitsAllocated, SamplesPerPixel, NumberOfFrames or "
+                        "PhotometricInterpretation differ)", slice(2, None))):
+        odd = odd_one_out(np.array([lay[part] == layouts[0][part] for lay in layouts]))
+        if odd is not None:
+            raise VolumeError(f"series has slices of different {what}; slice {file_name(paths[odd])} differs "
+                              "from the others", folder)
+    rows, cols = layouts[0][:2]
     if rows <= 0 or cols <= 0:
         raise ImageReadError("zero-size slices: Rows or Columns is not positive", folder)
     if rows * cols * len(paths) > max_voxels:
@@ -125,7 +137,8 @@ def _scan(folder: str | PathLike, max_voxels: int, spacing_rtol: float) -> Dicom
     iops = np.array([g["ImageOrientationPatient"] for g in geometry])
     spacings = np.array([g["PixelSpacing"] or (1.0, 1.0) for g in geometry])
     ipps = np.array([g["ImagePositionPatient"] for g in geometry])
-    order, pos_sorted, median = stack_order(iops, ipps, spacings, folder, spacing_rtol)
+    names = [file_name(p) for p in paths]
+    order, pos_sorted, median = stack_order(iops, ipps, spacings, folder, spacing_rtol, names)
     inst = [header_int(h, "InstanceNumber", folder, default=None, where=w) for h, w in zip(headers, where)]
     matches = False
     if all(i is not None for i in inst) and len(set(inst)) == len(inst):
@@ -140,6 +153,20 @@ def _scan(folder: str | PathLike, max_voxels: int, spacing_rtol: float) -> Dicom
         meta=dicom_meta(first, file_name(folder)),
         instance_order_matches=matches,
     )
+
+
+def _pixel_layout(ds: Any, folder: str | PathLike, where: str) -> tuple[Any, ...]:
+    """``(Rows, Columns, BitsAllocated, SamplesPerPixel, NumberOfFrames, photometric)`` of a slice, to compare.
+
+    The photometric interpretation is compared as stored (upper-cased), never shown.
+    """
+    ints = tuple(header_int(ds, k, folder, default=d, where=where) for k, d in
+                 (("Rows", 0), ("Columns", 0), ("BitsAllocated", 0), ("SamplesPerPixel", 1), ("NumberOfFrames", 1)))
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    except Exception as e:  # pydicom cannot convert the value
+        raise DicomDecodeError(f"{where}unreadable PhotometricInterpretation element", folder) from e
+    return (*ints, photometric)
 
 
 def load_dicom_series(folder: str | PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> MetaTensor:
@@ -171,6 +198,6 @@ def _load_series(folder: str | PathLike, max_voxels: int) -> MetaTensor:
     first = read_dicom_header(info.files[0])
     check_dicom_pixels(first, info.files[0], max_voxels)
     img = run_loader(cached_loader("series"), folder, lambda e: decode_error(e, first, folder))
-    if img.ndim != 4 or img.shape[-1] != len(info.files):
-        raise VolumeError("series decoded to an unexpected shape (not one plane per slice)", folder)
+    if img.ndim != 4 or tuple(img.shape[1:]) != (info.shape[1], info.shape[0], len(info.files)):
+        raise VolumeError("series decoded to an unexpected shape (not one Columns x Rows plane per slice)", folder)
     return clean_meta(img, {**info.meta, "layout": "volume"})

@@ -184,7 +184,7 @@ class MedicalVolumeToPixels(Transform):
             stack[..., k] = reduced
         if stack is None:
             raise VolumeError("the series holds no slices", source)
-        first, last = (tag_floats(read_dicom_header(f, stop_before_pixels=True), "ImagePositionPatient", 3, f)
+        first, last = (tag_floats(read_dicom_header(f, scan=True), "ImagePositionPatient", 3, f)
                        for f in (info.files[0], info.files[-1]))
         step = (np.asarray(last) - np.asarray(first)) / (len(info.files) - 1)
         affine = block_affine(torch.as_tensor(patient_affine(info.orientation, first, info.spacing[:2], step)),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import lazy_loader as _lazy
 
 _SUBMODULE_ATTRS = {
-    "answering": ["AlgorithmIdentity", "StudyAnswer", "answer_study", "check_series_decodes", "load_questions", "sr_uids", "uid_digest"],
+    "answering": ["AlgorithmIdentity", "StudyAnswer", "answer_study", "load_questions", "sr_uids", "uid_digest"],
     "dicomweb": ["DicomWebStore", "atomic_write"],
     "dimse": ["DimseDestination", "parse_dimse_address", "start_store_scp"],
     "job_queue": ["FINAL_STATES", "IGNORED_MODALITIES", "STATES", "Instance", "Job", "JobQueue"],

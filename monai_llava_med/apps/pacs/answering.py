@@ -20,15 +20,13 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.uid import generate_uid
 
 from ... import __version__ as package_version
-from ...errors import DicomDecodeError
 from ...engines.dicom_sr import weights_sha256
 from ...engines.dicom_sr_files import write_answer_sr
 
-__all__ = ["AlgorithmIdentity", "StudyAnswer", "answer_study", "check_series_decodes", "load_questions", "sr_uids", "uid_digest"]
+__all__ = ["AlgorithmIdentity", "StudyAnswer", "answer_study", "load_questions", "sr_uids", "uid_digest"]
 
 
 @dataclass(frozen=True)
@@ -125,31 +123,6 @@ def load_questions(path: str | PathLike) -> list[str]:
     return questions
 
 
-def check_series_decodes(folder: str | PathLike) -> int:
-    """Decode every instance of a series folder once: a PACS can deliver one damaged instance in a good series.
-
-    The volume reader checks the first instance's header only; a truncated slice further on must stop the
-    study from being answered rather than be read around.
-
-    Args:
-        folder: the series folder (``*.dcm``).
-
-    Returns:
-        the number of instances checked.
-
-    Raises:
-        DicomDecodeError: an instance is not DICOM or its pixel data does not decode (the error names the file;
-            the library's message is withheld, it can quote header values).
-    """
-    files = sorted(Path(folder).glob("*.dcm"))
-    for path in files:
-        try:
-            pydicom.dcmread(path).pixel_array  # noqa: B018 - decoding is the check
-        except Exception as err:  # InvalidDicomError, ValueError (short pixel data), decoder errors
-            raise DicomDecodeError(f"pixel data cannot be decoded ({type(err).__name__})", path) from None
-    return len(files)
-
-
 def answer_study(
     ask: Callable[..., dict[str, Any]],
     series: Sequence[tuple[str | PathLike, Sequence[str]]],
@@ -176,12 +149,10 @@ def answer_study(
         the SR written and the answers.
 
     Raises:
-        LlavaMedInputError: a series cannot be read, e.g. one instance's pixel data does not decode
-            (:func:`check_series_decodes`; the error names the file); nothing is written.
+        LlavaMedInputError: a series cannot be read, e.g. one instance is truncated (the reader checks every
+            instance's header and PixelData size before answering; the error names the file); no SR is written.
         DicomSRError: the SR cannot be built or written.
     """
-    for folder, _uids in series:
-        check_series_decodes(folder)
     answers: list[dict[str, Any]] = []
     inference_s = 0.0
     for s, (folder, _uids) in enumerate(series):
