@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--arguments", default="{}", help="JSON object of the training arguments")
     parser.add_argument("--seeds", default="{}", help="JSON object describing the seeds")
     parser.add_argument("--environment", default="CPU, DeepSpeed ZeRO-2 on the cpu accelerator")
+    parser.add_argument("--calibration", default=None,
+                        help="how calibration.json and gate.safetensors were fitted (the command), if shipped")
     args = parser.parse_args()
     if not re.fullmatch(r"[0-9a-f]{40}", args.commit):
         raise SystemExit("--commit must be a full 40-digit commit hash")
@@ -55,6 +57,8 @@ def main() -> None:
                                 "model.safetensors, for the MONAI bundle convention)"},
         "files": file_entries(MODELS),
     }
+    if args.calibration:
+        manifest["derived"]["calibration.json, gate.safetensors"] = args.calibration
     if "evaluation" in old:
         manifest["evaluation"] = old["evaluation"]
     path.write_text(json.dumps(manifest, indent=2) + "\n")
