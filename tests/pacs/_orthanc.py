@@ -140,7 +140,7 @@ class Orthanc:
             uids += [i["00080018"]["Value"][0] for i in self._qido(f"studies/{study_uid}/series/{series_uid}/instances")]
         return uids
 
-    def wait_sr(self, study_uid: str, timeout_s: float = 60.0, count: int = 1) -> list[str]:
+    def wait_sr(self, study_uid: str, timeout_s: float = 120.0, count: int = 1) -> list[str]:
         """Wait (bounded) until the study holds ``count`` SR instances; returns their UIDs."""
         deadline = time.monotonic() + timeout_s
         found: list[str] = []

@@ -61,7 +61,7 @@ def _deliver(orthanc, tmp_path: Path, case_id: str, **kwargs) -> tuple[list[Path
     return files, study_uid_of(files)
 
 
-def _final_job(node: PacsNode, study_uid: str, timeout_s: float = 60.0):
+def _final_job(node: PacsNode, study_uid: str, timeout_s: float = 120.0):
     return _wait(lambda: (j := node.queue.job_for_study(study_uid)) is not None
                  and j.state in ("done", "no_match", "error", "failed") and j, timeout_s, "the job to finish")
 
@@ -92,7 +92,7 @@ def test_listener_answers_study_and_duplicate_delivery_yields_one_sr(orthanc, ma
 
     orthanc.send_study("llava", orthanc.upload(files))  # the same study again
     time.sleep(1.5)  # longer than the idle timeout: a re-opened job would be queued by now
-    assert node.wait_idle(30)
+    assert node.wait_idle(120)
     again = node.queue.job_for_study(study_uid)
     assert again.state == "done" and again.claimed_at == job.claimed_at  # not answered a second time
     assert len(node.queue.jobs()) == 1
@@ -108,13 +108,13 @@ def test_listener_retries_while_pacs_is_down_then_stores(orthanc, make_node, tmp
     files, study_uid = _deliver(orthanc, tmp_path, "listen-down")
     orthanc.stop()
     try:
-        job = _wait(lambda: (j := node.queue.job_for_study(study_uid)) is not None and j.attempts >= 2 and j, 60,
-                    "two failed deliveries")
+        job = _wait(lambda: (j := node.queue.job_for_study(study_uid)) is not None and j.attempts >= 2 and j, 180,
+                    "two failed deliveries")  # bounded; generous for a loaded 2-core CI machine
         assert job.state in ("queued", "running") and "PacsUnavailableError" in job.error
         assert all(Path(i.path).is_file() for i in node.queue.instances(job.id))
     finally:
         orthanc.start()
-    (sr_uid,) = orthanc.wait_sr(study_uid, timeout_s=30)
+    (sr_uid,) = orthanc.wait_sr(study_uid, timeout_s=120)
     job = _final_job(node, study_uid)
     assert job.state == "done" and job.sr_uid == sr_uid and job.error is None
 
