@@ -105,6 +105,7 @@ def _neutral_embeddings(network: LlavaMedNet, input_ids: torch.Tensor, pixel_val
     return embeds
 
 
+@torch.no_grad()
 def score_answers(
     network: LlavaMedNet,
     input_ids: torch.Tensor,
