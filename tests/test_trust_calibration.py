@@ -140,6 +140,8 @@ def test_fit_calibration_on_demo_phantoms(tmp_path):
 def test_calibrate_config_writes_calibration_json_outside_the_model_folder(tmp_path):
     model_dir = tmp_path / "models"
     shutil.copytree(DEMO, model_dir)
+    for shipped in (CALIBRATION_FILE, "gate.safetensors"):  # the demo model ships a calibration: start without it
+        (model_dir / shipped).unlink()
     datalist = write_vqa_datalist(tmp_path / "data", 3, seed=43, split="val")
     out = tmp_path / "calibration"
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "calibrate.json"), meta_file=str(CONFIGS / "metadata.json"),

@@ -81,7 +81,11 @@ def test_bundle_evaluate_writes_the_trust_section_and_plots(tmp_path):
     for name, summary in trust["probe_sets"].items():
         assert summary["count"] == sum(it["probe_set"] == name for it in items)
         assert set(summary["reason_rates"]) <= set(REASONS)
-        assert summary["gate_refusal_rate"] == 0.0  # the demo model ships no gate
+    # the demo model ships its input gate: it refuses the out-of-domain probe sets, not the in-domain phantoms
+    # (pydicom's MR_small, a dark small head slice, passes this phantom-fitted gate: a known gap, docs/trust.md)
+    refused = {name: summary["gate_refusal_rate"] for name, summary in trust["probe_sets"].items()}
+    assert all(refused[name] >= 0.5 for name in OUT_OF_DOMAIN_SETS if name != "mr_small"), refused
+    assert refused["in_domain"] <= 0.5, refused
     lesion_free = trust["probe_sets"]["lesion_free"]["false_yes"]
     assert lesion_free["questions"] == sum(it["probe_set"] == "lesion_free" for it in items)
     answers = {a["id"]: a for a in json.loads((out / "answers.json").read_text())}

@@ -41,7 +41,18 @@ def _vocab_ids(tokenizer, word: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def demo():
-    return LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=8)
+    """The demo model with raw scores: its shipped calibration left out (the fields' mechanism is checked here)."""
+    return LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=8, calibration=None)
+
+
+def test_the_shipped_calibration_and_gate_are_loaded_and_used(phantoms):
+    folder, datalist = phantoms
+    item = json.loads(datalist.read_text())[0]
+    calibrated = LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=8)
+    assert calibrated.calibration is not None and calibrated.calibration.gate is not None
+    result = calibrated.ask(str(folder / item["image"]), item["question"])
+    assert isinstance(result["gate_distance"], float) and result["gate_distance"] >= 0.0
+    assert result["gate_distance"] <= calibrated.calibration.gate.threshold  # an in-domain phantom passes the gate
 
 
 @pytest.fixture(scope="module")
