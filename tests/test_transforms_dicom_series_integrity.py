@@ -190,10 +190,11 @@ def predictor():
 
 @pytest.mark.parametrize("damage,index", [("halved", 2), ("cut", 2), ("halved", 5)])
 def test_the_predictor_refuses_a_series_with_a_truncated_slice(tmp_path, predictor, damage, index):
-    """The demo model looks at one central slice (5): slice 2 is never decoded, and is refused all the same."""
+    """The demo model looks at 4 content-aware views (slices 3-6 of this series): slice 2 is never decoded, and is
+    refused all the same."""
     files = _series(tmp_path)
     answer = predictor.ask(files[0].parent, "Is there a lesion?", max_new_tokens=3)
-    assert isinstance(answer["answer"], str) and [v["index"] for v in answer["views"]] == [5]
+    assert isinstance(answer["answer"], str) and [v["index"] for v in answer["views"]] == [3, 4, 5, 6]
     (_halve_pixels if damage == "halved" else _cut_bytes)(files[index])
     _raises_naming(lambda p: predictor.ask(p, "Is there a lesion?", max_new_tokens=3), files[0].parent,
                    files[index], DicomDecodeError, "truncated")
