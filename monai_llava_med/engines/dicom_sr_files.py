@@ -9,10 +9,9 @@ The document itself is built by :func:`.dicom_sr.build_answer_sr` (docs/dicom_sr
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Mapping, Sequence
+from io import BytesIO
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from .. import __version__ as package_version
+from ..atomic_files import atomic_write_bytes
 from ..errors import DicomSRError
 from ..networks.checkpoint_files import model_name as checkpoint_model_name
 from .dicom_sr import CODES, CODING_SCHEME, build_answer_sr, weights_sha256
@@ -51,16 +51,11 @@ def write_answer_sr(
     """
     sr = build_answer_sr(answers, sources, **kwargs)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    buffer = BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sr.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
+        atomic_write_bytes(out, buffer.getvalue())
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise DicomSRError(f"cannot write the SR ({err.strerror or type(err).__name__})", out) from err
     return out
 

@@ -25,7 +25,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..atomic_files import atomic_write_bytes
 from ..errors import CheckpointError
 
 __all__ = [
@@ -118,20 +118,9 @@ def atomic_write_text(path: str | PathLike, text: str) -> Path:
         CheckpointError: the write failed (a full disk says so); no temporary file is left.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write_bytes(path, text.encode(), sync_folder=True)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         cause = "no space left on the device" if is_disk_full(err) else str(err)
         raise CheckpointError(f"cannot write {path.name}: {cause}", path.parent) from err
     return path

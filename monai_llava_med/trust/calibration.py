@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_files import atomic_write_bytes
 from ..errors import CalibrationError
 from .abstention import DEFAULT_MIN_IMAGE_RELIANCE
 from .gate import FeatureGate
@@ -198,17 +198,7 @@ class Calibration:
         folder.mkdir(parents=True, exist_ok=True)
         if self.gate is not None:
             self.gate.save_tensors(folder)
-        path = folder / CALIBRATION_FILE
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("w") as f:
-                f.write(json.dumps(self.to_dict(), indent=2) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_write_bytes(folder / CALIBRATION_FILE, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], folder: str | PathLike, where: str | PathLike) -> Calibration:

@@ -15,16 +15,16 @@ held-out in-domain images (:func:`fit_feature_gate`). The tensors are saved in `
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from ..atomic_files import atomic_write_bytes
 from ..errors import CalibrationError
 
 __all__ = ["GATE_FILE", "FeatureGate", "ProjectorInputs", "fit_feature_gate", "ledoit_wolf_covariance"]
@@ -141,17 +141,8 @@ class FeatureGate:
 
     def save_tensors(self, folder: str | PathLike) -> Path:
         """Write :data:`GATE_FILE` into ``folder`` atomically (temporary file, fsync, rename)."""
-        path = Path(folder) / GATE_FILE
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            save_file({"mean": self.mean.float().contiguous(), "precision": self.precision.float().contiguous()},
-                      str(tmp), metadata={"format": "pt"})
-            with tmp.open("rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        tensors = {"mean": self.mean.float().contiguous(), "precision": self.precision.float().contiguous()}
+        return atomic_write_bytes(Path(folder) / GATE_FILE, save(tensors, metadata={"format": "pt"}))
 
     @classmethod
     def load(cls, folder: str | PathLike, summary: dict) -> FeatureGate:

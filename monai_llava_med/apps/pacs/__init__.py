@@ -17,7 +17,7 @@ import lazy_loader as _lazy
 
 _SUBMODULE_ATTRS = {
     "answering": ["AlgorithmIdentity", "StudyAnswer", "answer_study", "load_questions", "sr_uids", "uid_digest"],
-    "dicomweb": ["DicomWebStore", "atomic_write"],
+    "dicomweb": ["DicomWebStore"],
     "dimse": ["DimseDestination", "parse_dimse_address", "start_store_scp"],
     "job_queue": ["FINAL_STATES", "IGNORED_MODALITIES", "STATES", "Instance", "Job", "JobQueue"],
     "listener": ["PacsNode"],

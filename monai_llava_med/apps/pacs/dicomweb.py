@@ -12,7 +12,6 @@ Failures become typed errors naming the service only: :class:`~monai_llava_med.e
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from os import PathLike
@@ -22,35 +21,17 @@ from typing import Any, TypeVar
 import pydicom
 from monai.utils import optional_import
 
+from ...atomic_files import atomic_write_bytes
 from ...errors import PacsError, PacsUnavailableError
 from .selection import QIDO_FIELDS, SeriesInfo, series_from_qido
 
 requests, _HAS_REQUESTS = optional_import("requests")
 dicomweb_api, _HAS_DICOMWEB = optional_import("dicomweb_client.api")
 
-__all__ = ["DicomWebStore", "atomic_write"]
+__all__ = ["DicomWebStore"]
 
 T = TypeVar("T")
 _RETRIABLE_HTTP = (408, 429)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
-
-    Args:
-        path: the file.
-        data: its bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class DicomWebStore:
@@ -115,7 +96,7 @@ class DicomWebStore:
             path = out / f"instance_{i:04d}.dcm"
             buffer = BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            atomic_write(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue())
             uids.append(str(ds.SOPInstanceUID))
         return uids
 

@@ -24,7 +24,7 @@ import pydicom
 
 from ...errors import LlavaMedInputError, PacsError, PacsUnavailableError
 from .answering import AlgorithmIdentity, answer_study, uid_digest
-from .dicomweb import atomic_write
+from ...atomic_files import atomic_write_bytes
 from .dimse import start_store_scp
 from .job_queue import Job, JobQueue
 from .node_config import Destination, NodeConfig, make_destination
@@ -81,7 +81,7 @@ class PacsNode:
         path = (self.storage / uid_digest(study, self.salt) / uid_digest(series, self.salt)
                 / f"{uid_digest(sop, self.salt)}.dcm")
         try:
-            atomic_write(path, event.encoded_dataset(include_meta=True))
+            atomic_write_bytes(path, event.encoded_dataset(include_meta=True))
             job_id, new = self.queue.record_instance(study, series, sop, modality, str(path))
         except Exception as err:  # disk full, database locked: the sender may try again
             log.error("C-STORE failed: cannot keep the instance (%s)", type(err).__name__)
