@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_new_tokens < 1:
         build_parser().error("--max_new_tokens must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Ctrl-C must stop an answer or drop a line even when the parent left SIGINT ignored (a shell's background job
+    # does: Python then installs no handler of its own)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ...errors import LlavaMedError
     from .input_checks import check_image_path, error_line
 
