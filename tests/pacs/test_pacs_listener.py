@@ -104,9 +104,13 @@ def test_listener_answers_study_and_duplicate_delivery_yields_one_sr(orthanc, ma
 
 
 def test_listener_retries_while_pacs_is_down_then_stores(orthanc, make_node, tmp_path):
-    node = make_node(idle_timeout_s=2.0, max_attempts=100)
+    # the study stays "receiving" (idle timeout 1 h) until Orthanc has exited: with a short idle timeout a slow
+    # Orthanc shutdown on a loaded machine could still accept the SR, and the job would never fail
+    node = make_node(idle_timeout_s=3600.0, max_attempts=100)
     files, study_uid = _deliver(orthanc, tmp_path, "listen-down")
-    orthanc.stop()
+    orthanc.stop()  # returns once the process is gone
+    assert node.queue.job_for_study(study_uid).state == "receiving"
+    node.queue.promote_idle(0.0)  # what the worker does after the idle timeout
     try:
         job = _wait(lambda: (j := node.queue.job_for_study(study_uid)) is not None and j.attempts >= 2 and j, 180,
                     "two failed deliveries")  # bounded; generous for a loaded 2-core CI machine
