@@ -18,8 +18,8 @@ paired probes of a model, each figure next to its goal and its baseline (the sam
    refusal per set; the hallucination rate, "yes" given (not abstained) to "Is there a lesion in this image?" about
    a lesion-free phantom, with its Wilson interval, next to the raw "yes" rate (the model without abstention).
 4. **Blanked images**: the test questions with every image replaced by the bundle's blanked baseline
-   (``--blank-fill neutral``: a PNG of the CLIP mean colour, as in ``bench_demo_model.py``; 8-bit rounding leaves it
-   within 0.004 of the exact zeros that image reliance compares with; ``black``: an all-black PNG): the share
+   (``--blank-fill neutral``: a PNG of the pad colour, the CLIP mean colour as 8-bit values, which is exactly the
+   neutral image that image reliance compares with; ``black``: an all-black PNG, a different blank): the share
    flagged, ``image_reliance`` below the calibration's ``min_image_reliance`` or withheld as "answer does not depend
    on the image" (the gate's refusals of these images are printed beside it, not counted).
 5. **Paired probes** (``paired_probes=True``) on the consistency questions (presence, left, right, count) of the test
@@ -177,7 +177,8 @@ def main() -> None:
     parser.add_argument("--test-seed", type=int, default=2032)
     parser.add_argument("--probe-seed", type=int, default=2033)
     parser.add_argument("--target-error", type=float, default=0.02, help="alpha of the conformal thresholds")
-    parser.add_argument("--blank-fill", choices=("neutral", "black"), default="neutral")
+    parser.add_argument("--blank-fill", nargs="+", choices=("neutral", "black"), default=["neutral", "black"],
+                        help="the blanked runs, in order; the first is summarised on the last line")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the ECE interval")
@@ -248,19 +249,24 @@ def main() -> None:
     ood = refused([r for r in precs if r["probe_set"] in OUT_OF_DOMAIN_SETS])
     print(f"RESULT {fmt('gate_refusal_ood', ood)} goal_gate_refusal_ood=>=0.95 images={len(ood)}")
 
-    # 4. blanked images: answers that cannot come from the image
-    fill = tuple(round(m * 255) for m in CLIP_MEAN) if args.blank_fill == "neutral" else (0, 0, 0)
-    Image.new("RGB", (64, 64), fill).save(work / "test" / "blank.png")
-    blanked = work / "test" / "blanked.json"
-    blanked.write_text(json.dumps([{**it, "image": "blank.png"} for it in items]))
-    breport, banswers = run_bundle(blanked, work / "eval_blanked", args, fitted)
-    brecs = records(breport, banswers, items)
-    flagged = [int((r.get("image_reliance") is not None and r["image_reliance"] < min_reliance)
-                   or r.get("reason") == REASON_IMAGE_INDEPENDENT) for r in brecs]
-    withheld = sum(bool(r.get("abstained")) for r in brecs) / len(brecs)
-    gate_refused = sum(r.get("reason") == REASON_OUT_OF_DOMAIN for r in brecs) / len(brecs)
-    print(f"RESULT {fmt('blanked_flagged', flagged)} goal_blanked_flagged=>=0.95 fill={args.blank_fill} "
-          f"min_image_reliance={min_reliance} abstained={withheld:.4f} gate_refused={gate_refused:.4f} n={len(brecs)}")
+    # 4. blanked images: answers that cannot come from the image (each fill in turn; the first one is summarised)
+    blanked_flagged = {}
+    for fill_name in args.blank_fill:
+        fill = tuple(int(m * 255) for m in CLIP_MEAN) if fill_name == "neutral" else (0, 0, 0)
+        Image.new("RGB", (64, 64), fill).save(work / "test" / f"blank_{fill_name}.png")
+        blanked = work / "test" / f"blanked_{fill_name}.json"
+        blanked.write_text(json.dumps([{**it, "image": f"blank_{fill_name}.png"} for it in items]))
+        breport, banswers = run_bundle(blanked, work / f"eval_blanked_{fill_name}", args, fitted)
+        brecs = records(breport, banswers, items)
+        flagged = [int((r.get("image_reliance") is not None and r["image_reliance"] < min_reliance)
+                       or r.get("reason") == REASON_IMAGE_INDEPENDENT) for r in brecs]
+        blanked_flagged[fill_name] = flagged
+        withheld = sum(bool(r.get("abstained")) for r in brecs) / len(brecs)
+        gate_refused = sum(r.get("reason") == REASON_OUT_OF_DOMAIN for r in brecs) / len(brecs)
+        print(f"RESULT {fmt('blanked_flagged', flagged)} goal_blanked_flagged=>=0.95 fill={fill_name} "
+              f"min_image_reliance={min_reliance} abstained={withheld:.4f} gate_refused={gate_refused:.4f} "
+              f"n={len(brecs)}")
+    flagged = blanked_flagged[args.blank_fill[0]]
 
     # 5. paired probes on the consistency questions
     pitems = [it for it in items if it["question"] in CONSISTENCY]
@@ -275,7 +281,7 @@ def main() -> None:
     print(f"RESULT ece_closed={num(closed['ece'])} ece_count={num(count['ece'])} "
           f"acc_at_80_closed={num(closed['accuracy_at_coverage']['0.8'])} hallucination={wilson(given_yes)[0]:.4f} "
           f"gate_refusal_ood={wilson(ood)[0]:.4f} gate_refusal_in_domain={wilson(in_domain)[0]:.4f} "
-          f"blanked_flagged={wilson(flagged)[0]:.4f} contradictions_answered={wilson(answered)[0]:.4f} "
+          f"blanked_flagged={wilson(flagged)[0]:.4f} blank_fill={args.blank_fill[0]} contradictions_answered={wilson(answered)[0]:.4f} "
           f"minutes={minutes:.2f}")
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from pydicom.data import get_testdata_file
 from released_v15_fixture import save_plain_tokenizer, write_released_checkpoint
 
@@ -107,6 +108,13 @@ def _prepared(predictor, image, question):
     return item["input_ids"][None], item["pixel_values"]
 
 
+def _pad_colour_png(folder: Path) -> str:
+    """An 8-bit PNG of LLaVA's pad colour: the CLIP mean (0.4815, 0.4578, 0.4082) x 255, truncated."""
+    path = folder / "pad_colour.png"
+    Image.new("RGB", (40, 40), (122, 116, 104)).save(path)
+    return str(path)
+
+
 def test_closed_confidence_and_reliance_equal_a_hand_computed_softmax(demo, phantoms):
     folder, _ = phantoms
     tok, model = demo.tokenizer, demo.model
@@ -115,13 +123,21 @@ def test_closed_confidence_and_reliance_equal_a_hand_computed_softmax(demo, phan
     word = result["answer"].split()[0].lower()
     assert word in ("yes", "no")
     ids, pixels = _prepared(demo, image, "Is there a lesion in this image?")
+    _, neutral = _prepared(demo, _pad_colour_png(folder), "Is there a lesion in this image?")
     yes, no = _vocab_ids(tok, "yes"), _vocab_ids(tok, "no")
     with torch.no_grad():
         probs = [torch.softmax(model(ids, None, p).logits[0, -1].double(), -1)
-                 for p in (pixels, torch.zeros_like(pixels))]  # the image, then the neutral image
+                 for p in (pixels, neutral)]  # the image, then the neutral image (the pad colour read from a PNG)
     chosen = [float(p[yes if word == "yes" else no].sum() / (p[yes].sum() + p[no].sum())) for p in probs]
     assert result["confidence"] == pytest.approx(chosen[0], abs=1e-5)
     assert result["image_reliance"] == pytest.approx(abs(chosen[0] - chosen[1]), abs=1e-5)
+
+
+def test_a_blank_image_of_the_pad_colour_has_zero_reliance(demo, phantoms):
+    folder, _ = phantoms
+    blank = demo.ask(_pad_colour_png(folder), "Is there a lesion in this image?")
+    assert blank["image_reliance"] == pytest.approx(0.0, abs=1e-5)  # it is the neutral image
+    assert blank["abstained"] and blank["reason"] == REASON_IMAGE_INDEPENDENT
 
 
 def test_open_confidence_equals_the_hand_computed_sequence_probability(demo, phantoms):

@@ -190,6 +190,15 @@ class ImageToClipPixels(Transform):
         """Pad and resize only: float32 values in [0, 255] (what PIL would hold before rescale/normalise)."""
         return _to_rgb(self._resized(img)).float().contiguous()
 
+    def neutral(self) -> torch.Tensor:
+        """The neutral image: a ``(3, S, S)`` canvas of the pad colour, normalised as any image is.
+
+        It holds no content, and it is exactly what an 8-bit image of the pad colour becomes (the bundle's blanked
+        baseline), so an answer to such a blank image and to the neutral image coincide.
+        """
+        canvas = torch.tensor(self.fill, dtype=torch.float32).view(3, 1, 1).expand(3, self.image_size, self.image_size)
+        return (canvas - self._mean).mul_(self._inv_std).contiguous()
+
     def __call__(self, img: torch.Tensor | np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Pad, resize and normalise ``img``, into ``out`` (a float32 tensor of the result's shape) when given."""
         x = self._resized(img).float().contiguous()

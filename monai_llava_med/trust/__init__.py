@@ -22,7 +22,9 @@ _SUBMODULE_ATTRS = {
         "DEFAULT_MIN_IMAGE_RELIANCE", "REASONS", "REASON_CONTRADICTION", "REASON_IMAGE_INDEPENDENT",
         "REASON_LOW_CONFIDENCE", "REASON_OUT_OF_DOMAIN", "TRUST_FIELDS", "abstention_reason",
     ],
-    "assessment": ["AnswerScores", "contradicts", "image_features", "score_answers", "trust_fields"],
+    "assessment": [
+        "AnswerScores", "contradicts", "image_features", "neutral_pixels", "score_answers", "trust_fields",
+    ],
     "calibration": [
         "CALIBRATION_FILE", "QUESTION_KINDS", "Calibration", "PlattScaling", "conformal_risk_threshold",
         "load_calibration",

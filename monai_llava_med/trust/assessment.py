@@ -5,8 +5,9 @@
 """The trust of a batch of generated answers: one teacher-forced forward pass, then the per-answer fields.
 
 Each answer's probability with its image comes from the logits ``generate`` computed anyway; its probability with
-the **neutral image** (zeros after CLIP normalisation, i.e. the CLIP mean colour: what the bundle's blanked baseline
-feeds) from one batched forward pass of ``prompt + generated answer`` over the rows that have images
+the **neutral image** (2-D towers: a canvas of the pad colour, the CLIP mean colour as 8-bit values, normalised
+like any image, :meth:`~monai_llava_med.transforms.ImageToClipPixels.neutral`: what the bundle's blanked baseline
+PNG becomes; the 3-D tower: a zero volume) from one batched forward pass of ``prompt + generated answer`` over the rows that have images
 (:func:`score_answers`, :mod:`.confidence`). The images' features for the gate are what the projector received
 during ``generate`` (:func:`image_features`). :func:`trust_fields` turns those into the fields of an answer entry,
 applying a :class:`~.calibration.Calibration` when one is given.
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..networks import LlavaMedNet
+from ..networks import LlavaMedConfig, LlavaMedNet
+from ..transforms.pixels import ImageToClipPixels
 from .abstention import DEFAULT_MIN_IMAGE_RELIANCE, abstention_reason
 from .calibration import Calibration
 from .confidence import answer_lengths, closed_choice_probability, sequence_probability
 from .gate import ProjectorInputs
 
-__all__ = ["AnswerScores", "contradicts", "image_features", "score_answers", "trust_fields"]
+__all__ = ["AnswerScores", "contradicts", "image_features", "neutral_pixels", "score_answers", "trust_fields"]
 
 
 @dataclass
@@ -93,14 +95,28 @@ def _chosen_probability(
 
 
 @torch.no_grad()
+def neutral_pixels(config: LlavaMedConfig, like: torch.Tensor) -> torch.Tensor:
+    """One neutral image shaped like one of ``like``'s images (``(1, ...)``, its dtype and device).
+
+    Args:
+        config: the network's config (image size, mean and standard deviation of the pixel normalisation).
+        like: a batch of images as the network takes them: ``(N, 3, S, S)`` for a 2-D tower, ``(N, C, D, H, W)``
+            for the 3-D tower (whose neutral image is zeros).
+    """
+    if config.is_volume:
+        return torch.zeros_like(like[:1])
+    neutral = ImageToClipPixels(config.image_size, config.image_mean, config.image_std).neutral()
+    return neutral.unsqueeze(0).to(device=like.device, dtype=like.dtype)
+
+
 def _neutral_embeddings(network: LlavaMedNet, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``network.embed(input_ids, zeros_like(pixel_values))`` with the vision tower run once: every neutral image is
-    the same constant input, so its projected features are computed for one and written at every image's tokens."""
+    """``network.embed(input_ids, neutral images)`` with the vision tower run once: every neutral image is the same
+    constant input, so its projected features are computed for one and written at every image's tokens."""
     image_mask = input_ids == network.config.image_token_id
     embeds = network.language_model.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
     n_images = int(image_mask.sum()) // network.config.num_image_tokens
     if n_images:
-        one = network.encode_images(torch.zeros_like(pixel_values[:1]))
+        one = network.encode_images(neutral_pixels(network.config, pixel_values))
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), one.expand(n_images, -1, -1).to(embeds.dtype))
     return embeds
 
@@ -124,7 +140,8 @@ def score_answers(
 
     That pass feeds each such row's left-padded prompt followed by its generated tokens up to and including the
     first end-of-sequence token (right-padded after it), with the positions ``generate`` used and every image
-    replaced by zeros; only the logits of the answer positions are computed (``logits_to_keep``).
+    replaced by the neutral image (:func:`neutral_pixels`); only the logits of the answer positions are computed
+    (``logits_to_keep``).
 
     Args:
         network: the network that generated the answers.
