@@ -93,9 +93,8 @@ def main() -> None:
                 job = node.queue.job_for_study(uid)
                 assert job.state == "done", job.error
                 folder = Path(node.queue.instances(job.id)[0].path).parent
-                start = time.perf_counter()  # the baseline: the model alone, same files, same questions
-                for q in QUESTIONS:
-                    predictor.ask(str(folder), q, max_new_tokens=16)
+                start = time.perf_counter()  # the baseline: the model alone, same files, same questions, same call
+                predictor.ask_all(str(folder), QUESTIONS, max_new_tokens=16)
                 base = time.perf_counter() - start
                 spent = job.stored_at - job.first_received - args.idle_timeout_s
                 node_s.append(spent)
@@ -132,8 +131,7 @@ def main() -> None:
             for j in jobs[:5]:
                 folder = Path(node.queue.instances(j.id)[0].path).parent
                 t0 = time.perf_counter()
-                for q in QUESTIONS:
-                    predictor.ask(str(folder), q, max_new_tokens=16)
+                predictor.ask_all(str(folder), QUESTIONS, max_new_tokens=16)
                 base_each.append(time.perf_counter() - t0)
             baseline = statistics.median(base_each) * args.queued
             print(f"RESULT pacs_queued_{args.queued} answered={done}/{args.queued} lost={lost} "

@@ -71,6 +71,31 @@ def test_batched_answers_equal_single_answers(predictor):
     assert [b["answer"] for b in batched] == single
 
 
+def test_ask_all_reads_the_image_once_and_answers_like_ask(tiny_model, tiny_tokenizer, tmp_path):
+    path = get_testdata_file("CT_small.dcm")
+    questions = ["Is there a lesion?", "What modality is this image? Answer in one word please.", "How many?"]
+    reads = []
+    base = PrepareVqaItem(tiny_tokenizer, tiny_model).preprocess
+
+    def counted(image: str):
+        reads.append(image)
+        return base(image)
+
+    predictor = LlavaMedPredictor(tiny_model, tiny_tokenizer, preprocess=counted, max_new_tokens=6)
+    together = predictor.ask_all(path, questions, batch_size=2)  # two generate calls
+    assert reads == [path]  # one read for the three questions
+    single = [predictor.ask(path, q) for q in questions]
+    assert [r["answer"] for r in together] == [r["answer"] for r in single]
+    assert [r["question"] for r in together] == questions
+    for got, want in zip(together, single):
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
+        assert got["image_reliance"] == pytest.approx(want["image_reliance"], abs=1e-4)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(Path(path).read_bytes()[:400])  # the header cut short
+    with pytest.raises(LlavaMedInputError, match="broken.dcm"):
+        predictor.ask_all(str(broken), questions)
+
+
 def test_bad_items_become_error_entries(predictor, tmp_path):
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"DICM but not really" * 3)

@@ -32,7 +32,8 @@ _SUBMODULE_ATTRS = {
     "dicom_sr_files": ["read_answer_sr", "write_answer_sr", "write_bundle_answer_sr"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
     "inferer": ["ERROR_KEY", "LlavaMedInferer"],
-    "inference": ["LlavaMedPredictor", "PrepareVqaItem", "build_preprocess", "collate_vqa", "prepare_vqa_batch"],
+    "inference": ["PrepareVqaItem", "build_preprocess", "collate_vqa", "prepare_vqa_batch"],
+    "predictor": ["LlavaMedPredictor"],
     "calibrate": ["fit_calibration", "run_calibration"],
     "streaming": ["Completion", "GenerationRequest", "RowTracker", "stream_generate"],
 }

@@ -34,7 +34,8 @@ from ..trust.abstention import DEFAULT_MIN_IMAGE_RELIANCE
 from ..trust.calibration import CALIBRATION_FILE, QUESTION_KINDS, Calibration, PlattScaling, conformal_risk_threshold
 from ..trust.gate import fit_feature_gate
 from .answers import load_datalist
-from .inference import ERROR_KEY, LlavaMedPredictor
+from .inference import ERROR_KEY
+from .predictor import LlavaMedPredictor
 
 __all__ = ["fit_calibration", "run_calibration"]
 

@@ -9,7 +9,8 @@ The same pieces serve three callers:
 * the bundle's ``inference.json``: ``monai.engines.SupervisedEvaluator`` with :class:`PrepareVqaItem` as the
   dataset transform, :func:`collate_vqa`, :func:`prepare_vqa_batch`, :class:`LlavaMedInferer`, and
   :class:`~monai_llava_med.engines.VqaAnswerWriter` writing the answers;
-* MONAI Label and research code: :class:`LlavaMedPredictor` (``ask`` / ``ask_batch``);
+* MONAI Label, the apps and research code: :class:`~.predictor.LlavaMedPredictor` (``ask`` / ``ask_all`` /
+  ``ask_batch``);
 * evaluation: the same evaluator with a VQA metric attached.
 
 A bad item (unreadable image, empty question, prompt too long) becomes an error entry for that item; the
@@ -22,17 +23,14 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from os import PathLike
 from typing import Any
 
 import torch
 
 from ..conversation.tokenization import MAX_QUESTION_CHARS
-from ..errors import CalibrationError, RecordError, TemplateError, as_input_error
-from ..networks import LlavaMedNet, load_pretrained
+from ..errors import RecordError, TemplateError, as_input_error
+from ..networks import LlavaMedNet
 from ..transforms.pipelines import TEXT_RESERVE
-from ..trust.assessment import AnswerScores
-from ..trust.calibration import Calibration, load_calibration
 from .inferer import ERROR_KEY, LlavaMedInferer
 
 __all__ = [
@@ -41,7 +39,6 @@ __all__ = [
     "collate_vqa",
     "prepare_vqa_batch",
     "LlavaMedInferer",
-    "LlavaMedPredictor",
     "build_preprocess",
     "MAX_QUESTION_CHARS",
     "TEXT_RESERVE",
@@ -213,165 +210,3 @@ def prepare_vqa_batch(
         if moved.get(key) is not None:
             moved[key] = moved[key].to(device=device, non_blocking=non_blocking)
     return moved, None, (), {}
-
-
-class LlavaMedPredictor:
-    """Ask questions about medical images with a loaded network: one object, loaded once.
-
-    Args:
-        model: the network.
-        tokenizer: its tokenizer.
-        preprocess: image path -> pixels (default :func:`build_preprocess`).
-        template: conversation template (default the model's).
-        max_new_tokens: default answer length bound.
-        calibration: the :class:`~monai_llava_med.trust.Calibration` applied to every answer's trust fields, or
-            ``None`` (raw confidences, no gate).
-        trust: compute the trust fields (``confidence``, ``image_reliance``, ``abstained``, ``reason``,
-            ``gate_distance``; see ``docs/trust.md``).
-        paired_probes: also ask each yes/no question in its negated form, as extra rows of the same ``generate``
-            call; an answer that contradicts its probe abstains ("contradicts its paired question") and every
-            result gets ``paired_question`` and ``paired_answer`` (``None`` when the question has no probe). Needs
-            ``trust``.
-
-    Raises:
-        ValueError: ``paired_probes`` without ``trust``.
-    """
-
-    def __init__(
-        self,
-        model: LlavaMedNet,
-        tokenizer: Any,
-        preprocess: Callable[[str], Mapping[str, Any]] | None = None,
-        template: str | None = None,
-        max_new_tokens: int = 128,
-        calibration: Calibration | None = None,
-        trust: bool = True,
-        paired_probes: bool = False,
-    ) -> None:
-        if paired_probes and not trust:
-            raise ValueError("paired_probes abstain through the trust fields: they need trust=True")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.paired_probes = paired_probes
-        self.prepare = PrepareVqaItem(tokenizer, model, preprocess=preprocess, template=template, raise_errors=True,
-                                      paired_probes=paired_probes)
-        self.max_new_tokens = max_new_tokens
-        gate = calibration.gate if calibration is not None else None
-        if gate is not None and gate.width != 2 * model.projector[0].in_features:
-            raise CalibrationError(f"its input gate was fitted on {gate.width // 2}-wide vision features; this model's "
-                                   f"are {model.projector[0].in_features}-wide (a calibration of another model?)",
-                                   calibration.model or "calibration")
-        self.calibration = calibration
-        self.trust = trust
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_dir: str | PathLike,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        preprocess: Callable[[str], Mapping[str, Any]] | None = None,
-        calibration: Calibration | str | PathLike | None = "auto",
-        **kwargs: Any,
-    ) -> LlavaMedPredictor:
-        """Load the network and tokenizer from a folder (our layout, LLaVA-Med v1.5, or HF Llava).
-
-        Args:
-            model_dir: the model folder.
-            device: target device; default CUDA when available, else CPU.
-            dtype: parameter dtype (default fp32 on CPU, bf16 on GPU).
-            preprocess: image pipeline override.
-            calibration: ``"auto"`` loads ``model_dir/calibration.json`` when present; a folder or file path loads
-                that one; a :class:`~monai_llava_med.trust.Calibration` is used as is; ``None`` uses none.
-            kwargs: passed to the constructor (``template``, ``max_new_tokens``, ``trust``, ``paired_probes``).
-
-        Raises:
-            CalibrationError: the calibration file is present (or named) but unusable.
-        """
-        model, tokenizer = load_pretrained(model_dir, dtype=dtype, device=device or "auto")
-        if isinstance(calibration, str) and calibration == "auto":
-            calibration = load_calibration(model_dir)
-        elif calibration is not None and not isinstance(calibration, Calibration):
-            calibration = Calibration.load(calibration)
-        return cls(model, tokenizer, preprocess=preprocess, calibration=calibration, **kwargs)
-
-    @property
-    def model_name(self) -> str:
-        """The loaded model's name."""
-        return self.model.config.name
-
-    def _run(self, prepared: Sequence[Mapping[str, Any]], raw: bool = False, **generation: Any) -> tuple[list, list]:
-        generation.setdefault("max_new_tokens", self.max_new_tokens)
-        inferer = LlavaMedInferer(self.tokenizer, **generation, trust=self.trust or raw,
-                                  calibration=None if raw else self.calibration)
-        batch = collate_vqa(prepared, pad_token_id=self.tokenizer.pad_token_id or 0)
-        batch, _, _, _ = prepare_vqa_batch(batch, self.model.device)
-        return inferer.answer(batch, self.model)
-
-    def ask(
-        self, image: str | PathLike | None, question: str | Sequence[Any], **generation: Any
-    ) -> dict[str, Any]:
-        """Answer one question about one image (file, DICOM series folder, NIfTI, PNG, slide) or none.
-
-        Args:
-            image: the image path, or ``None`` for a text-only question.
-            question: the question, or a multi-turn conversation ending with a user turn (earlier answers
-                included, e.g. ``[("user", "Describe it."), ("assistant", "..."), ("user", "Any lesion?")]``);
-                the image goes with the first turn.
-            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
-
-        Returns:
-            ``{"answer", "views", "modality", "source", "model", "latency_s", ...}`` and the trust fields
-            ``confidence``, ``image_reliance``, ``abstained``, ``reason``, ``gate_distance`` (``docs/trust.md``).
-
-        Raises:
-            LlavaMedInputError: for an unreadable image or an invalid question (file and cause named).
-        """
-        start = time.perf_counter()
-        item = {"image": str(image) if image is not None else None, "question": question}
-        result = self._run([self.prepare(item)], **generation)[0][0]
-        result["latency_s"] = round(time.perf_counter() - start, 4)
-        return result
-
-    def ask_batch(
-        self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any
-    ) -> list[dict[str, Any]]:
-        """Answer many ``{"image", "question", "id"?}`` items, ``batch_size`` prompts per ``generate``.
-
-        A failing item yields ``{"error": "ErrorType: <file>: cause"}`` in its place, whatever raised it (see
-        :func:`~monai_llava_med.errors.as_input_error`); the others are answered.
-
-        Args:
-            items: the questions.
-            batch_size: prompts per ``generate``.
-            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
-
-        Returns:
-            one entry per item, in order.
-        """
-        return [entry for entry, _ in self.score_batch(items, batch_size, raw=False, **generation)]
-
-    def score_batch(
-        self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, raw: bool = True, **generation: Any
-    ) -> list[tuple[dict[str, Any], AnswerScores | None]]:
-        """Like :meth:`ask_batch`, with each entry's :class:`~monai_llava_med.trust.AnswerScores` (``None`` for an
-        error entry): the uncalibrated numbers a calibration is fitted on
-        (:func:`~monai_llava_med.engines.fit_calibration`).
-
-        Args:
-            items: the questions.
-            batch_size: prompts per ``generate``.
-            raw: leave the calibration out of the entries' trust fields.
-            generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
-        """
-        prepare = PrepareVqaItem(
-            self.tokenizer, self.model, preprocess=self.prepare.preprocess, template=self.prepare.template,
-            paired_probes=self.paired_probes,
-        )
-        out: list[tuple[dict[str, Any], AnswerScores | None]] = []
-        for start in range(0, len(items), batch_size):
-            prepared = [prepare(it) for it in items[start : start + batch_size]]
-            entries, scores = self._run(prepared, raw=raw, **generation)
-            out += zip(entries, scores)
-        return out
-

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .inference import ERROR_KEY, LlavaMedInferer, LlavaMedPredictor, collate_vqa, prepare_vqa_batch
+from .inference import ERROR_KEY, LlavaMedInferer, collate_vqa, prepare_vqa_batch
+from .predictor import LlavaMedPredictor
 
 __all__ = ["Sink", "GenerationRequest", "Completion", "RowTracker", "stream_generate"]
 

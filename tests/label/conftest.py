@@ -74,7 +74,7 @@ def server(workspace, server_tmp):
 
 @pytest.fixture(scope="session")
 def predictor(workspace):
-    from monai_llava_med.engines.inference import LlavaMedPredictor
+    from monai_llava_med.engines.predictor import LlavaMedPredictor
 
     return LlavaMedPredictor.from_pretrained(workspace / "model", device="cpu")
 

@@ -6,7 +6,7 @@
 
 Runs in ``.venv-label`` (``.venv-label/bin/python -m pytest tests/label``); skipped where monailabel is missing.
 The server (``conftest.py``) runs as a subprocess on a free loopback port with a tiny random model; answers are
-compared with what :class:`~monai_llava_med.engines.inference.LlavaMedPredictor` gives for the same file (greedy
+compared with what :class:`~monai_llava_med.engines.predictor.LlavaMedPredictor` gives for the same file (greedy
 decoding).
 """
 

@@ -10,6 +10,7 @@ tests run inside a private network namespace (tests/pacs/conftest.py) where only
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -74,7 +75,10 @@ class Orthanc:
     def start(self, timeout_s: float = 30.0) -> Orthanc:
         """Start the server and wait (bounded) until its REST API answers."""
         log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT)
+        # DCMTK reads TCP_NODELAY from the environment: left out, Orthanc sends as Debian ships it (Nagle on)
+        env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                     env=env)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

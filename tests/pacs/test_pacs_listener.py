@@ -103,6 +103,16 @@ def test_listener_answers_study_and_duplicate_delivery_yields_one_sr(orthanc, ma
     _assert_no_identifiers(caplog, files)
 
 
+def test_receiving_is_not_held_by_delayed_acknowledgements(orthanc, make_node, tmp_path):
+    # Orthanc's DCMTK sends with Nagle's algorithm on: unless the node acknowledges each read at once, every
+    # instance waits for the kernel's delayed-ACK timer (>= 40 ms), so 24 instances would take >= 0.96 s
+    node = make_node(idle_timeout_s=3600.0)
+    files, study_uid = _deliver(orthanc, tmp_path, "listen-fast", depth=24)
+    job = node.queue.job_for_study(study_uid)
+    assert len(node.queue.instances(job.id)) == len(files) == 24
+    assert job.last_received - job.first_received < 0.6
+
+
 def test_listener_retries_while_pacs_is_down_then_stores(orthanc, make_node, tmp_path):
     # the study stays "receiving" (idle timeout 1 h) until Orthanc has exited: with a short idle timeout a slow
     # Orthanc shutdown on a loaded machine could still accept the SR, and the job would never fail

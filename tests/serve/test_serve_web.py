@@ -14,7 +14,6 @@ conversation. A wrong key must show the server's error message. The test saves a
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil

@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from ...engines.inference import LlavaMedPredictor
+    from ...engines.predictor import LlavaMedPredictor
 
     hf_logging.set_verbosity_error()  # the tokenizer's length warning: the chat prints its own error line
     if args.threads:

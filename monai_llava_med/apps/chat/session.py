@@ -23,7 +23,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from ...engines.inference import LlavaMedPredictor, PrepareVqaItem
+from ...engines.inference import PrepareVqaItem
+from ...engines.predictor import LlavaMedPredictor
 from ...engines.streaming import Completion, GenerationRequest, stream_generate
 from ...errors import LlavaMedError, LlavaMedInputError, as_input_error
 from ..monailabel.redaction import input_error_detail, safe_modality

@@ -158,7 +158,7 @@ class LlavaMedVQAOperator(Operator):
     def predictor(self) -> Any:
         """The ``LlavaMedPredictor``, loaded from ``model_path`` on first use."""
         if self._predictor is None:
-            from ...engines.inference import LlavaMedPredictor
+            from ...engines.predictor import LlavaMedPredictor
 
             self._predictor = LlavaMedPredictor.from_pretrained(self.model_path, device=self.device,
                                                                 max_new_tokens=self.max_new_tokens)
@@ -198,8 +198,8 @@ class LlavaMedVQAOperator(Operator):
         predictor = self.predictor
         results = []
         with staged_series(files) as path:
-            for index, question in enumerate(self.questions, start=1):
-                result = dict(predictor.ask(path, question))
+            for index, answer in enumerate(predictor.ask_all(path, list(self.questions)), start=1):
+                result = dict(answer)
                 result["id"] = f"question-{index}"
                 result["image"] = result["source"] = where  # not the temporary folder, gone after the run
                 results.append(result)

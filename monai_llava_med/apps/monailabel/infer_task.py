@@ -20,7 +20,7 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from ...engines.inference import LlavaMedPredictor
+from ...engines.predictor import LlavaMedPredictor
 from ...errors import LlavaMedInputError
 from ...trust.abstention import TRUST_FIELDS
 from .http_errors import as_http_error, unexpected_http_error

@@ -110,7 +110,7 @@ def _rules(args: argparse.Namespace) -> SelectionRules:
 def _load_predictor(args: argparse.Namespace):  # noqa: ANN202 - the predictor type is imported lazily
     import torch
 
-    from ...engines.inference import LlavaMedPredictor
+    from ...engines.predictor import LlavaMedPredictor
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -124,7 +124,7 @@ def load_questions(path: str | PathLike) -> list[str]:
 
 
 def answer_study(
-    ask: Callable[..., dict[str, Any]],
+    ask_all: Callable[..., list[dict[str, Any]]],
     series: Sequence[tuple[str | PathLike, Sequence[str]]],
     questions: Sequence[str],
     *,
@@ -136,14 +136,15 @@ def answer_study(
     """Ask every question about every selected series and write one SR for the study.
 
     Args:
-        ask: the predictor's ``ask(image, question, **generation)``.
+        ask_all: the predictor's ``ask_all(image, questions, **generation)`` (one read of a series for all the
+            questions, one batched ``generate``).
         series: ``(folder, sop_instance_uids)`` per selected series: the folder holds the series' DICOM files
             (the model reads them all; they are the SR's evidence).
         questions: the questions.
         study_uid: the study (for the SR's deterministic UIDs).
         identity: the model (:class:`AlgorithmIdentity`).
         out: the SR file to write.
-        generation: passed to ``ask`` (``max_new_tokens``...).
+        generation: passed to ``ask_all`` (``max_new_tokens``...).
 
     Returns:
         the SR written and the answers.
@@ -156,10 +157,10 @@ def answer_study(
     answers: list[dict[str, Any]] = []
     inference_s = 0.0
     for s, (folder, _uids) in enumerate(series):
-        for q, question in enumerate(questions):
-            start = time.perf_counter()
-            result = ask(str(folder), question, **generation)
-            inference_s += time.perf_counter() - start
+        start = time.perf_counter()
+        results = ask_all(str(folder), list(questions), **generation)
+        inference_s += time.perf_counter() - start
+        for q, (question, result) in enumerate(zip(questions, results)):
             entry = {k: v for k, v in result.items() if k not in ("image", "source")}
             entry["id"] = f"series {s + 1} question {q + 1}" if len(series) > 1 else f"question {q + 1}"
             entry["question"] = question

@@ -42,7 +42,7 @@ class PacsNode:
 
     Args:
         config: the settings.
-        predictor: a loaded :class:`~monai_llava_med.engines.LlavaMedPredictor` (or any object with ``ask`` and
+        predictor: a loaded :class:`~monai_llava_med.engines.LlavaMedPredictor` (or any object with ``ask_all`` and
             ``model_name``).
         destination: where SRs go (default: the one ``config.destination`` names).
     """
@@ -138,7 +138,7 @@ class PacsNode:
         series = [(Path(by_series[s.series_uid][0].path).parent, [i.sop_uid for i in by_series[s.series_uid]])
                   for s in chosen]
         out = self.storage / uid_digest(job.study_uid, self.salt) / "sr" / "answers_sr.dcm"
-        result = answer_study(self.predictor.ask, series, self.config.questions, study_uid=job.study_uid,
+        result = answer_study(self.predictor.ask_all, series, self.config.questions, study_uid=job.study_uid,
                               identity=self.identity, out=out, max_new_tokens=self.config.max_new_tokens)
         self.queue.set_answer(job.id, str(result.sr_path), result.sr_uid, result.inference_s)
         log.info("%s: answered %d question(s) in %.2f s", label, len(result.answers), result.inference_s)

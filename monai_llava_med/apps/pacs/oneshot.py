@@ -37,14 +37,14 @@ def answer_study_over_dicomweb(
     ``sr_path`` no longer exists then: the SR lives in the PACS.
 
     Args:
-        predictor: a loaded predictor (``ask``).
+        predictor: a loaded predictor (``ask_all``).
         store: the DICOMweb service.
         study_uid: the study.
         questions: the questions.
         rules: the series selection rules (default :class:`SelectionRules`).
         identity: the model (:class:`AlgorithmIdentity`).
         work_dir: where the temporary folder goes (default the system's).
-        generation: passed to ``predictor.ask``.
+        generation: passed to ``predictor.ask_all``.
 
     Returns:
         the answers and the SR's SOP Instance UID.
@@ -68,7 +68,7 @@ def answer_study_over_dicomweb(
         for i, info in enumerate(chosen):
             folder = Path(tmp) / f"series_{i + 1}"
             folders.append((folder, store.retrieve_series(study_uid, info.series_uid, folder)))
-        result = answer_study(predictor.ask, folders, questions, study_uid=study_uid, identity=identity,
+        result = answer_study(predictor.ask_all, folders, questions, study_uid=study_uid, identity=identity,
                               out=Path(tmp) / "sr" / "answers_sr.dcm", **generation)
         store.store(result.sr_path)
     return result

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from ...engines.bundle_run import report_errors_without_traceback
-    from ...engines.inference import LlavaMedPredictor
+    from ...engines.predictor import LlavaMedPredictor
     from .app import create_app
 
     report_errors_without_traceback()

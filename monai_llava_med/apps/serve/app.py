@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ...engines.inference import LlavaMedPredictor
+from ...engines.predictor import LlavaMedPredictor
 from ...errors import LlavaMedInputError, as_input_error
 from ..monailabel.redaction import install_reader_redaction, safe_modality
 from .api_errors import ApiError, error_body, from_input_error

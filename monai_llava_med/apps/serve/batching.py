@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ...engines.inference import LlavaMedPredictor
+from ...engines.predictor import LlavaMedPredictor
 from ...engines.streaming import Completion, GenerationRequest, RowTracker, Sink, stream_generate
 
 __all__ = ["GenerationRequest", "Completion", "RowTracker", "Sink", "DynamicBatcher", "QueueFull"]

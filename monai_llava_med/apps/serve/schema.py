@@ -11,7 +11,7 @@ prompt). Unknown fields are ignored, as OpenAI-compatible servers do.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
