@@ -13,6 +13,7 @@ from monai_llava_med.metrics import (
     answer_to_text,
     closed_answer,
     infer_answer_type,
+    is_numeric_answer,
     normalize_answer,
     score_question,
     token_scores,
@@ -83,6 +84,14 @@ def test_no_is_never_zero_and_words_stay_words():
 )
 def test_closed_answer_reads_tokens_not_substrings(pred, expected):
     assert closed_answer(pred) == expected
+
+
+@pytest.mark.parametrize("answer, numeric", [
+    ("3", True), ("Three lesions.", True), ("twenty one", True), ("2.5 cm", True), ("zero", True),
+    ("There are two.", False), ("none", False), ("no", False), ("", False), ("CT", False),
+])
+def test_is_numeric_answer_reads_the_first_token(answer, numeric):
+    assert is_numeric_answer(answer) is numeric
 
 
 def test_answer_to_text_rejects_non_scalars():

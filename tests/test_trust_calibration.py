@@ -118,6 +118,21 @@ def test_calibration_round_trip_and_auto_load(tiny_model, tiny_tokenizer, tmp_pa
         Calibration.load(folder / CALIBRATION_FILE)
 
 
+def test_numeric_answers_have_their_own_scaling_and_older_files_scale_them_as_open(tmp_path):
+    both = {"closed": PlattScaling(0.5, 0.25, 10), "open": PlattScaling(2.0, -1.0, 5)}
+    older = Calibration(scaling=both, thresholds={"closed": 0.2, "open": 0.7})  # a file without the number type
+    assert older.confidence(0.6, "number") == pytest.approx(older.confidence(0.6, "open"))
+    assert older.min_confidence("number") == 0.7
+    newer = Calibration(scaling={**both, "number": PlattScaling(1.0, 1.0, 3)}, thresholds={"number": 0.4})
+    assert newer.confidence(0.6, "number") != pytest.approx(newer.confidence(0.6, "open"), abs=1e-3)
+    assert newer.min_confidence("number") == 0.4 and newer.min_confidence("closed") == 0.0
+    data = newer.to_dict()
+    data["scaling"].pop("number")
+    data["thresholds"].pop("number")
+    loaded = Calibration.from_dict(data, tmp_path, "calibration.json")
+    assert loaded.to_dict()["scaling"]["number"] == newer.to_dict()["scaling"]["open"]
+
+
 def test_fit_calibration_on_demo_phantoms(tmp_path):
     datalist = write_vqa_datalist(tmp_path / "data", 8, seed=41, split="val")
     predictor = LlavaMedPredictor.from_pretrained(DEMO, device="cpu")
@@ -126,7 +141,7 @@ def test_fit_calibration_on_demo_phantoms(tmp_path):
     assert predictor.calibration is calibration
     summary = calibration.fit_summary
     assert summary["items"] == len(json.loads(datalist.read_text())) and summary["failed"] == 0
-    for kind in ("closed", "open"):
+    for kind in ("closed", "open", "number"):  # the phantoms' counts are numeric answers
         assert summary[kind]["fit"] > 0 and summary[kind]["calibration"] > 0
         assert 0.0 <= calibration.thresholds[kind] <= 1.0 + 1e-9
     assert calibration.gate is not None and calibration.gate.n_fit == 4 and calibration.gate.n_calibration == 4

@@ -31,7 +31,14 @@ from ..data.records import closed_answer_type
 from ..errors import BundleError, CalibrationError
 from ..metrics.scoring import score_question
 from ..trust.abstention import DEFAULT_MIN_IMAGE_RELIANCE
-from ..trust.calibration import CALIBRATION_FILE, QUESTION_KINDS, Calibration, PlattScaling, conformal_risk_threshold
+from ..trust.calibration import (
+    CALIBRATION_FILE,
+    KIND_FALLBACK,
+    QUESTION_KINDS,
+    Calibration,
+    PlattScaling,
+    conformal_risk_threshold,
+)
 from ..trust.gate import fit_feature_gate
 from .answers import load_datalist
 from .inference import ERROR_KEY
@@ -93,8 +100,9 @@ def fit_calibration(
         generation: generation options (``max_new_tokens``...).
 
     Returns:
-        the calibration, also set on ``predictor``. A question type (closed / open) absent from the data keeps the
-        identity scaling and threshold 0 (not controlled; ``fit_summary`` records 0 answers for it).
+        the calibration, also set on ``predictor``. An answer type (closed / open / number) absent from the data
+        keeps the identity scaling and threshold 0 (not controlled; ``fit_summary`` records 0 answers for it), except
+        ``number``, which then takes the ``open`` scaling and threshold (``KIND_FALLBACK``).
 
     Raises:
         CalibrationError: fewer than two labelled images answered, or an item without an answer.
@@ -124,6 +132,11 @@ def fit_calibration(
     scaling, thresholds, summary = {}, {}, {"items": len(items), "failed": failed, "seed": seed}
     for kind in QUESTION_KINDS:
         fit_rows, held_rows = [r for r in fit if r[1].kind == kind], [r for r in held if r[1].kind == kind]
+        stand_in = KIND_FALLBACK.get(kind)
+        if not fit_rows and stand_in in scaling:  # e.g. no numeric answer in the data: scaled as open answers
+            scaling[kind], thresholds[kind] = scaling[stand_in], thresholds[stand_in]
+            summary[kind] = {"fit": 0, "calibration": len(held_rows), "as": stand_in}
+            continue
         scaling[kind] = PlattScaling.fit([r[1].raw_confidence for r in fit_rows], [r[2] for r in fit_rows])
         held_conf = scaling[kind](np.array([r[1].raw_confidence for r in held_rows]))
         held_correct = np.array([r[2] for r in held_rows], dtype=bool)

@@ -18,6 +18,7 @@ import torch
 from monai.inferers import Inferer
 
 from ..networks import LlavaMedNet
+from ..metrics.normalization import is_numeric_answer
 from ..trust.assessment import AnswerScores, image_features, score_answers, trust_fields
 from ..trust.calibration import Calibration
 from ..trust.confidence import yes_no_token_ids
@@ -113,6 +114,9 @@ class LlavaMedInferer(Inferer):
             else:
                 new_tokens = network.generate(ids, mask, pixels, eos_token_id=eos, pad_token_id=pad, **generation)
             answers = [a.strip() for a in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for score, text in zip(scores, answers):  # an open answer that states a number has its own calibration
+                if score.kind == "open" and is_numeric_answer(text):
+                    score.kind = "number"
             elapsed = time.perf_counter() - start
         first_probe = len(answers) - len(probe_of)
         pairs = {r: first_probe + p for p, r in enumerate(probe_of)}

@@ -22,7 +22,7 @@ _SUBMODULE_ATTRS = {
     "intervals": ["Z_95", "binomial_acceptance_interval", "wilson_interval"],
     "normalization": [
         "ARTICLES", "CONTRACTIONS", "NUMBER_WORDS", "YES_NO", "answer_to_text", "answer_tokens", "closed_answer",
-        "normalize_answer",
+        "is_numeric_answer", "normalize_answer",
     ],
     "prediction_files": [
         "evaluate_prediction_files", "load_ground_truth", "load_predictions", "match_predictions", "read_json_list",

@@ -38,6 +38,7 @@ __all__ = [
     "answer_to_text",
     "answer_tokens",
     "closed_answer",
+    "is_numeric_answer",
     "normalize_answer",
 ]
 
@@ -184,6 +185,17 @@ def normalize_answer(value: Any) -> str:
         value: a string, an int/float or a bool (see :func:`answer_to_text`).
     """
     return " ".join(answer_tokens(value))
+
+
+def is_numeric_answer(value: Any) -> bool:
+    """Whether an answer states a number first: its first normalised token is a number ("3", "Three lesions.",
+    "twenty one", "2.5 cm"; not "There are two.", not "none").
+
+    Args:
+        value: the answer.
+    """
+    tokens = answer_tokens(value)
+    return bool(tokens) and _NUMBER_RE.match(tokens[0]) is not None
 
 
 def closed_answer(prediction: Any) -> str | None:

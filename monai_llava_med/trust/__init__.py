@@ -26,7 +26,7 @@ _SUBMODULE_ATTRS = {
         "AnswerScores", "contradicts", "image_features", "neutral_pixels", "score_answers", "trust_fields",
     ],
     "calibration": [
-        "CALIBRATION_FILE", "QUESTION_KINDS", "Calibration", "PlattScaling", "conformal_risk_threshold",
+        "CALIBRATION_FILE", "KIND_FALLBACK", "QUESTION_KINDS", "Calibration", "PlattScaling", "conformal_risk_threshold",
         "load_calibration",
     ],
     "confidence": [

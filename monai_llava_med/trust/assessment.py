@@ -35,7 +35,8 @@ class AnswerScores:
     """The uncalibrated numbers behind one answer's trust fields.
 
     Args:
-        kind: ``"closed"`` (the answer's first token is a whole-word yes/no token) or ``"open"``.
+        kind: ``"closed"`` (the answer's first token is a whole-word yes/no token) or ``"open"``; the inferer,
+            which reads the answer's text, makes an open answer that states a number ``"number"``.
         raw_confidence: the chosen answer's probability with the image: the normalised yes/no probability
             (closed) or ``exp(mean log p)`` of the answer's tokens (open).
         blank_confidence: the same answer's probability with the neutral image, ``None`` without an image.

@@ -33,15 +33,20 @@ from .abstention import DEFAULT_MIN_IMAGE_RELIANCE
 from .gate import FeatureGate
 
 __all__ = [
-    "CALIBRATION_FILE", "QUESTION_KINDS", "Calibration", "PlattScaling", "conformal_risk_threshold",
-    "load_calibration",
+    "CALIBRATION_FILE", "KIND_FALLBACK", "QUESTION_KINDS", "Calibration", "PlattScaling",
+    "conformal_risk_threshold", "load_calibration",
 ]
 
 #: the calibration's file name, beside the weights (or in the folder ``calibrate.json`` writes).
 CALIBRATION_FILE = "calibration.json"
 _FORMAT, _VERSION = "monai-llava-med-calibration", 1
-#: question types, each with its own scaling and threshold.
-QUESTION_KINDS = ("closed", "open")
+#: answer types, each with its own scaling and threshold: ``closed`` (the answer's first token is yes/no),
+#: ``number`` (an open answer that states a number first, :func:`~monai_llava_med.metrics.is_numeric_answer`: counts
+#: and measurements, whose confidence behaves unlike free text) and ``open`` (any other answer).
+QUESTION_KINDS = ("closed", "open", "number")
+#: the type whose scaling and threshold stand in for one a file or a fit lacks (calibration files before the
+#: ``number`` type scaled numeric answers as open ones).
+KIND_FALLBACK = {"number": "open"}
 _EPS = 1e-6
 
 
@@ -154,8 +159,10 @@ class Calibration:
     """Everything fitted for trust on held-out labelled data.
 
     Args:
-        scaling: per question type (``closed`` / ``open``), the Platt scaling of raw confidences.
-        thresholds: per question type, abstain when the calibrated confidence is below it (0: never).
+        scaling: per answer type (:data:`QUESTION_KINDS`), the Platt scaling of raw confidences; a type left out
+            takes its stand-in's (:data:`KIND_FALLBACK`), else the identity.
+        thresholds: per answer type, abstain when the calibrated confidence is below it (0: never); a type left
+            out takes its stand-in's, else 0.
         target_error: the ``alpha`` the thresholds were chosen for (``None``: not chosen by risk control).
         min_image_reliance: abstain when image reliance is below it.
         gate: the input gate, or ``None``.
@@ -171,8 +178,14 @@ class Calibration:
     model: str | None = None
     fit_summary: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.scaling, self.thresholds = dict(self.scaling), dict(self.thresholds)
+        for kind in QUESTION_KINDS:
+            self.scaling.setdefault(kind, self.scaling.get(KIND_FALLBACK.get(kind), PlattScaling()))
+            self.thresholds.setdefault(kind, self.thresholds.get(KIND_FALLBACK.get(kind), 0.0))
+
     def confidence(self, raw: float, kind: str) -> float:
-        """The calibrated confidence of a raw one for a ``closed`` or ``open`` answer, in [0, 1]."""
+        """The calibrated confidence of a raw one for an answer of type ``kind`` (:data:`QUESTION_KINDS`), in [0, 1]."""
         return float(np.clip(self.scaling.get(kind, PlattScaling())(raw), 0.0, 1.0))
 
     def min_confidence(self, kind: str) -> float:
@@ -215,8 +228,7 @@ class Calibration:
             thresholds = {k: float(v) for k, v in dict(data.get("thresholds") or {}).items()}
             target = data.get("target_error")
             gate = None if data.get("gate") is None else FeatureGate.load(folder, dict(data["gate"]))
-            return cls(scaling={**{k: PlattScaling() for k in QUESTION_KINDS}, **scaling},
-                       thresholds={**dict.fromkeys(QUESTION_KINDS, 0.0), **thresholds},
+            return cls(scaling=scaling, thresholds=thresholds,
                        target_error=None if target is None else float(target),
                        min_image_reliance=float(data.get("min_image_reliance", DEFAULT_MIN_IMAGE_RELIANCE)),
                        gate=gate, model=data.get("model"), fit_summary=dict(data.get("fit_summary") or {}))
