@@ -148,3 +148,34 @@ def test_no_patient_identifiers_in_responses_or_logs(served):
     assert "status=200" in log  # the server does log each request...
     for secret in (*PHI.values(), question, "phi.dcm", str(served.root)):
         assert secret not in log  # ...but never identifiers, questions or paths
+
+
+def test_a_resent_image_is_read_once_and_a_changed_file_again(served):
+    import os
+    import time
+
+    def cache() -> dict:
+        return json.loads(curl(served, "/health", key=None)[1])["image_cache"]
+
+    image = served.root / "cached_slice.dcm"
+    shutil.copy(served.root / "ct_slice.dcm", image)
+    question = chat("Is there a lesion in this image?", f"file://{image}", max_tokens=4, temperature=0)
+    before = cache()
+    answers = []
+    for _ in range(2):  # a conversation sends its image again with every turn
+        status, text = curl(served, "/v1/chat/completions", question)
+        assert status == 200, text
+        answers.append(json.loads(text)["choices"][0]["message"]["content"])
+    after = cache()
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (1, 1)
+    assert answers[0] == answers[1]
+    stamp = time.time() + 5
+    os.utime(image, (stamp, stamp))  # the file changed: read again
+    assert curl(served, "/v1/chat/completions", question)[0] == 200
+    assert cache()["misses"] == after["misses"] + 1
+    payload = base64.b64encode((served.root / "mr_slice.dcm").read_bytes()).decode()
+    upload = chat("Is there a lesion in this image?", f"data:application/dicom;base64,{payload}", max_tokens=4)
+    for _ in range(2):
+        assert curl(served, "/v1/chat/completions", upload)[0] == 200
+    final = cache()
+    assert final["hits"] == after["hits"] + 1 and final["images"] <= final["capacity"]

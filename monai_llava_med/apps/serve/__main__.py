@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     for name in ("max_body_bytes", "max_image_bytes", "max_tokens_limit", "default_max_tokens", "queue_size",
-                 "max_batch"):
+                 "max_batch", "image_cache"):
         p.add_argument(f"--{name}", type=int, default=getattr(d, name))
     p.add_argument("--batch_wait_ms", type=float, default=d.batch_wait_ms)
     p.add_argument("--request_timeout_s", type=float, default=d.request_timeout_s)
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes, max_image_bytes=args.max_image_bytes,
         max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
         queue_size=args.queue_size, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-        request_timeout_s=args.request_timeout_s, model_dir=args.model_dir,
+        request_timeout_s=args.request_timeout_s, image_cache=args.image_cache, model_dir=args.model_dir,
     )
     predictor = LlavaMedPredictor.from_pretrained(args.model_dir, device=args.device)
     app = create_app(predictor, settings)

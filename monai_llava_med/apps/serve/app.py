@@ -29,12 +29,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ...engines.inference import PrepareVqaItem
 from ...engines.predictor import LlavaMedPredictor
 from ...errors import LlavaMedInputError, as_input_error
 from ..monailabel.redaction import install_reader_redaction, safe_modality
 from .api_errors import ApiError, error_body, from_input_error
 from .batching import Completion, DynamicBatcher, GenerationRequest, QueueFull
 from .guard import ServeGuard
+from .image_cache import PreparedImages
 from .images import ImageSource
 from .schema import ChatCompletionRequest, Conversation, ViewsRequest, to_conversation
 from .settings import EXTENSION_FIELD, TRUST_KEYS, ServeSettings
@@ -58,20 +60,30 @@ class _Service:
         self.predictor = predictor
         self.settings = settings
         self.batcher = DynamicBatcher(predictor, settings.queue_size, settings.max_batch, settings.batch_wait_ms)
+        self.images = PreparedImages(predictor.prepare.preprocess, settings.image_cache)
         self.created = int(time.time())
+
+    def _preparer(self, fingerprint: str | None) -> PrepareVqaItem:
+        """The predictor's item preparation, its pixel pipeline going through the image cache."""
+        base = self.predictor.prepare
+        return PrepareVqaItem(self.predictor.tokenizer, self.predictor.model, template=base.template,
+                              preprocess=base.preprocess if fingerprint is None else self.images.for_key(fingerprint),
+                              raise_errors=True, paired_probes=base.paired_probes)
 
     def prepare(self, conv: Conversation) -> tuple[dict[str, Any], str | None]:
         """Run the product's item preparation (pixels and prompt) on a conversation; raises :class:`ApiError`."""
         s = self.settings
         if conv.image_url is None:
-            return self._prepare_item(None, conv.question, None), None
+            return self._prepare_item(None, None, conv.question, None), None
         src = ImageSource(conv.image_url, s.allowed_root, s.max_image_bytes, s.max_folder_files, conv.image_param)
         with src as path:
-            return self._prepare_item(path, conv.question, conv.image_param), src.display_name
+            return self._prepare_item(path, src.fingerprint, conv.question, conv.image_param), src.display_name
 
-    def _prepare_item(self, path: Path | None, question: Any, param: str | None) -> dict[str, Any]:
+    def _prepare_item(self, path: Path | None, fingerprint: str | None, question: Any,
+                      param: str | None) -> dict[str, Any]:
         try:
-            return self.predictor.prepare({"id": "request", "image": str(path) if path else None, "question": question})
+            return self._preparer(fingerprint)(
+                {"id": "request", "image": str(path) if path else None, "question": question})
         except LlavaMedInputError as err:
             raise from_input_error(err, param) from None
 
@@ -81,7 +93,7 @@ class _Service:
         src = ImageSource(url, s.allowed_root, s.max_image_bytes, s.max_folder_files, "image_url")
         with src as path:
             try:
-                pre = self.predictor.prepare.preprocess(str(path))
+                pre = self.images.for_key(src.fingerprint)(str(path))
             except Exception as err:  # noqa: BLE001 - any reader failure is a typed 4xx, its text withheld
                 raise from_input_error(as_input_error(err, "image"), "image_url") from None
             return {"views": render_views(pre, self.predictor.model.config),
@@ -164,7 +176,8 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
 
     @api.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": predictor.model_name, "batcher": service.batcher.stats()}
+        return {"status": "ok", "model": predictor.model_name, "batcher": service.batcher.stats(),
+                "image_cache": service.images.stats()}
 
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..file_signatures import sniff_suffix
 from .api_errors import ApiError
+from .image_cache import image_fingerprint
 
 __all__ = ["FILE_SUFFIXES", "decode_data_url", "resolve_file_url", "ImageSource"]
 
@@ -135,6 +136,7 @@ class ImageSource:
         self.url, self.allowed_root, self.max_bytes, self.max_files, self.param = url, allowed_root, max_bytes, max_files, param
         self._tmp: str | None = None
         self.path: Path | None = None
+        self.fingerprint: str | None = None  # what the image is (:func:`.image_cache.image_fingerprint`), once entered
 
     def __enter__(self) -> Path:
         scheme = self.url.split(":", 1)[0].lower() if ":" in self.url else ""
@@ -146,8 +148,10 @@ class ImageSource:
             self.path = Path(self._tmp) / f"image{suffix}"
             with open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 f.write(data)
+            self.fingerprint = image_fingerprint(self.path, data)
         elif scheme == "file":
             self.path = resolve_file_url(self.url, self.allowed_root, self.max_bytes, self.max_files, self.param)
+            self.fingerprint = image_fingerprint(self.path)
         else:
             raise ApiError(400, "image_url must be a data: URL or a file:// path (the server fetches nothing)",
                            self.param, "invalid_image_url")

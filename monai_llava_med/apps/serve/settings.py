@@ -43,6 +43,8 @@ class ServeSettings:
         max_batch: most requests in one ``generate``.
         batch_wait_ms: how long the batcher waits for more requests after the first one arrives.
         request_timeout_s: a request still unanswered after this many seconds gets a 504.
+        image_cache: prepared images kept between requests (least recently used out; 0: none), so an image a
+            conversation resends with every turn is read once (:mod:`.image_cache`).
         model_dir: the model folder (reported by ``/health``; the model itself is passed to ``create_app``).
     """
 
@@ -62,6 +64,7 @@ class ServeSettings:
     max_batch: int = 8
     batch_wait_ms: float = 5.0
     request_timeout_s: float = 300.0
+    image_cache: int = 8
     model_dir: str | None = None
 
     def __post_init__(self) -> None:
