@@ -140,6 +140,31 @@ def test_a_blank_image_of_the_pad_colour_has_zero_reliance(demo, phantoms):
     assert blank["abstained"] and blank["reason"] == REASON_IMAGE_INDEPENDENT
 
 
+def test_reliance_in_a_mixed_batch_equals_one_full_forward_per_row(demo, phantoms):
+    # rows of one batch that share (2-D slices) and do not share (a 4-view volume, other questions) a neutral
+    # prefix, and a text-only row: each row's neutral probability as one plain forward of its own prompt
+    folder, _ = phantoms
+    series = str(DEMO.parent / "sample" / "ct_series")
+    items = [{"image": str(folder / "case000.dcm"), "question": "Is there a lesion in this image?"},
+             {"image": None, "question": "Is a lesion round?"},
+             {"image": series, "question": "Is there a lesion anywhere in the scan?"},
+             {"image": str(folder / "case001.dcm"), "question": "Is there a lesion on the left side of the image?"}]
+    results = demo.ask_batch(items, batch_size=len(items))
+    assert results[1]["image_reliance"] is None
+    _, neutral = _prepared(demo, _pad_colour_png(folder), "Is there a lesion?")
+    yes, no = _vocab_ids(demo.tokenizer, "yes"), _vocab_ids(demo.tokenizer, "no")
+    for item, result in zip(items, results):
+        if item["image"] is None:
+            continue
+        word = result["answer"].split()[0].lower()
+        assert word in ("yes", "no")
+        ids, pixels = _prepared(demo, item["image"], item["question"])
+        with torch.no_grad():
+            p = torch.softmax(demo.model(ids, None, neutral.expand_as(pixels)).logits[0, -1].double(), -1)
+        chosen = float(p[yes if word == "yes" else no].sum() / (p[yes].sum() + p[no].sum()))
+        assert result["image_reliance"] == pytest.approx(abs(result["confidence"] - chosen), abs=1e-4)
+
+
 def test_open_confidence_equals_the_hand_computed_sequence_probability(demo, phantoms):
     folder, _ = phantoms
     tok, model = demo.tokenizer, demo.model

@@ -127,7 +127,9 @@ def test_demo_model_probes_share_the_generate_call_and_abstain_on_contradictions
     without = plain.ask_batch(demo_items, batch_size=len(demo_items))
     n_closed = sum(negate_question(it["question"]) is not None for it in demo_items)
     assert n_closed >= 10
-    assert rows == [len(demo_items) + n_closed] * 2  # one generate and one neutral-image pass, probes as extra rows
+    # one generate (probes as extra rows), then the neutral-image pass: the prompts' shared part up to the image
+    # once (every question follows the same image block), and each row's question and answer on top of it
+    assert rows == [len(demo_items) + n_closed, 1, len(demo_items) + n_closed]
     contradictions = 0
     for item, got, want in zip(demo_items, with_probes, without):
         assert "paired_answer" not in want and "paired_question" not in want  # probes off: the fields of before

@@ -2,13 +2,11 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""The trust of a batch of generated answers: one teacher-forced forward pass, then the per-answer fields.
+"""The trust of a batch of generated answers: one teacher-forced pass with the neutral image, then the fields.
 
 Each answer's probability with its image comes from the logits ``generate`` computed anyway; its probability with
-the **neutral image** (2-D towers: a canvas of the pad colour, the CLIP mean colour as 8-bit values, normalised
-like any image, :meth:`~monai_llava_med.transforms.ImageToClipPixels.neutral`: what the bundle's blanked baseline
-PNG becomes; the 3-D tower: a zero volume) from one batched forward pass of ``prompt + generated answer`` over the rows that have images
-(:func:`score_answers`, :mod:`.confidence`). The images' features for the gate are what the projector received
+the **neutral image** (:mod:`.neutral`) from a teacher-forced pass of ``prompt + generated answer`` over the rows
+that have images, the prompts' shared neutral prefixes run once (:func:`score_answers`, :mod:`.confidence`). The images' features for the gate are what the projector received
 during ``generate`` (:func:`image_features`). :func:`trust_fields` turns those into the fields of an answer entry,
 applying a :class:`~.calibration.Calibration` when one is given.
 """
@@ -20,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..networks import LlavaMedConfig, LlavaMedNet
-from ..transforms.pixels import ImageToClipPixels
+from ..networks import LlavaMedNet
 from .abstention import DEFAULT_MIN_IMAGE_RELIANCE, abstention_reason
 from .calibration import Calibration
 from .confidence import answer_lengths, closed_choice_probability, sequence_probability
 from .gate import ProjectorInputs
+from .neutral import neutral_answer_logits, neutral_pixels
 
 __all__ = ["AnswerScores", "contradicts", "image_features", "neutral_pixels", "score_answers", "trust_fields"]
 
@@ -96,33 +94,6 @@ def _chosen_probability(
 
 
 @torch.no_grad()
-def neutral_pixels(config: LlavaMedConfig, like: torch.Tensor) -> torch.Tensor:
-    """One neutral image shaped like one of ``like``'s images (``(1, ...)``, its dtype and device).
-
-    Args:
-        config: the network's config (image size, mean and standard deviation of the pixel normalisation).
-        like: a batch of images as the network takes them: ``(N, 3, S, S)`` for a 2-D tower, ``(N, C, D, H, W)``
-            for the 3-D tower (whose neutral image is zeros).
-    """
-    if config.is_volume:
-        return torch.zeros_like(like[:1])
-    neutral = ImageToClipPixels(config.image_size, config.image_mean, config.image_std).neutral()
-    return neutral.unsqueeze(0).to(device=like.device, dtype=like.dtype)
-
-
-def _neutral_embeddings(network: LlavaMedNet, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``network.embed(input_ids, neutral images)`` with the vision tower run once: every neutral image is the same
-    constant input, so its projected features are computed for one and written at every image's tokens."""
-    image_mask = input_ids == network.config.image_token_id
-    embeds = network.language_model.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
-    n_images = int(image_mask.sum()) // network.config.num_image_tokens
-    if n_images:
-        one = network.encode_images(neutral_pixels(network.config, pixel_values))
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), one.expand(n_images, -1, -1).to(embeds.dtype))
-    return embeds
-
-
-@torch.no_grad()
 def score_answers(
     network: LlavaMedNet,
     input_ids: torch.Tensor,
@@ -139,10 +110,10 @@ def score_answers(
     """Score generated answers: with the image from ``generate``'s own logits, with the neutral image from one
     batched teacher-forced forward pass over the rows that have images.
 
-    That pass feeds each such row's left-padded prompt followed by its generated tokens up to and including the
-    first end-of-sequence token (right-padded after it), with the positions ``generate`` used and every image
-    replaced by the neutral image (:func:`neutral_pixels`); only the logits of the answer positions are computed
-    (``logits_to_keep``).
+    That pass feeds each such row's prompt followed by its generated tokens up to and including the first
+    end-of-sequence token, every image replaced by the neutral image (:func:`~.neutral.neutral_pixels`); rows whose
+    prompts agree up to their last image token share one pass of that prefix
+    (:func:`~.neutral.neutral_answer_logits`).
 
     Args:
         network: the network that generated the answers.
@@ -172,16 +143,12 @@ def score_answers(
     with_image = (input_ids == config.image_token_id).sum(1) > 0
     blank: dict[int, float] = {}
     if pixel_values is not None and bool(with_image.any()):
-        ids = torch.cat([input_ids, answer], 1)[with_image]
-        mask = torch.cat([attention_mask, answer_mask.to(attention_mask.dtype)], 1)[with_image]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = network.language_model(inputs_embeds=_neutral_embeddings(network, ids, pixel_values),
-                                     attention_mask=mask, position_ids=positions, logits_to_keep=width + 1,
-                                     use_cache=False)
-        # position L - 1 + t predicts answer token t
-        _, blank_confidence, _ = _chosen_probability(out.logits[:, :width], answer[with_image], answer_mask[with_image],
-                                                  yes_ids, no_ids)
-        blank = dict(zip(torch.nonzero(with_image).flatten().tolist(), blank_confidence.cpu().tolist()))
+        image_rows = torch.nonzero(with_image).flatten().tolist()
+        logits = neutral_answer_logits(network, input_ids, attention_mask, answer, answer_mask, pixel_values,
+                                       image_rows)
+        _, blank_confidence, _ = _chosen_probability(logits, answer[with_image], answer_mask[with_image], yes_ids,
+                                                     no_ids)
+        blank = dict(zip(image_rows, blank_confidence.cpu().tolist()))
     confidence = confidence.cpu()
     return [
         AnswerScores(kind="closed" if bool(closed[r]) else "open", raw_confidence=float(confidence[r]),

@@ -1,0 +1,122 @@
+# Copyright (c) monai-llava-med contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
+"""The neutral image and the teacher-forced pass that scores generated answers with it.
+
+The **neutral image** (2-D towers: a canvas of the pad colour, the CLIP mean colour as 8-bit values, normalised like
+any image, :meth:`~monai_llava_med.transforms.ImageToClipPixels.neutral`: what the bundle's blanked baseline PNG
+becomes; the 3-D tower: a zero volume) is the same input for every row, so what a prompt holds up to its last image
+token is, with neutral images, the same for every question asked after that image. :func:`neutral_answer_logits`
+runs each such shared prefix once (its keys and values expanded to the rows that share it) and only the rest of
+each row, the question and the generated answer, on top: a batch of questions about 2-D images runs the image
+tokens once instead of once per row.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from ..networks import LlavaMedConfig, LlavaMedNet
+from ..transforms.pixels import ImageToClipPixels
+
+__all__ = ["neutral_answer_logits", "neutral_pixels"]
+
+
+def neutral_pixels(config: LlavaMedConfig, like: torch.Tensor) -> torch.Tensor:
+    """One neutral image shaped like one of ``like``'s images (``(1, ...)``, its dtype and device).
+
+    Args:
+        config: the network's config (image size, mean and standard deviation of the pixel normalisation).
+        like: a batch of images as the network takes them: ``(N, 3, S, S)`` for a 2-D tower, ``(N, C, D, H, W)``
+            for the 3-D tower (whose neutral image is zeros).
+    """
+    if config.is_volume:
+        return torch.zeros_like(like[:1])
+    neutral = ImageToClipPixels(config.image_size, config.image_mean, config.image_std).neutral()
+    return neutral.unsqueeze(0).to(device=like.device, dtype=like.dtype)
+
+
+def _split_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, answer: torch.Tensor, answer_mask: torch.Tensor,
+    rows: Sequence[int], image_token_id: int,
+) -> tuple[dict[tuple[int, ...], list[int]], dict[int, tuple[torch.Tensor, int]]]:
+    """Group rows by their prompt up to the last image token (at least one prompt token left after it); per row,
+    the rest of the prompt followed by the answer, and how many prompt tokens that rest holds."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    rests: dict[int, tuple[torch.Tensor, int]] = {}
+    for r in rows:
+        prompt = input_ids[r][attention_mask[r].bool()]  # the left padding dropped
+        images = torch.nonzero(prompt == image_token_id).flatten()
+        cut = min(int(images[-1]) + 1, prompt.numel() - 1)
+        rests[r] = (torch.cat([prompt[cut:], answer[r][answer_mask[r]]]), prompt.numel() - cut)
+        groups.setdefault(tuple(prompt[:cut].tolist()), []).append(r)
+    return groups, rests
+
+
+@torch.no_grad()
+def neutral_answer_logits(
+    network: LlavaMedNet,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    answer: torch.Tensor,
+    answer_mask: torch.Tensor,
+    pixel_values: torch.Tensor,
+    rows: Sequence[int],
+) -> torch.Tensor:
+    """The logits that predict each answer token with every image of its prompt replaced by the neutral image.
+
+    Args:
+        network: the network that generated the answers.
+        input_ids: ``(B, L)`` left-padded prompts, as given to ``generate``.
+        attention_mask: ``(B, L)``.
+        answer: ``(B, T)`` the generated answers, padded after their end.
+        answer_mask: ``(B, T)`` True at the answers' tokens (their end token included).
+        pixel_values: the batch's images (only their shape, dtype and device are used).
+        rows: the rows to score, in order; each prompt holds at least one image.
+
+    Returns:
+        ``(len(rows), T, V)``: at ``[i, t]`` the logits that predict answer token ``t`` of row ``rows[i]`` (zeros
+        after the answer's end).
+    """
+    config, lm = network.config, network.language_model
+    # transformers 5.24 names the argument ``cache``; earlier 5.x releases ``past_key_values``
+    cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    embed = lm.get_input_embeddings()
+    width, device = answer.shape[1], input_ids.device
+    groups, rests = _split_rows(input_ids, attention_mask, answer, answer_mask, rows, config.image_token_id)
+    neutral = network.encode_images(neutral_pixels(config, pixel_values))  # (1, tokens, hidden), computed once
+    place = {r: i for i, r in enumerate(rows)}
+    vocab = lm.get_output_embeddings().weight.shape[0]
+    out = torch.zeros((len(rows), width, vocab), dtype=embed.weight.dtype, device=device)
+    for prefix, members in groups.items():
+        prefix_ids = torch.tensor([prefix], dtype=input_ids.dtype, device=device)
+        image_mask = prefix_ids == config.image_token_id
+        embeds = embed(prefix_ids.masked_fill(image_mask, 0))
+        n_images = int(image_mask.sum()) // config.num_image_tokens
+        if n_images:
+            features = neutral.expand(n_images, -1, -1).to(embeds.dtype)
+            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features)
+        cache = DynamicCache()
+        lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+        cache.batch_repeat_interleave(len(members))
+        rest = [rests[r][0] for r in members]
+        span = max(len(x) for x in rest)
+        ids = torch.zeros((len(members), span), dtype=input_ids.dtype, device=device)
+        mask = torch.zeros((len(members), len(prefix) + span), dtype=attention_mask.dtype, device=device)
+        mask[:, : len(prefix)] = 1
+        for i, x in enumerate(rest):  # right-padded after the shared prefix
+            ids[i, : len(x)] = x
+            mask[i, len(prefix) : len(prefix) + len(x)] = 1
+        positions = torch.arange(len(prefix), len(prefix) + span, device=device).expand(len(members), -1)
+        logits = lm(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{cache_arg: cache}).logits
+        for i, r in enumerate(members):
+            first = rests[r][1] - 1  # the last prompt token predicts answer token 0
+            take = logits[i, first : first + width]
+            out[place[r], : take.shape[0]] = take
+    return out
