@@ -9,8 +9,9 @@ Held-out 2-D phantoms (``write_vqa_datalist``, DICOM files) and their closed and
 trust fields and once without (the baseline: plain answering), in alternating rounds so that both see the same
 machine load; the figure is the median over rounds of the ratio of the two times. Two settings:
 
-* ``end_to_end``: what a user waits for: each image read and preprocessed, the prompt built, ``generate``, and with
-  trust its one extra batched forward pass with the neutral image (``docs/trust.md``);
+* ``end_to_end``: what a user waits for: each image read and preprocessed (once per batch for the questions of the
+  batch about it, as ``ask_batch`` does), the prompt built, ``generate``, and with trust its extra teacher-forced
+  pass with the neutral image (``docs/trust.md``);
 * ``model_only``: the pixels of each image prepared once beforehand (a memoising ``preprocess``), so the time is the
   prompt, ``generate`` and the trust pass: the ratio a user with a slow reader would not see.
 
