@@ -163,7 +163,7 @@ class LlavaMedPredictor:
             LlavaMedInputError: for an unreadable image or an invalid question (file and cause named).
         """
         start = time.perf_counter()
-        prepare = self._preparer(raise_errors=True)
+        prepare = self.preparer(self._read_once(), raise_errors=True)
         items = [{"image": str(image) if image is not None else None, "question": q} for q in questions]
         results: list[dict[str, Any]] = []
         for first in range(0, len(items), batch_size):
@@ -172,13 +172,24 @@ class LlavaMedPredictor:
             result["latency_s"] = round(time.perf_counter() - start, 4)
         return results
 
-    def _preparer(self, raise_errors: bool) -> PrepareVqaItem:
-        """A :class:`PrepareVqaItem` like :attr:`prepare` that reads an image once for the questions about it (the
-        last four images read are kept, for the life of the preparer)."""
+    def preparer(
+        self, preprocess: Callable[[str], Mapping[str, Any]] | None = None, raise_errors: bool = True
+    ) -> PrepareVqaItem:
+        """A :class:`PrepareVqaItem` like :attr:`prepare` (same tokenizer, template, probes), with another pixel
+        pipeline: e.g. one that keeps images already read (the server's cache, a chat's current image).
+
+        Args:
+            preprocess: ``path -> {"pixel_values", ...}`` (default :attr:`prepare`'s own).
+            raise_errors: raise input errors instead of recording them in the item.
+        """
         return PrepareVqaItem(
-            self.tokenizer, self.model, preprocess=functools.lru_cache(maxsize=4)(self.prepare.preprocess),
+            self.tokenizer, self.model, preprocess=preprocess or self.prepare.preprocess,
             template=self.prepare.template, raise_errors=raise_errors, paired_probes=self.paired_probes,
         )
+
+    def _read_once(self) -> Callable[[str], Mapping[str, Any]]:
+        """:attr:`prepare`'s pixel pipeline keeping the last four images read, for the questions of one call."""
+        return functools.lru_cache(maxsize=4)(self.prepare.preprocess)
 
     def ask_batch(
         self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any
@@ -211,7 +222,7 @@ class LlavaMedPredictor:
             raw: leave the calibration out of the entries' trust fields.
             generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
         """
-        prepare = self._preparer(raise_errors=False)
+        prepare = self.preparer(self._read_once(), raise_errors=False)
         out: list[tuple[dict[str, Any], AnswerScores | None]] = []
         for start in range(0, len(items), batch_size):
             prepared = [prepare(it) for it in items[start : start + batch_size]]

@@ -23,7 +23,6 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from ...engines.inference import PrepareVqaItem
 from ...engines.predictor import LlavaMedPredictor
 from ...engines.streaming import Completion, GenerationRequest, stream_generate
 from ...errors import LlavaMedError, LlavaMedInputError, as_input_error
@@ -55,8 +54,7 @@ class ChatSession:
         self.image: Path | None = None
         self.history: list[dict[str, str]] = []
         self._pixels: Mapping[str, Any] | None = None
-        self._prepare = PrepareVqaItem(predictor.tokenizer, predictor.model, preprocess=self._preprocess,
-                                       template=predictor.prepare.template, raise_errors=True)
+        self._prepare = predictor.preparer(self._preprocess)
 
     def _preprocess(self, path: str) -> Mapping[str, Any]:
         if self._pixels is not None and self.image is not None and path == str(self.image):

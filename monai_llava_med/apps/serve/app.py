@@ -29,7 +29,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ...engines.inference import PrepareVqaItem
 from ...engines.predictor import LlavaMedPredictor
 from ...errors import LlavaMedInputError, as_input_error
 from ..monailabel.redaction import install_reader_redaction, safe_modality
@@ -63,13 +62,6 @@ class _Service:
         self.images = PreparedImages(predictor.prepare.preprocess, settings.image_cache)
         self.created = int(time.time())
 
-    def _preparer(self, fingerprint: str | None) -> PrepareVqaItem:
-        """The predictor's item preparation, its pixel pipeline going through the image cache."""
-        base = self.predictor.prepare
-        return PrepareVqaItem(self.predictor.tokenizer, self.predictor.model, template=base.template,
-                              preprocess=base.preprocess if fingerprint is None else self.images.for_key(fingerprint),
-                              raise_errors=True, paired_probes=base.paired_probes)
-
     def prepare(self, conv: Conversation) -> tuple[dict[str, Any], str | None]:
         """Run the product's item preparation (pixels and prompt) on a conversation; raises :class:`ApiError`."""
         s = self.settings
@@ -82,8 +74,8 @@ class _Service:
     def _prepare_item(self, path: Path | None, fingerprint: str | None, question: Any,
                       param: str | None) -> dict[str, Any]:
         try:
-            return self._preparer(fingerprint)(
-                {"id": "request", "image": str(path) if path else None, "question": question})
+            prepare = self.predictor.preparer(None if fingerprint is None else self.images.for_key(fingerprint))
+            return prepare({"id": "request", "image": str(path) if path else None, "question": question})
         except LlavaMedInputError as err:
             raise from_input_error(err, param) from None
 
