@@ -165,6 +165,41 @@ def test_reliance_in_a_mixed_batch_equals_one_full_forward_per_row(demo, phantom
         assert result["image_reliance"] == pytest.approx(abs(result["confidence"] - chosen), abs=1e-4)
 
 
+def test_the_neutral_prefix_is_kept_between_calls_until_a_weight_changes(phantoms):
+    folder, _ = phantoms
+    predictor = LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=4, calibration=None)
+    passes = []  # tokens of every language-model pass longer than one token
+
+    def record(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[1] > 1:
+            passes.append(tuple(embeds.shape[:2]))
+
+    image, question = str(folder / "case002.dcm"), "Is there a lesion in this image?"
+    prompt_length = _prepared(predictor, image, question)[0].shape[1]
+    hook = predictor.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        first = predictor.ask(image, question)
+        second = predictor.ask(image, question)
+        with torch.no_grad():
+            predictor.model.projector[0].weight.mul_(1.5)  # a weight changed in place: the kept prefix is stale
+        third = predictor.ask(image, question)
+    finally:
+        hook.remove()
+    prefills = [p for p in passes if p[1] == prompt_length]  # generate's prefill of the whole prompt
+    prefixes = [p for p in passes if p[1] < prompt_length - 1 and p[0] == 1 and p[1] > 16]
+    assert len(prefills) == 3 and len(prefixes) == 2  # the first and the third call ran the neutral prefix
+    assert second["image_reliance"] == pytest.approx(first["image_reliance"], abs=1e-6)
+    ids, pixels = _prepared(predictor, image, question)
+    _, neutral = _prepared(predictor, _pad_colour_png(folder), question)
+    yes, no = _vocab_ids(predictor.tokenizer, "yes"), _vocab_ids(predictor.tokenizer, "no")
+    word = third["answer"].split()[0].lower()
+    with torch.no_grad():
+        p = torch.softmax(predictor.model(ids, None, neutral).logits[0, -1].double(), -1)
+    chosen = float(p[yes if word == "yes" else no].sum() / (p[yes].sum() + p[no].sum()))
+    assert third["image_reliance"] == pytest.approx(abs(third["confidence"] - chosen), abs=1e-5)
+
+
 def test_open_confidence_equals_the_hand_computed_sequence_probability(demo, phantoms):
     folder, _ = phantoms
     tok, model = demo.tokenizer, demo.model

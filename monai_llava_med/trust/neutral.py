@@ -10,12 +10,18 @@ becomes; the 3-D tower: a zero volume) is the same input for every row, so what 
 token is, with neutral images, the same for every question asked after that image. :func:`neutral_answer_logits`
 runs each such shared prefix once (its keys and values expanded to the rows that share it) and only the rest of
 each row, the question and the generated answer, on top: a batch of questions about 2-D images runs the image
-tokens once instead of once per row.
+tokens once instead of once per row. The keys and values of the last :data:`PREFIX_CACHE_SIZE` prefixes are kept
+per network between calls (keyed by the prefix, dtype, device and the identity and version of every parameter, so
+a weight changed in place, by training or loading, is a miss): questions asked one at a time about 2-D images run
+only their own tokens.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +30,12 @@ from transformers import DynamicCache
 from ..networks import LlavaMedConfig, LlavaMedNet
 from ..transforms.pixels import ImageToClipPixels
 
-__all__ = ["neutral_answer_logits", "neutral_pixels"]
+__all__ = ["PREFIX_CACHE_SIZE", "neutral_answer_logits", "neutral_pixels"]
+
+#: neutral prefixes whose keys and values are kept per network between calls.
+PREFIX_CACHE_SIZE = 4
+_PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PREFIXES_LOCK = threading.Lock()
 
 
 def neutral_pixels(config: LlavaMedConfig, like: torch.Tensor) -> torch.Tensor:
@@ -58,6 +69,38 @@ def _split_rows(
     return groups, rests
 
 
+def _weights_version(network: torch.nn.Module) -> int:
+    """Changes whenever a parameter is replaced or changed in place (``Tensor._version`` counts in-place writes)."""
+    return hash(tuple((id(p), p._version) for p in network.parameters()))
+
+
+def _prefix_kv(network: LlavaMedNet, prefix: tuple[int, ...], like: torch.Tensor, pixel_values: torch.Tensor,
+               cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of ``prefix`` with neutral images (batch 1), from the cache or one pass."""
+    key = (prefix, str(like.dtype), str(like.device), _weights_version(network))
+    with _PREFIXES_LOCK:
+        kept = _PREFIXES.setdefault(network, OrderedDict())
+        if key in kept:
+            kept.move_to_end(key)
+            return kept[key]
+    config, lm = network.config, network.language_model
+    prefix_ids = torch.tensor([prefix], dtype=like.dtype, device=like.device)
+    image_mask = prefix_ids == config.image_token_id
+    embeds = lm.get_input_embeddings()(prefix_ids.masked_fill(image_mask, 0))
+    n_images = int(image_mask.sum()) // config.num_image_tokens
+    if n_images:
+        neutral = network.encode_images(neutral_pixels(config, pixel_values))
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), neutral.expand(n_images, -1, -1).to(embeds.dtype))
+    cache = DynamicCache()
+    lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+    kv = [(layer.keys, layer.values) for layer in cache.layers]
+    with _PREFIXES_LOCK:
+        kept[key] = kv
+        while len(kept) > PREFIX_CACHE_SIZE:
+            kept.popitem(last=False)
+    return kv
+
+
 @torch.no_grad()
 def neutral_answer_logits(
     network: LlavaMedNet,
@@ -89,21 +132,14 @@ def neutral_answer_logits(
     embed = lm.get_input_embeddings()
     width, device = answer.shape[1], input_ids.device
     groups, rests = _split_rows(input_ids, attention_mask, answer, answer_mask, rows, config.image_token_id)
-    neutral = network.encode_images(neutral_pixels(config, pixel_values))  # (1, tokens, hidden), computed once
     place = {r: i for i, r in enumerate(rows)}
     vocab = lm.get_output_embeddings().weight.shape[0]
     out = torch.zeros((len(rows), width, vocab), dtype=embed.weight.dtype, device=device)
     for prefix, members in groups.items():
-        prefix_ids = torch.tensor([prefix], dtype=input_ids.dtype, device=device)
-        image_mask = prefix_ids == config.image_token_id
-        embeds = embed(prefix_ids.masked_fill(image_mask, 0))
-        n_images = int(image_mask.sum()) // config.num_image_tokens
-        if n_images:
-            features = neutral.expand(n_images, -1, -1).to(embeds.dtype)
-            embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), features)
-        cache = DynamicCache()
-        lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-        cache.batch_repeat_interleave(len(members))
+        kv = _prefix_kv(network, prefix, input_ids, pixel_values, cache_arg)
+        rows_of = len(members)  # the kept tensors are copied into the new cache, never changed
+        cache = DynamicCache(ddp_cache_data=[(k.expand(rows_of, *k.shape[1:]), v.expand(rows_of, *v.shape[1:]))
+                                             for k, v in kv])
         rest = [rests[r][0] for r in members]
         span = max(len(x) for x in rest)
         ids = torch.zeros((len(members), span), dtype=input_ids.dtype, device=device)
