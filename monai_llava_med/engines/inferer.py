@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
-from ..networks import LlavaMedNet
 from ..metrics.normalization import is_numeric_answer
+from ..networks import LlavaMedNet
 from ..trust.assessment import AnswerScores, image_features, score_answers, trust_fields
 from ..trust.calibration import Calibration
 from ..trust.confidence import yes_no_token_ids
