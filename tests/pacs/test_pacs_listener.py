@@ -110,7 +110,7 @@ def test_receiving_is_not_held_by_delayed_acknowledgements(orthanc, make_node, t
     files, study_uid = _deliver(orthanc, tmp_path, "listen-fast", depth=24)
     job = node.queue.job_for_study(study_uid)
     assert len(node.queue.instances(job.id)) == len(files) == 24
-    assert job.last_received - job.first_received < 0.6
+    assert job.last_received - job.first_received < 0.8  # ~0.1 s here; >= 24 x 40 ms if every instance waited
 
 
 def test_listener_retries_while_pacs_is_down_then_stores(orthanc, make_node, tmp_path):
