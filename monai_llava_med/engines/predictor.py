@@ -163,11 +163,8 @@ class LlavaMedPredictor:
             LlavaMedInputError: for an unreadable image or an invalid question (file and cause named).
         """
         start = time.perf_counter()
-        prepare = self.preparer(self._read_once(), raise_errors=True)
         items = [{"image": str(image) if image is not None else None, "question": q} for q in questions]
-        results: list[dict[str, Any]] = []
-        for first in range(0, len(items), batch_size):
-            results += self._run([prepare(it) for it in items[first : first + batch_size]], **generation)[0]
+        results = [entry for entry, _ in self._batches(items, batch_size, False, True, **generation)]
         for result in results:
             result["latency_s"] = round(time.perf_counter() - start, 4)
         return results
@@ -187,9 +184,18 @@ class LlavaMedPredictor:
             template=self.prepare.template, raise_errors=raise_errors, paired_probes=self.paired_probes,
         )
 
-    def _read_once(self) -> Callable[[str], Mapping[str, Any]]:
-        """:attr:`prepare`'s pixel pipeline keeping the last four images read, for the questions of one call."""
-        return functools.lru_cache(maxsize=4)(self.prepare.preprocess)
+    def _batches(
+        self, items: Sequence[Mapping[str, Any]], batch_size: int, raw: bool, raise_errors: bool, **generation: Any
+    ) -> list[tuple[dict[str, Any], AnswerScores | None]]:
+        """Answer ``items`` ``batch_size`` at a time, each image read once for the questions about it (the last four
+        images read are kept for the call)."""
+        prepare = self.preparer(functools.lru_cache(maxsize=4)(self.prepare.preprocess), raise_errors=raise_errors)
+        out: list[tuple[dict[str, Any], AnswerScores | None]] = []
+        for start in range(0, len(items), batch_size):
+            entries, scores = self._run([prepare(it) for it in items[start : start + batch_size]], raw=raw,
+                                        **generation)
+            out += zip(entries, scores)
+        return out
 
     def ask_batch(
         self, items: Sequence[Mapping[str, Any]], batch_size: int = 8, **generation: Any
@@ -222,11 +228,5 @@ class LlavaMedPredictor:
             raw: leave the calibration out of the entries' trust fields.
             generation: ``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``.
         """
-        prepare = self.preparer(self._read_once(), raise_errors=False)
-        out: list[tuple[dict[str, Any], AnswerScores | None]] = []
-        for start in range(0, len(items), batch_size):
-            prepared = [prepare(it) for it in items[start : start + batch_size]]
-            entries, scores = self._run(prepared, raw=raw, **generation)
-            out += zip(entries, scores)
-        return out
+        return self._batches(items, batch_size, raw, False, **generation)
 

@@ -74,25 +74,22 @@ def _weights_version(network: torch.nn.Module) -> int:
     return hash(tuple((id(p), p._version) for p in network.parameters()))
 
 
-def _prefix_kv(network: LlavaMedNet, prefix: tuple[int, ...], like: torch.Tensor, pixel_values: torch.Tensor,
+def _prefix_kv(network: LlavaMedNet, prefix: tuple[int, ...], pixel_values: torch.Tensor,
                cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the keys and values of ``prefix`` with neutral images (batch 1), from the cache or one pass."""
-    key = (prefix, str(like.dtype), str(like.device), _weights_version(network))
+    key = (prefix, str(pixel_values.dtype), str(pixel_values.device), _weights_version(network))
     with _PREFIXES_LOCK:
         kept = _PREFIXES.setdefault(network, OrderedDict())
         if key in kept:
             kept.move_to_end(key)
             return kept[key]
-    config, lm = network.config, network.language_model
-    prefix_ids = torch.tensor([prefix], dtype=like.dtype, device=like.device)
-    image_mask = prefix_ids == config.image_token_id
-    embeds = lm.get_input_embeddings()(prefix_ids.masked_fill(image_mask, 0))
-    n_images = int(image_mask.sum()) // config.num_image_tokens
-    if n_images:
-        neutral = network.encode_images(neutral_pixels(config, pixel_values))
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), neutral.expand(n_images, -1, -1).to(embeds.dtype))
+    config = network.config
+    prefix_ids = torch.tensor([prefix], device=pixel_values.device)
+    neutral = neutral_pixels(config, pixel_values)
+    n_images = prefix.count(config.image_token_id) // config.num_image_tokens
+    embeds = network.embed(prefix_ids, neutral.expand(n_images, *neutral.shape[1:]) if n_images else None)
     cache = DynamicCache()
-    lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+    network.language_model(inputs_embeds=embeds, use_cache=True, logits_to_keep=1, **{cache_arg: cache})
     kv = [(layer.keys, layer.values) for layer in cache.layers]
     with _PREFIXES_LOCK:
         kept[key] = kv
@@ -136,19 +133,18 @@ def neutral_answer_logits(
     vocab = lm.get_output_embeddings().weight.shape[0]
     out = torch.zeros((len(rows), width, vocab), dtype=embed.weight.dtype, device=device)
     for prefix, members in groups.items():
-        kv = _prefix_kv(network, prefix, input_ids, pixel_values, cache_arg)
-        rows_of = len(members)  # the kept tensors are copied into the new cache, never changed
-        cache = DynamicCache(ddp_cache_data=[(k.expand(rows_of, *k.shape[1:]), v.expand(rows_of, *v.shape[1:]))
-                                             for k, v in kv])
+        n = len(members)  # the kept tensors are copied into the new cache, never changed
+        cache = DynamicCache(ddp_cache_data=[(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:]))
+                                             for k, v in _prefix_kv(network, prefix, pixel_values, cache_arg)])
         rest = [rests[r][0] for r in members]
         span = max(len(x) for x in rest)
-        ids = torch.zeros((len(members), span), dtype=input_ids.dtype, device=device)
-        mask = torch.zeros((len(members), len(prefix) + span), dtype=attention_mask.dtype, device=device)
+        ids = torch.zeros((n, span), dtype=input_ids.dtype, device=device)
+        mask = torch.zeros((n, len(prefix) + span), dtype=attention_mask.dtype, device=device)
         mask[:, : len(prefix)] = 1
         for i, x in enumerate(rest):  # right-padded after the shared prefix
             ids[i, : len(x)] = x
             mask[i, len(prefix) : len(prefix) + len(x)] = 1
-        positions = torch.arange(len(prefix), len(prefix) + span, device=device).expand(len(members), -1)
+        positions = torch.arange(len(prefix), len(prefix) + span, device=device).expand(n, -1)
         logits = lm(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, use_cache=True,
                     **{cache_arg: cache}).logits
         for i, r in enumerate(members):

@@ -15,35 +15,31 @@ modification time of the file, or of every file of a series folder, so a changed
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = ["PreparedImages", "image_fingerprint"]
 
 
-def image_fingerprint(path: Path, data: bytes | None = None) -> str:
+def image_fingerprint(path: Path, data: bytes | None = None,
+                      files: Iterable[tuple[str, int, int]] = ()) -> str:
     """What identifies an image's content: ``data:sha256`` of uploaded bytes, else the path and its files' stat.
 
     Args:
-        path: the checked path (a file, or a series folder whose files were counted by the access checks).
+        path: the checked path (a file, or a series folder).
         data: the decoded bytes of a ``data:`` URL, if the image came as one.
+        files: ``(name, size, mtime_ns)`` of the file, or of every file of the folder, as the access checks read
+            them (:func:`.images.resolve_file_url`).
     """
     if data is not None:
         return "data:" + hashlib.sha256(data).hexdigest()
-    if path.is_dir():
-        digest = hashlib.sha256(str(path).encode())
-        with os.scandir(path) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.is_file(follow_symlinks=False):
-                    stat = entry.stat(follow_symlinks=False)
-                    digest.update(f"\0{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-        return "folder:" + digest.hexdigest()
-    stat = path.stat()
-    return f"file:{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    digest = hashlib.sha256(str(path).encode())
+    for name, size, mtime_ns in sorted(files):
+        digest.update(f"\0{name}\0{size}\0{mtime_ns}".encode())
+    return "path:" + digest.hexdigest()
 
 
 class PreparedImages:

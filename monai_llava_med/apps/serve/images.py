@@ -64,22 +64,25 @@ def decode_data_url(url: str, max_bytes: int, param: str) -> tuple[bytes, str]:
     return data, suffix
 
 
-def _folder_size(folder: Path, max_files: int, param: str) -> int:
-    total, count = 0, 0
+def _folder_files(folder: Path, max_files: int, param: str) -> list[tuple[str, int, int]]:
+    """``(name, size, mtime_ns)`` of a series folder's files; links and too many files refused."""
+    files: list[tuple[str, int, int]] = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_symlink():
                 raise ApiError(403, "a series folder must not contain symbolic links", param, "path_not_allowed")
             if entry.is_file():
-                count += 1
-                if count > max_files:
+                if len(files) == max_files:
                     raise ApiError(413, f"the series folder has more than {max_files} files", param, "image_too_large")
-                total += entry.stat().st_size
-    return total
+                stat = entry.stat()
+                files.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    return files
 
 
-def resolve_file_url(url: str, allowed_root: Path | None, max_bytes: int, max_files: int, param: str) -> Path:
-    """The checked local path a ``file://`` URL names.
+def resolve_file_url(url: str, allowed_root: Path | None, max_bytes: int, max_files: int,
+                     param: str) -> tuple[Path, str]:
+    """The checked local path a ``file://`` URL names, and its fingerprint (:func:`.image_cache.image_fingerprint`,
+    from the same reading of the files' stat as the size check).
 
     Args:
         url: ``file:///abs/path`` (or ``file://localhost/abs/path``), percent-encoding allowed.
@@ -108,15 +111,16 @@ def resolve_file_url(url: str, allowed_root: Path | None, max_bytes: int, max_fi
     if not resolved.exists():
         raise ApiError(404, "no such file or folder under the allowed root", param, "image_not_found")
     if resolved.is_dir():
-        size = _folder_size(resolved, max_files, param)
+        files = _folder_files(resolved, max_files, param)
     else:
         if not resolved.name.lower().endswith(FILE_SUFFIXES):
             raise ApiError(415, "file:// images must be DICOM (.dcm), NIfTI (.nii, .nii.gz) or a series folder",
                            param, "unsupported_image")
-        size = resolved.stat().st_size
-    if size > max_bytes:
+        stat = resolved.stat()
+        files = [(resolved.name, stat.st_size, stat.st_mtime_ns)]
+    if sum(size for _, size, _ in files) > max_bytes:
         raise ApiError(413, f"the image is larger than the limit of {max_bytes} bytes", param, "image_too_large")
-    return resolved
+    return resolved, image_fingerprint(resolved, files=files)
 
 
 class ImageSource:
@@ -150,8 +154,8 @@ class ImageSource:
                 f.write(data)
             self.fingerprint = image_fingerprint(self.path, data)
         elif scheme == "file":
-            self.path = resolve_file_url(self.url, self.allowed_root, self.max_bytes, self.max_files, self.param)
-            self.fingerprint = image_fingerprint(self.path)
+            self.path, self.fingerprint = resolve_file_url(self.url, self.allowed_root, self.max_bytes, self.max_files,
+                                                           self.param)
         else:
             raise ApiError(400, "image_url must be a data: URL or a file:// path (the server fetches nothing)",
                            self.param, "invalid_image_url")
