@@ -179,3 +179,18 @@ def test_a_resent_image_is_read_once_and_a_changed_file_again(served):
         assert curl(served, "/v1/chat/completions", upload)[0] == 200
     final = cache()
     assert final["hits"] == after["hits"] + 1 and final["images"] <= final["capacity"]
+
+
+@pytest.mark.parametrize("flag, value, message", [("--image_cache", "-1", "image_cache must be 0"),
+                                                  ("--max_batch", "0", "max_batch must be at least 1")])
+def test_a_limit_out_of_range_is_one_line_not_a_traceback(flag, value, message):
+    import os
+    import sys
+
+    from .conftest import MODEL_DIR, REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "monai_llava_med.apps.serve", "--model_dir", str(MODEL_DIR), flag,
+                          value], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2 and message in out.stderr.splitlines()[-1]
+    assert "Traceback" not in out.stderr + out.stdout

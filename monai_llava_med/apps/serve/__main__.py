@@ -39,9 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _settings(args: argparse.Namespace) -> ServeSettings:
+    """The server's settings from its command line (``ValueError`` for a limit out of range)."""
+    return ServeSettings(
+        host=args.host, port=args.port, api_key=args.api_key or None, allowed_root=args.allowed_root,
+        cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes, max_image_bytes=args.max_image_bytes,
+        max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
+        queue_size=args.queue_size, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        request_timeout_s=args.request_timeout_s, image_cache=args.image_cache, model_dir=args.model_dir,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Load the model once and serve until interrupted."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValueError as err:  # a limit out of range: one line, not a traceback
+        parser.error(str(err))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
     import uvicorn
@@ -53,13 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_errors_without_traceback()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = ServeSettings(
-        host=args.host, port=args.port, api_key=args.api_key or None, allowed_root=args.allowed_root,
-        cors_origins=args.cors_origin, max_body_bytes=args.max_body_bytes, max_image_bytes=args.max_image_bytes,
-        max_tokens_limit=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
-        queue_size=args.queue_size, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-        request_timeout_s=args.request_timeout_s, image_cache=args.image_cache, model_dir=args.model_dir,
-    )
     predictor = LlavaMedPredictor.from_pretrained(args.model_dir, device=args.device)
     app = create_app(predictor, settings)
     logging.getLogger("monai_llava_med.serve").info("serving %s on http://%s:%d", predictor.model_name, args.host,

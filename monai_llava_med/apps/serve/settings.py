@@ -73,5 +73,7 @@ class ServeSettings:
         for name in ("max_body_bytes", "max_image_bytes", "max_messages", "max_tokens_limit", "queue_size", "max_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if int(self.image_cache) < 0:
+            raise ValueError("image_cache must be 0 (off) or more")
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
             raise ValueError("default_max_tokens must lie between 1 and max_tokens_limit")
