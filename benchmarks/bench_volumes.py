@@ -49,7 +49,7 @@ from bench_train import (  # benchmarks/ (script dir); sets the offline / DeepSp
 )
 from vqa_scoring import balanced_accuracy, check_disjoint, fmt, groups, image_free_baselines, pick, wilson
 
-from monai_llava_med.conversation import build_bpe_tokenizer
+from monai_llava_med.conversation import build_bpe_tokenizer, load_tokenizer
 from monai_llava_med.data.phantom import (
     balanced_question_set, case_rng, generate_phantom, lps_affine, make_questions,
     make_volume_questions, volume_findings, weighted_volume_questions, write_dicom, write_nifti,
@@ -137,6 +137,18 @@ def volume_items(cases: list, tokenizer, config, stage: str, num_images: int, n_
     return tokenize_items(convs, tokenizer, config, "3d", num_images)
 
 
+def check_continuable(init: Path, tokenizer, config: LlavaMedConfig) -> None:
+    """Refuse to continue from a saved model whose tokenizer or network differs from this run's."""
+    saved = load_tokenizer(init)
+    if saved.get_vocab() != tokenizer.get_vocab():
+        raise SystemExit(f"--init-from {init}: its tokenizer differs from the one this run fits (other data or seed)")
+    keys = ("token_pool", "max_views", "view_mode", "model_max_length", "vision_config", "text_config")
+    theirs, ours = LlavaMedConfig.load(init).to_dict(), config.to_dict()
+    differ = [k for k in keys if theirs.get(k) != ours.get(k)]
+    if differ:
+        raise SystemExit(f"--init-from {init}: its config differs from this run's in {', '.join(differ)}")
+
+
 def run_multiview(args, work: Path, tokenizer, mv_config, cases: dict, vols: dict, pix2d: dict, pix3d: dict,
                   q2d: dict, q3d: dict, baselines: dict) -> dict[str, float]:
     """Train the multi-view model, tune-print on val, evaluate the test split once; returns the summary figures."""
@@ -144,8 +156,13 @@ def run_multiview(args, work: Path, tokenizer, mv_config, cases: dict, vols: dic
     # multi-view model: stage 1 on 2-D and volume captions, stage 2 on the mixed questions
     train_pix = {"2d": pix2d["train"], "3d": pix3d["train"]["views"]}
     start = time.perf_counter()
-    init, _ = train_stage1(work / "mv" / "stage1", tokenizer, mv_config,
-                           stage1_data(cases["train"], vols["train"], tokenizer, mv_config, train_pix, args.views), args)
+    if args.init_from:  # continue a saved multi-view model (a fresh schedule): no stage 1
+        init = Path(args.init_from)
+        check_continuable(init, tokenizer, mv_config)
+    else:
+        init, _ = train_stage1(work / "mv" / "stage1", tokenizer, mv_config,
+                               stage1_data(cases["train"], vols["train"], tokenizer, mv_config, train_pix, args.views),
+                               args)
     model, loss = train_stage2(work / "mv" / "stage2", init, tokenizer, mv_config,
                                stage2_data(cases["train"], vols["train"], tokenizer, mv_config, train_pix, args),
                                args.lr, args.steps, args)
@@ -212,6 +229,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".cache" / "bench_volumes"))
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--save-dir", default=None, help="write the multi-view model here (save_pretrained)")
+    parser.add_argument("--init-from", default=None,
+                        help="continue this saved multi-view model (stage 2 only, a fresh schedule of --steps)")
     parser.add_argument("--skip-control", action="store_true")
     parser.add_argument("--skip-3d", action="store_true")
     parser.add_argument("--skip-multiview", action="store_true", help="train only the 3-D tower / control")
