@@ -28,8 +28,11 @@ one phantom that cannot all be true); volume closed (``volume_acc``) for the mul
 shown only the middle slice (``volume_middle_slice_acc``: the baseline a 2-D-only model has), and for the 3-D
 tower; the control's closed accuracy; next to chance (0.5) and the train split's majority answer.
 
-Run: ``python benchmarks/bench_volumes.py [--smoke] [--skip-control] [--save-dir DIR]``; ``--smoke`` checks the
-code path in about two minutes. Output: ``RESULT`` lines, the last one the summary of issue #12.
+Run: ``python benchmarks/bench_volumes.py [--smoke] [--skip-control] [--save-dir DIR] [--init-from DIR]``;
+``--smoke`` checks the code path in about two minutes. ``--init-from`` continues a multi-view model this benchmark
+saved (same data, tokenizer and config, checked) with stage 2 only, on a fresh schedule of ``--steps`` (a warm
+restart of the cosine); the bundle's demo model was trained so (``models/MANIFEST.json``). Output: ``RESULT``
+lines, the last one the summary of issue #12.
 """
 
 from __future__ import annotations

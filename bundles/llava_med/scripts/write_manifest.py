@@ -6,6 +6,8 @@
 
 Run from ``bundles/llava_med`` after the demo model was trained and ``scripts/export_model_pt.py`` run:
 ``python scripts/write_manifest.py --commit <sha> --command "<the training command>" [--arguments JSON]``.
+With ``--continues``, the new weights were trained from the ones the manifest describes now (``bench_volumes.py
+--init-from``): their training record is kept under ``training.continued_from``, so the record is the whole chain.
 The ``evaluation`` section (``benchmarks/bench_demo_model.py --manifest``) is kept if present.
 """
 
@@ -38,6 +40,8 @@ def main() -> None:
     parser.add_argument("--environment", default="CPU, DeepSpeed ZeRO-2 on the cpu accelerator")
     parser.add_argument("--calibration", default=None,
                         help="how calibration.json and gate.safetensors were fitted (the command), if shipped")
+    parser.add_argument("--continues", action="store_true",
+                        help="the command continued the weights the manifest describes now (their record is kept)")
     args = parser.parse_args()
     if not re.fullmatch(r"[0-9a-f]{40}", args.commit):
         raise SystemExit("--commit must be a full 40-digit commit hash")
@@ -57,6 +61,10 @@ def main() -> None:
                                 "model.safetensors, for the MONAI bundle convention)"},
         "files": file_entries(MODELS),
     }
+    if args.continues:
+        if "training" not in old:
+            raise SystemExit("--continues: the manifest has no training record to continue")
+        manifest["training"]["continued_from"] = old["training"]
     if args.calibration:
         manifest["derived"]["calibration.json, gate.safetensors"] = args.calibration
     if "evaluation" in old:
