@@ -102,9 +102,9 @@ CONSISTENCY = {"presence": "Is there a lesion in this image?", "left": "Is there
 
 def test_demo_model_tells_left_from_right_counts_and_does_not_contradict_itself(tmp_path):
     """Floors on 60 fresh phantoms, a few standard errors under what the shipped model scores there (one-sided
-    phantoms: side questions 0.94 right, left and right answered differently on 0.88; count 0.88; contradictions
-    0.05). The first demo model answered "left?" and "right?" identically on every phantom (0.50 right on one-sided
-    ones), counted 0.70 right and contradicted itself on 0.30 of phantoms; the one before this (no warm restarts)
+    phantoms: side questions 0.98 right, left and right answered differently on 0.96; count 0.92; contradictions
+    0.02). The first demo model answered "left?" and "right?" identically on every phantom (0.50 right on one-sided
+    ones), counted 0.70 right and contradicted itself on 0.30 of phantoms; the one before the warm restarts
     scored 0.74, 0.48, 0.83 and 0.22 here."""
     predictor = LlavaMedPredictor.from_pretrained(str(MODELS))
     numbers = {normalize_answer(word): i for i, word in enumerate(NUMBER_WORDS)}
@@ -126,7 +126,7 @@ def test_demo_model_tells_left_from_right_counts_and_does_not_contradict_itself(
         consistent = number >= 0 and present == (on_left or on_right) == (number > 0) and number >= on_left + on_right
         contradictions += not consistent
     assert one_sided >= 20, one_sided
-    assert side_hits / (2 * one_sided) >= 0.8, (side_hits, one_sided)
-    assert differ / one_sided >= 0.65, (differ, one_sided)
-    assert count_hits / n_cases >= 0.75, (count_hits, n_cases)
-    assert contradictions / n_cases <= 0.15, (contradictions, n_cases)
+    assert side_hits / (2 * one_sided) >= 0.85, (side_hits, one_sided)
+    assert differ / one_sided >= 0.75, (differ, one_sided)
+    assert count_hits / n_cases >= 0.8, (count_hits, n_cases)
+    assert contradictions / n_cases <= 0.12, (contradictions, n_cases)

@@ -65,6 +65,8 @@ def main() -> None:
         if "training" not in old:
             raise SystemExit("--continues: the manifest has no training record to continue")
         manifest["training"]["continued_from"] = old["training"]
+        manifest["training"]["replay"] = ("run the chain oldest record first, in one working tree: each command reads "
+                                          "the weights the one before it wrote into bundles/llava_med/models")
     if args.calibration:
         manifest["derived"]["calibration.json, gate.safetensors"] = args.calibration
     if "evaluation" in old:
