@@ -19,7 +19,7 @@ says otherwise, ``file://`` images from the bundle's ``sample/`` folder) and tal
 
 Questions cycle over the sample datalist's; answers are greedy (``temperature`` 0) with ``--max_tokens``. A few
 warm-up requests precede the timings. The server's flags (``--max_batch``, ``--batch_wait_ms``, ``--threads``) are
-printed with the results; the serial baseline runs on the same server, so it pays the batching window too.
+printed with the results; the serial baseline runs on the same server (a request alone waits for no window).
 
 Run: ``python benchmarks/bench_serve.py [--n 64] [--concurrency 8] [--requests 200] [--connections 20]
 [--max_batch 8] [--batch_wait_ms 5] [--smoke]``. Prints ``RESULT key=value ...`` lines; stops the server by PID.

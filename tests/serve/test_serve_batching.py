@@ -96,3 +96,45 @@ def test_cancelled_request_stops_its_row():
     other.cancelled.set()
     assert tracker(torch.cat([ids, torch.tensor([[4], [4]])], 1)).tolist() == [True, True]
     assert tracker.rows[1].reason == "cancelled"
+
+
+def test_batcher_waits_only_for_requests_on_their_way(predictor):
+    import threading
+    import time
+
+    from monai_llava_med.apps.serve.batching import DynamicBatcher
+
+    batcher = DynamicBatcher(predictor, max_batch=8, batch_wait_ms=5000).start()
+    try:
+        done = threading.Event()
+        got: list = []
+
+        def sink(kind, value):
+            got.append((kind, value))
+            if kind in ("done", "error"):
+                done.set()
+
+        start = time.perf_counter()
+        batcher.submit(_request(predictor, "Is there a lesion?", sink, max_tokens=2))
+        assert done.wait(30)
+        alone_s = time.perf_counter() - start
+        assert alone_s < 2.5, alone_s  # nobody else on the way: no 5 s window waited out
+        assert got[-1][0] == "done" and got[-1][1].batch_size == 1
+
+        ends: list = []
+        both = threading.Event()
+
+        def collect(kind, value):
+            if kind in ("done", "error"):
+                ends.append(value)
+                if len(ends) == 2:
+                    both.set()
+
+        with batcher.arriving():  # a second request is being read: the first waits for it
+            batcher.submit(_request(predictor, "Is there a lesion?", collect, max_tokens=2))
+            time.sleep(0.3)
+            batcher.submit(_request(predictor, "Is the lesion bright?", collect, max_tokens=2))
+        assert both.wait(30)
+        assert [e.batch_size for e in ends] == [2, 2]
+    finally:
+        batcher.stop()

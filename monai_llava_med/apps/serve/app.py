@@ -189,21 +189,23 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
         conv = to_conversation(body, settings)
         if service.batcher.queue.full():
             raise _queue_full()
-        prepared, source = await run_in_threadpool(service.prepare, conv)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        with service.batcher.arriving():
+            prepared, source = await run_in_threadpool(service.prepare, conv)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-        def sink(kind: str, value: Any) -> None:
+            def sink(kind: str, value: Any) -> None:
+                try:
+                    loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+                except RuntimeError:  # the event loop is gone (server shutting down)
+                    pass
+
+            gen = GenerationRequest(prepared, sink, conv.max_tokens, conv.do_sample, conv.temperature, conv.top_p,
+                                    conv.stop)
             try:
-                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-            except RuntimeError:  # the event loop is gone (server shutting down)
-                pass
-
-        gen = GenerationRequest(prepared, sink, conv.max_tokens, conv.do_sample, conv.temperature, conv.top_p, conv.stop)
-        try:
-            service.batcher.submit(gen)
-        except QueueFull:
-            raise _queue_full() from None
+                service.batcher.submit(gen)
+            except QueueFull:
+                raise _queue_full() from None
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -5,8 +5,9 @@
 """Dynamic batching: concurrent requests answered by shared ``generate`` calls, each streamed on its own.
 
 A :class:`DynamicBatcher` owns one worker thread. Requests (already prepared by the product's
-:class:`~monai_llava_med.engines.PrepareVqaItem`) wait in a bounded queue; the worker takes the first, waits
-``batch_wait_ms`` for more, groups those with the same sampling settings and answers each group with
+:class:`~monai_llava_med.engines.PrepareVqaItem`) wait in a bounded queue; the worker takes the first and, while more are
+queued or on their way (being read and prepared: :meth:`DynamicBatcher.arriving`), waits up to ``batch_wait_ms``
+for them (a lone request waits for nothing), groups those with the same sampling settings and answers each group with
 :func:`~monai_llava_med.engines.streaming.stream_generate` (one ``generate`` through ``collate_vqa`` ->
 ``prepare_vqa_batch`` -> :class:`~monai_llava_med.engines.LlavaMedInferer`, every row streamed and ended on its own
 by a :class:`~monai_llava_med.engines.streaming.RowTracker`; the terminal chat uses the same function).
@@ -14,10 +15,11 @@ by a :class:`~monai_llava_med.engines.streaming.RowTracker`; the terminal chat u
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ...engines.predictor import LlavaMedPredictor
 from ...engines.streaming import Completion, GenerationRequest, RowTracker, Sink, stream_generate
@@ -50,6 +52,7 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self.generate_calls = 0
         self.answered = 0
+        self._arriving = 0
         self._lock = threading.Lock()
 
     def start(self) -> DynamicBatcher:
@@ -66,6 +69,18 @@ class DynamicBatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request on its way (being read and prepared) for the block: the batcher waits (up to
+        ``batch_wait_ms``) for more requests only while some are on their way or queued."""
+        with self._lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._arriving -= 1
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request; raises :class:`QueueFull` when the queue is full."""
@@ -88,6 +103,8 @@ class DynamicBatcher:
         deadline = time.perf_counter() + self.batch_wait_s
         while len(batch) < self.max_batch:
             left = deadline - time.perf_counter()
+            if self.queue.empty() and not self._arriving:  # no request on its way: waiting would only add latency
+                break
             try:
                 batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
             except queue.Empty:
