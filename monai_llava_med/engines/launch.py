@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LlavaMedError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    print(json.dumps(summary), flush=True)
+    # one write per summary line: ranks share stdout, and a print's text and newline may be two writes (unbuffered)
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
     return 0
 
 
