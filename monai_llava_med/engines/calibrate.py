@@ -132,10 +132,8 @@ def fit_calibration(
     scaling, thresholds, summary = {}, {}, {"items": len(items), "failed": failed, "seed": seed}
     for kind in QUESTION_KINDS:
         fit_rows, held_rows = [r for r in fit if r[1].kind == kind], [r for r in held if r[1].kind == kind]
-        stand_in = KIND_FALLBACK.get(kind)
-        if not fit_rows and stand_in in scaling:  # e.g. no numeric answer in the data: scaled as open answers
-            scaling[kind], thresholds[kind] = scaling[stand_in], thresholds[stand_in]
-            summary[kind] = {"fit": 0, "calibration": len(held_rows), "as": stand_in}
+        if not fit_rows and kind in KIND_FALLBACK:  # e.g. no numeric answer: Calibration takes its stand-in's
+            summary[kind] = {"fit": 0, "calibration": len(held_rows), "as": KIND_FALLBACK[kind]}
             continue
         scaling[kind] = PlattScaling.fit([r[1].raw_confidence for r in fit_rows], [r[2] for r in fit_rows])
         held_conf = scaling[kind](np.array([r[1].raw_confidence for r in held_rows]))
@@ -162,7 +160,7 @@ def fit_calibration(
                               fit_summary=summary)
     if output_dir is not None:
         path = calibration.save(output_dir)
-        logger.info("wrote %s (thresholds %s)", path, {k: round(v, 4) for k, v in thresholds.items()})
+        logger.info("wrote %s (thresholds %s)", path, {k: round(v, 4) for k, v in calibration.thresholds.items()})
     predictor.calibration = calibration
     return calibration
 
