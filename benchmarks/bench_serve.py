@@ -5,15 +5,19 @@
 """Throughput and latency of the OpenAI-compatible server (``monai_llava_med.apps.serve``), over loopback.
 
 Starts the real server (a subprocess on ``127.0.0.1``, a free port, the shipped demo model unless ``--model_dir``
-says otherwise, ``file://`` images from the bundle's ``sample/`` folder) and talks to it with the official
-``openai`` client, one client (one connection) per thread:
+says otherwise, ``file://`` images from the bundle's ``sample/`` folder) and talks to it over loopback, one client
+(one keep-alive connection) per thread:
 
 * **(a) batching**: the same ``--n`` requests sent one at a time, then by ``--concurrency`` clients at once, in
   ``--rounds`` alternating rounds against the same server; prints the throughput of each (median over rounds) and
   their ratio, with the range of the per-round ratios. The server's ``generate_calls`` counter says how many
-  shared ``generate`` calls answered the concurrent requests.
-* **(b) load**: ``--requests`` streamed requests over ``--connections`` connections: errors, p50/p95 latency and
-  p50/p95 time to first token (the first chunk with text), next to the serial requests' p50 latency of (a).
+  shared ``generate`` calls answered the concurrent requests. Each round runs twice: with a plain HTTP/1.1 client
+  (the standard library's ``http.client``, the same JSON bodies; every answer checked) and with the official
+  ``openai`` client. The clients run on the server's machine, so their own CPU time counts against the server's;
+  ``client_cpu_ms`` (this process's CPU time per request) says how much: the plain client's line is the server's
+  figure, the ``openai`` line what that client adds.
+* **(b) load**: ``--requests`` streamed requests with the ``openai`` client over ``--connections`` connections:
+  errors, p50/p95 latency and p50/p95 time to first token (the first chunk with text), next to the serial requests' p50 latency of (a).
 * **stages** (not with ``--smoke``): in the benchmark's process, without HTTP, the ms per request to prepare an item
   (read the image, build the prompt) and to generate alone vs in a ``--max_batch`` batch: what batching can share.
 
@@ -28,6 +32,7 @@ Run: ``python benchmarks/bench_serve.py [--n 64] [--concurrency 8] [--requests 2
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -143,6 +148,29 @@ class Client:
         return time.perf_counter() - start, first
 
 
+class PlainClient(Client):
+    """The same plain (not streamed) requests as :class:`Client` over one ``http.client`` keep-alive connection,
+    with little client CPU."""
+
+    def __init__(self, url: str, model: str, questions: list[tuple[str, str]], max_tokens: int) -> None:
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        self.model, self.questions, self.max_tokens = model, questions, max_tokens
+
+    def ask(self, i: int) -> float:
+        """One plain request; its latency in seconds. Raises on a status other than 200 or an empty answer."""
+        start = time.perf_counter()
+        self.connection.request("POST", "/v1/chat/completions", json.dumps(self._body(i)),
+                                {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"status {response.status}")
+        if not json.loads(body)["choices"][0]["message"]["content"]:
+            raise RuntimeError("empty answer")
+        return time.perf_counter() - start
+
+
 def run_parallel(make_client: Callable[[], Client], indices: list[int], workers: int, streamed: bool
                  ) -> tuple[float, list[Any], int]:
     """Send ``indices`` over ``workers`` threads (one client each); ``(wall seconds, results, errors)``."""
@@ -166,6 +194,56 @@ def run_parallel(make_client: Callable[[], Client], indices: list[int], workers:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, indices))
     return time.perf_counter() - start, [r for r in results if r is not None], errors[0]
+
+
+def _cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class Rounds:
+    """Part (a) for one kind of client: per round the serial and the concurrent throughput, their ratio, the
+    ``generate`` calls, this process's CPU time per request and the errors."""
+
+    def __init__(self) -> None:
+        self.serial: list[float] = []
+        self.batched: list[float] = []
+        self.ratios: list[float] = []
+        self.calls: list[int] = []
+        self.cpu_ms = {"serial": [], "batched": []}
+        self.n = 0
+        self.errors = 0
+
+    def run(self, make: Callable[[], Client], work: list[int], url: str, concurrency: int) -> list[float]:
+        """One round: ``work`` one at a time, then by ``concurrency`` clients; the serial latencies."""
+        self.n = len(work)
+        cpu = _cpu_s()
+        wall_s, latency, err_s = run_parallel(make, work, 1, False)
+        self.cpu_ms["serial"].append((_cpu_s() - cpu) / len(work) * 1000)
+        before = get_json(f"{url}/health")["batcher"]["generate_calls"]
+        cpu = _cpu_s()
+        wall_c, _, err_c = run_parallel(make, work, concurrency, False)
+        self.cpu_ms["batched"].append((_cpu_s() - cpu) / len(work) * 1000)
+        self.calls.append(get_json(f"{url}/health")["batcher"]["generate_calls"] - before)
+        self.errors += err_s + err_c
+        self.serial.append(len(work) / wall_s)
+        self.batched.append(len(work) / wall_c)
+        self.ratios.append(wall_s / wall_c)
+        return latency
+
+    def last(self) -> str:
+        """The last round in words."""
+        return (f"serial {self.serial[-1]:.2f} req/s, concurrent {self.batched[-1]:.2f} req/s "
+                f"({self.calls[-1]} generate calls for {self.n} requests)")
+
+    def summary(self) -> str:
+        """The ``key=value`` figures over the rounds (medians, the ratio's range)."""
+        med = statistics.median
+        return (f"serial_rps={med(self.serial):.2f} batched_rps={med(self.batched):.2f} "
+                f"speedup={med(self.ratios):.2f} speedup_min={min(self.ratios):.2f} "
+                f"speedup_max={max(self.ratios):.2f} mean_batch={self.n * len(self.calls) / max(1, sum(self.calls)):.2f} "
+                f"client_cpu_ms_serial={med(self.cpu_ms['serial']):.2f} "
+                f"client_cpu_ms_batched={med(self.cpu_ms['batched']):.2f} errors={self.errors}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -249,30 +327,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: pid {proc.pid} at {url}", flush=True)
         try:
             model = get_json(f"{url}/health")["model"]
-            make = lambda: Client(url, model, questions, args.max_tokens)  # noqa: E731
-            run_parallel(make, list(range(2 * args.concurrency)), args.concurrency, False)  # warm-up
-            serial, batched, ratios, calls, serial_latency = [], [], [], [], []
-            total_errors = 0
+            kinds = {"http.client": PlainClient, "openai": Client}
+            makers = {k: (lambda c=c: c(url, model, questions, args.max_tokens)) for k, c in kinds.items()}
+            for make in makers.values():
+                run_parallel(make, list(range(2 * args.concurrency)), args.concurrency, False)  # warm-up
+            rounds = {k: Rounds() for k in kinds}
+            serial_latency: list[float] = []
             for r in range(args.rounds):
                 work = list(range(r * args.n, (r + 1) * args.n))
-                wall_s, lat_s, err_s = run_parallel(make, work, 1, False)
-                serial_latency += lat_s
-                before = get_json(f"{url}/health")["batcher"]["generate_calls"]
-                wall_c, _, err_c = run_parallel(make, work, args.concurrency, False)
-                calls.append(get_json(f"{url}/health")["batcher"]["generate_calls"] - before)
-                total_errors += err_s + err_c
-                serial.append(args.n / wall_s)
-                batched.append(args.n / wall_c)
-                ratios.append(wall_s / wall_c)
-                print(f"round {r}: serial {serial[-1]:.2f} req/s, {args.concurrency} clients {batched[-1]:.2f} req/s "
-                      f"({calls[-1]} generate calls for {args.n} requests)", flush=True)
-            print(f"RESULT serial_rps={statistics.median(serial):.2f} batched_rps={statistics.median(batched):.2f} "
-                  f"speedup={statistics.median(ratios):.2f} speedup_min={min(ratios):.2f} "
-                  f"speedup_max={max(ratios):.2f} rounds={args.rounds} n={args.n} concurrency={args.concurrency} "
-                  f"mean_batch={args.n * len(calls) / max(1, sum(calls)):.2f} errors={total_errors} "
-                  f"max_batch={args.max_batch} batch_wait_ms={args.batch_wait_ms:g}", flush=True)
+                for kind, make in makers.items():
+                    serial_latency += rounds[kind].run(make, work, url, args.concurrency)
+                    print(f"round {r} ({kind}): {rounds[kind].last()}", flush=True)
+            for kind, result in rounds.items():
+                print(f"RESULT client={kind} {result.summary()} rounds={args.rounds} n={args.n} "
+                      f"concurrency={args.concurrency} max_batch={args.max_batch} "
+                      f"batch_wait_ms={args.batch_wait_ms:g}", flush=True)
+            total_errors = sum(result.errors for result in rounds.values())
 
-            wall, results, errors = run_parallel(make, list(range(args.requests)), args.connections, True)
+            wall, results, errors = run_parallel(makers["openai"], list(range(args.requests)), args.connections, True)
             latency = [lat for lat, _ in results]
             ttft = [first for _, first in results]
             print(f"RESULT requests={args.requests} connections={args.connections} errors={errors} "

@@ -31,12 +31,15 @@ def test_bench_serve_smoke():
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
     results = [_fields(line) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(results) == 2, run.stdout
-    batching, load = results
-    assert int(batching["errors"]) == 0 and float(batching["serial_rps"]) > 0 and float(batching["batched_rps"]) > 0
-    ratio = float(batching["batched_rps"]) / float(batching["serial_rps"])
-    assert float(batching["speedup"]) == pytest.approx(ratio, rel=1e-2, abs=0.01)  # one round: the ratio of the two
-    assert float(batching["mean_batch"]) >= 1.0
+    assert len(results) == 3, run.stdout
+    *batchings, load = results
+    assert [b["client"] for b in batchings] == ["http.client", "openai"]
+    for batching in batchings:
+        assert int(batching["errors"]) == 0 and float(batching["serial_rps"]) > 0 and float(batching["batched_rps"]) > 0
+        ratio = float(batching["batched_rps"]) / float(batching["serial_rps"])
+        assert float(batching["speedup"]) == pytest.approx(ratio, rel=1e-2, abs=0.01)  # one round: their ratio
+        assert float(batching["mean_batch"]) >= 1.0
+        assert float(batching["client_cpu_ms_serial"]) >= 0 and float(batching["client_cpu_ms_batched"]) >= 0
     assert load["requests"] == "20" and load["errors"] == "0"
     assert 0 < float(load["ttft_p50_s"]) <= float(load["p50_s"]) and float(load["p50_s"]) <= float(load["p95_s"])
     assert "server flags: --max_batch 8 --batch_wait_ms 5" in run.stdout

@@ -138,3 +138,106 @@ def test_batcher_waits_only_for_requests_on_their_way(predictor):
         assert [e.batch_size for e in ends] == [2, 2]
     finally:
         batcher.stop()
+
+
+
+def test_batcher_waits_while_answers_are_still_being_sent(predictor):
+    """A request alone in the server is answered at once; one queued while another request's answer is still being
+    sent waits (up to ``batch_wait_ms``) for that client's next question."""
+    import threading
+    import time
+
+    from monai_llava_med.apps.serve.batching import DynamicBatcher
+
+    batcher = DynamicBatcher(predictor, max_batch=8, batch_wait_ms=3000).start()
+    try:
+        ends: list = []
+        finished = threading.Event()
+
+        def collect(kind, value):
+            if kind in ("done", "error"):
+                ends.append(value)
+                finished.set()
+
+        start = time.perf_counter()
+        with batcher.in_flight():  # alone in the server: nobody to wait for
+            batcher.submit(_request(predictor, "Is there a lesion?", collect, max_tokens=2))
+            assert finished.wait(30)
+        assert time.perf_counter() - start < 2.5 and ends[0].batch_size == 1
+
+        ends.clear()
+        both = threading.Event()
+
+        def collect_two(kind, value):
+            if kind in ("done", "error"):
+                ends.append(value)
+                if len(ends) == 2:
+                    both.set()
+
+        sending = batcher.in_flight()
+        sending.__enter__()  # a request whose answer is still being sent
+        with batcher.in_flight():
+            batcher.submit(_request(predictor, "Is there a lesion?", collect_two, max_tokens=2))
+            time.sleep(0.3)
+            with batcher.in_flight():  # its client comes back with the next question
+                sending.__exit__(None, None, None)
+                batcher.submit(_request(predictor, "Is the lesion bright?", collect_two, max_tokens=2))
+                assert both.wait(30)
+        assert [e.batch_size for e in ends] == [2, 2]
+    finally:
+        batcher.stop()
+
+
+def test_a_request_still_being_received_is_waited_for(predictor):
+    """A chat request counts as on its way from the moment it reaches the app, before its body is read: a request
+    queued meanwhile waits (up to ``batch_wait_ms``) and the two share one ``generate``."""
+    import asyncio
+    import json
+
+    from monai_llava_med.apps.serve.app import create_app
+    from monai_llava_med.apps.serve.settings import EXTENSION_FIELD, ServeSettings
+
+    guard = create_app(predictor, ServeSettings(batch_wait_ms=3000))
+    batcher = guard.app.state.service.batcher.start()
+
+    def body(question: str) -> bytes:
+        return json.dumps({"messages": [{"role": "user", "content": question}], "max_tokens": 2}).encode()
+
+    async def call(payload: bytes, body_sent: asyncio.Event | None) -> dict:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000),
+                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]}
+        sent, out = False, []
+
+        async def receive() -> dict:
+            nonlocal sent
+            if sent:
+                await asyncio.sleep(3600)  # no disconnect while the answer is written
+            if body_sent is not None:
+                await body_sent.wait()  # the body is still on the wire
+            sent = True
+            return {"type": "http.request", "body": payload, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.body":
+                out.append(message.get("body", b""))
+
+        await guard(scope, receive, send)
+        return json.loads(b"".join(out))
+
+    async def scenario() -> tuple[dict, dict]:
+        late = asyncio.Event()
+        slow = asyncio.ensure_future(call(body("Is the lesion bright?"), late))
+        await asyncio.sleep(0.2)  # the slow request has reached the app; its body has not arrived
+        fast = asyncio.ensure_future(call(body("Is there a lesion?"), None))
+        await asyncio.sleep(0.5)  # the fast one is queued and the batcher waits for the slow one
+        late.set()
+        return await asyncio.wait_for(asyncio.gather(fast, slow), 60)
+
+    try:
+        fast, slow = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert fast["choices"][0][EXTENSION_FIELD]["batch_size"] == 2, fast
+    assert slow["choices"][0][EXTENSION_FIELD]["batch_size"] == 2, slow

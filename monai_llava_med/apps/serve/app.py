@@ -45,6 +45,7 @@ from .web import add_page_routes
 __all__ = ["create_app"]
 
 logger = logging.getLogger("monai_llava_med.serve")
+CHAT_PATH = "/v1/chat/completions"
 
 
 def _api_error_response(err: ApiError) -> JSONResponse:
@@ -90,6 +91,28 @@ class _Service:
                 raise from_input_error(as_input_error(err, "image"), "image_url") from None
             return {"views": render_views(pre, self.predictor.model.config),
                     "modality": safe_modality(pre.get("modality")), "source": src.display_name}
+
+
+class _MarkArrivals:
+    """ASGI middleware: a chat request is in the server (:meth:`DynamicBatcher.in_flight`) until its answer is sent,
+    and on its way to the batcher (:meth:`DynamicBatcher.arrival`) from the moment it reaches the app, before its
+    body is read and checked; the route ends that mark once the request is queued, this middleware when it is
+    answered otherwise. A batch waits (up to ``batch_wait_ms``) for both."""
+
+    def __init__(self, app: Any, batcher: DynamicBatcher) -> None:
+        self.app, self.batcher = app, batcher
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") != CHAT_PATH:
+            await self.app(scope, receive, send)
+            return
+        with self.batcher.in_flight():
+            arrival = self.batcher.arrival()
+            scope.setdefault("state", {})["arrival"] = arrival
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                arrival.done()
 
 
 def _extension(done: Completion, source: str | None) -> dict[str, Any]:
@@ -138,6 +161,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
     api = FastAPI(title="LLaVA-Med (monai-llava-med)", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     api.state.service = service
+    api.add_middleware(_MarkArrivals, batcher=service.batcher)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -180,7 +204,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
     async def views(body: ViewsRequest) -> dict[str, Any]:
         return await run_in_threadpool(service.views, body.url)
 
-    @api.post("/v1/chat/completions", response_model=None)
+    @api.post(CHAT_PATH, response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         start = time.perf_counter()
         if body.model is not None and body.model != predictor.model_name:
@@ -189,7 +213,8 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
         conv = to_conversation(body, settings)
         if service.batcher.queue.full():
             raise _queue_full()
-        with service.batcher.arriving():
+        arrival = getattr(request.state, "arrival", None) or service.batcher.arrival()
+        try:
             prepared, source = await run_in_threadpool(service.prepare, conv)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -206,6 +231,8 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
                 service.batcher.submit(gen)
             except QueueFull:
                 raise _queue_full() from None
+        finally:
+            arrival.done()
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
