@@ -21,6 +21,22 @@ def _request(predictor, question: str, sink, **kw):
     return GenerationRequest(prepared, sink, **kw)
 
 
+def _ends(count: int):
+    """A sink collecting the ends of ``count`` requests, and the event set once all have ended."""
+    import threading
+
+    ends: list = []
+    all_ended = threading.Event()
+
+    def sink(kind, value):
+        if kind in ("done", "error"):
+            ends.append(value)
+            if len(ends) == count:
+                all_ended.set()
+
+    return sink, ends, all_ended
+
+
 def test_one_generate_serves_rows_with_their_own_limits(predictor):
     from monai_llava_med.apps.serve.batching import DynamicBatcher
 
@@ -121,15 +137,7 @@ def test_batcher_waits_only_for_requests_on_their_way(predictor):
         assert alone_s < 2.5, alone_s  # nobody else on the way: no 5 s window waited out
         assert got[-1][0] == "done" and got[-1][1].batch_size == 1
 
-        ends: list = []
-        both = threading.Event()
-
-        def collect(kind, value):
-            if kind in ("done", "error"):
-                ends.append(value)
-                if len(ends) == 2:
-                    both.set()
-
+        collect, ends, both = _ends(2)
         with batcher.arriving():  # a second request is being read: the first waits for it
             batcher.submit(_request(predictor, "Is there a lesion?", collect, max_tokens=2))
             time.sleep(0.3)
@@ -140,40 +148,23 @@ def test_batcher_waits_only_for_requests_on_their_way(predictor):
         batcher.stop()
 
 
-
 def test_batcher_waits_while_answers_are_still_being_sent(predictor):
     """A request alone in the server is answered at once; one queued while another request's answer is still being
     sent waits (up to ``batch_wait_ms``) for that client's next question."""
-    import threading
     import time
 
     from monai_llava_med.apps.serve.batching import DynamicBatcher
 
     batcher = DynamicBatcher(predictor, max_batch=8, batch_wait_ms=3000).start()
     try:
-        ends: list = []
-        finished = threading.Event()
-
-        def collect(kind, value):
-            if kind in ("done", "error"):
-                ends.append(value)
-                finished.set()
-
+        collect, ends, finished = _ends(1)
         start = time.perf_counter()
         with batcher.in_flight():  # alone in the server: nobody to wait for
             batcher.submit(_request(predictor, "Is there a lesion?", collect, max_tokens=2))
             assert finished.wait(30)
         assert time.perf_counter() - start < 2.5 and ends[0].batch_size == 1
 
-        ends.clear()
-        both = threading.Event()
-
-        def collect_two(kind, value):
-            if kind in ("done", "error"):
-                ends.append(value)
-                if len(ends) == 2:
-                    both.set()
-
+        collect_two, ends, both = _ends(2)
         sending = batcher.in_flight()
         sending.__enter__()  # a request whose answer is still being sent
         with batcher.in_flight():
