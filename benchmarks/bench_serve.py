@@ -104,8 +104,28 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-class Client:
-    """One ``openai`` client (its own connection) asking the benchmark's questions.
+class Asker:
+    """The benchmark's requests: question ``i`` (cycled) with its image, greedy, ``max_tokens`` long; a client
+    adds ``ask(i) -> latency``.
+
+    Args:
+        model: the served model's name.
+        questions: ``(question, file:// URL)`` pairs, cycled by request index.
+        max_tokens: answer bound.
+    """
+
+    def __init__(self, model: str, questions: list[tuple[str, str]], max_tokens: int) -> None:
+        self.model, self.questions, self.max_tokens = model, questions, max_tokens
+
+    def _body(self, i: int) -> dict[str, Any]:
+        question, image = self.questions[i % len(self.questions)]
+        return {"model": self.model, "messages": [{"role": "user", "content": [{"type": "text", "text": question},
+                                                          {"type": "image_url", "image_url": {"url": image}}]}],
+                "max_tokens": self.max_tokens, "temperature": 0}
+
+
+class Client(Asker):
+    """One ``openai`` client (its own connection) asking the benchmark's questions, plain or streamed.
 
     Args:
         url: the server's base URL.
@@ -117,16 +137,8 @@ class Client:
     def __init__(self, url: str, model: str, questions: list[tuple[str, str]], max_tokens: int) -> None:
         import openai
 
-        self.model = model
+        super().__init__(model, questions, max_tokens)
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-        self.questions = questions
-        self.max_tokens = max_tokens
-
-    def _body(self, i: int) -> dict[str, Any]:
-        question, image = self.questions[i % len(self.questions)]
-        return {"model": self.model, "messages": [{"role": "user", "content": [{"type": "text", "text": question},
-                                                          {"type": "image_url", "image_url": {"url": image}}]}],
-                "max_tokens": self.max_tokens, "temperature": 0}
 
     def ask(self, i: int) -> float:
         """One plain request; its latency in seconds."""
@@ -148,14 +160,14 @@ class Client:
         return time.perf_counter() - start, first
 
 
-class PlainClient(Client):
-    """The same plain (not streamed) requests as :class:`Client` over one ``http.client`` keep-alive connection,
-    with little client CPU."""
+class PlainClient(Asker):
+    """The same plain requests as :class:`Client` over one ``http.client`` keep-alive connection, with little
+    client CPU (arguments as :class:`Client`'s)."""
 
     def __init__(self, url: str, model: str, questions: list[tuple[str, str]], max_tokens: int) -> None:
+        super().__init__(model, questions, max_tokens)
         parts = urlsplit(url)
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-        self.model, self.questions, self.max_tokens = model, questions, max_tokens
 
     def ask(self, i: int) -> float:
         """One plain request; its latency in seconds. Raises on a status other than 200 or an empty answer."""
@@ -171,7 +183,7 @@ class PlainClient(Client):
         return time.perf_counter() - start
 
 
-def run_parallel(make_client: Callable[[], Client], indices: list[int], workers: int, streamed: bool
+def run_parallel(make_client: Callable[[], Asker], indices: list[int], workers: int, streamed: bool
                  ) -> tuple[float, list[Any], int]:
     """Send ``indices`` over ``workers`` threads (one client each); ``(wall seconds, results, errors)``."""
     local = threading.local()
@@ -214,7 +226,7 @@ class Rounds:
         self.n = 0
         self.errors = 0
 
-    def run(self, make: Callable[[], Client], work: list[int], url: str, concurrency: int) -> list[float]:
+    def run(self, make: Callable[[], Asker], work: list[int], url: str, concurrency: int) -> list[float]:
         """One round: ``work`` one at a time, then by ``concurrency`` clients; the serial latencies."""
         self.n = len(work)
         cpu = _cpu_s()

@@ -138,11 +138,12 @@ def test_batcher_waits_only_for_requests_on_their_way(predictor):
         assert got[-1][0] == "done" and got[-1][1].batch_size == 1
 
         collect, ends, both = _ends(2)
-        with batcher.arriving():  # a second request is being read: the first waits for it
+        with batcher.in_flight():  # the first request, in the server until answered
             batcher.submit(_request(predictor, "Is there a lesion?", collect, max_tokens=2))
-            time.sleep(0.3)
-            batcher.submit(_request(predictor, "Is the lesion bright?", collect, max_tokens=2))
-        assert both.wait(30)
+            with batcher.in_flight():  # a second request is being received: the first waits for it
+                time.sleep(0.3)
+                batcher.submit(_request(predictor, "Is the lesion bright?", collect, max_tokens=2))
+                assert both.wait(30)
         assert [e.batch_size for e in ends] == [2, 2]
     finally:
         batcher.stop()

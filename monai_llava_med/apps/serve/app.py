@@ -93,11 +93,10 @@ class _Service:
                     "modality": safe_modality(pre.get("modality")), "source": src.display_name}
 
 
-class _MarkArrivals:
-    """ASGI middleware: a chat request is in the server (:meth:`DynamicBatcher.in_flight`) until its answer is sent,
-    and on its way to the batcher (:meth:`DynamicBatcher.arrival`) from the moment it reaches the app, before its
-    body is read and checked; the route ends that mark once the request is queued, this middleware when it is
-    answered otherwise. A batch waits (up to ``batch_wait_ms``) for both."""
+class _InFlight:
+    """ASGI middleware: a chat request is in the server (:meth:`DynamicBatcher.in_flight`) from the moment it
+    reaches the app, before its body is read and checked, until its answer is sent; a batch waits (up to
+    ``batch_wait_ms``) for such requests."""
 
     def __init__(self, app: Any, batcher: DynamicBatcher) -> None:
         self.app, self.batcher = app, batcher
@@ -107,12 +106,7 @@ class _MarkArrivals:
             await self.app(scope, receive, send)
             return
         with self.batcher.in_flight():
-            arrival = self.batcher.arrival()
-            scope.setdefault("state", {})["arrival"] = arrival
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                arrival.done()
+            await self.app(scope, receive, send)
 
 
 def _extension(done: Completion, source: str | None) -> dict[str, Any]:
@@ -161,7 +155,7 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
     api = FastAPI(title="LLaVA-Med (monai-llava-med)", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     api.state.service = service
-    api.add_middleware(_MarkArrivals, batcher=service.batcher)
+    api.add_middleware(_InFlight, batcher=service.batcher)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -213,26 +207,21 @@ def create_app(predictor: LlavaMedPredictor, settings: ServeSettings | None = No
         conv = to_conversation(body, settings)
         if service.batcher.queue.full():
             raise _queue_full()
-        arrival = getattr(request.state, "arrival", None) or service.batcher.arrival()
-        try:
-            prepared, source = await run_in_threadpool(service.prepare, conv)
-            loop = asyncio.get_running_loop()
-            events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        prepared, source = await run_in_threadpool(service.prepare, conv)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
-            def sink(kind: str, value: Any) -> None:
-                try:
-                    loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-                except RuntimeError:  # the event loop is gone (server shutting down)
-                    pass
-
-            gen = GenerationRequest(prepared, sink, conv.max_tokens, conv.do_sample, conv.temperature, conv.top_p,
-                                    conv.stop)
+        def sink(kind: str, value: Any) -> None:
             try:
-                service.batcher.submit(gen)
-            except QueueFull:
-                raise _queue_full() from None
-        finally:
-            arrival.done()
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                pass
+
+        gen = GenerationRequest(prepared, sink, conv.max_tokens, conv.do_sample, conv.temperature, conv.top_p, conv.stop)
+        try:
+            service.batcher.submit(gen)
+        except QueueFull:
+            raise _queue_full() from None
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -5,11 +5,10 @@
 """Dynamic batching: concurrent requests answered by shared ``generate`` calls, each streamed on its own.
 
 A :class:`DynamicBatcher` owns one worker thread. Requests (already prepared by the product's
-:class:`~monai_llava_med.engines.PrepareVqaItem`) wait in a bounded queue; the worker takes the first and, while more are
-queued, on their way (received, being read and prepared: :meth:`DynamicBatcher.arrival`) or otherwise in the server
-(:meth:`DynamicBatcher.in_flight`: answers still being sent, whose clients often come straight back), waits up to
-``batch_wait_ms`` for them (a lone request waits for nothing), groups those with the same sampling settings and
-answers each group with
+:class:`~monai_llava_med.engines.PrepareVqaItem`) wait in a bounded queue; the worker takes the first and, while
+others are queued or in the server (:meth:`DynamicBatcher.in_flight`: still being received, read and prepared, or
+having their answers sent, whose clients often come straight back), waits up to ``batch_wait_ms`` for them (a lone
+request waits for nothing), groups those with the same sampling settings and answers each group with
 :func:`~monai_llava_med.engines.streaming.stream_generate` (one ``generate`` through ``collate_vqa`` ->
 ``prepare_vqa_batch`` -> :class:`~monai_llava_med.engines.LlavaMedInferer`, every row streamed and ended on its own
 by a :class:`~monai_llava_med.engines.streaming.RowTracker`; the terminal chat uses the same function).
@@ -26,30 +25,11 @@ from collections.abc import Iterator, Sequence
 from ...engines.predictor import LlavaMedPredictor
 from ...engines.streaming import Completion, GenerationRequest, RowTracker, Sink, stream_generate
 
-__all__ = ["GenerationRequest", "Completion", "RowTracker", "Sink", "Arrival", "DynamicBatcher", "QueueFull"]
+__all__ = ["GenerationRequest", "Completion", "RowTracker", "Sink", "DynamicBatcher", "QueueFull"]
 
 
 class QueueFull(Exception):
     """The request queue is full: the server is overloaded (answered 503)."""
-
-
-class Arrival:
-    """One request on its way to a :class:`DynamicBatcher`'s queue, from :meth:`DynamicBatcher.arrival` until
-    :meth:`done` (queued, refused or failed; calling it again does nothing).
-
-    Args:
-        batcher: the batcher that waits for it.
-    """
-
-    def __init__(self, batcher: DynamicBatcher) -> None:
-        self._batcher: DynamicBatcher | None = batcher
-        batcher._count_arriving(1)
-
-    def done(self) -> None:
-        """The request is no longer on its way."""
-        batcher, self._batcher = self._batcher, None
-        if batcher is not None:
-            batcher._count_arriving(-1)
 
 
 class DynamicBatcher:
@@ -73,7 +53,6 @@ class DynamicBatcher:
         self._thread: threading.Thread | None = None
         self.generate_calls = 0
         self.answered = 0
-        self._arriving = 0
         self._in_flight = 0
         self._lock = threading.Lock()
 
@@ -92,29 +71,13 @@ class DynamicBatcher:
             self._thread.join(timeout)
             self._thread = None
 
-    def arrival(self) -> Arrival:
-        """Mark a request on its way (being received, read and prepared) until its :meth:`Arrival.done`: the
-        batcher waits (up to ``batch_wait_ms``) for more requests only while some are on their way or queued."""
-        return Arrival(self)
-
-    @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
-        """A request on its way for the block (:meth:`arrival`)."""
-        on_its_way = self.arrival()
-        try:
-            yield
-        finally:
-            on_its_way.done()
-
-    def _count_arriving(self, change: int) -> None:
-        with self._lock:
-            self._arriving += change
-
     @contextlib.contextmanager
     def in_flight(self) -> Iterator[None]:
-        """A request in the server for the block (from received until its answer is sent). The batcher waits (up
-        to ``batch_wait_ms``) while other requests are in the server, answers still being sent included: their
-        clients often come straight back with their next question."""
+        """A request in the server for the block: from the moment it is received (before its body is read) until
+        its answer is sent. The batcher waits (up to ``batch_wait_ms``) while other requests are in the server:
+        being received, read and prepared, queued, or having their answers sent (their clients often come straight
+        back with their next question). The server marks every chat request so; one submitted without the mark is
+        answered without waiting for others."""
         with self._lock:
             self._in_flight += 1
         try:
@@ -144,7 +107,7 @@ class DynamicBatcher:
         deadline = time.perf_counter() + self.batch_wait_s
         while len(batch) < self.max_batch:
             left = deadline - time.perf_counter()
-            if self.queue.empty() and not self._arriving and self._in_flight <= len(batch):
+            if self.queue.empty() and self._in_flight <= len(batch):
                 break  # no other request in the server: waiting would only add latency
             try:
                 batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
