@@ -11,8 +11,9 @@ stage 2 on questions), all from scratch on CPU:
   gives 16), ``--views 4`` content-aware views per volume (``view_mode="content"``: slices of air skipped), trained on 2-D questions (the weighted mix of
   ``data.phantom.sampling``) and volume questions (``make_volume_questions``, side and half balanced against
   presence);
-* **3-D tower**: the native MONAI ``ViT(spatial_dims=3)`` tower (32 x 64 x 64 input, 64 tokens per volume),
-  trained on the volume questions only;
+* **3-D tower**: a native MONAI tower on the whole 32 x 64 x 64 volume, trained with it on the volume questions
+  only: ``--tower-3d resnet`` (the default) MONAI's ``ResNet(spatial_dims=3)`` (8 tokens of width 128 per
+  volume), ``--tower-3d vit`` MONAI's ``ViT(spatial_dims=3)`` (64 tokens);
 * **control**: the multi-view recipe trained and evaluated with every image blanked.
 
 Every image reaches the models through the product's own path: 2-D phantoms are written as DICOM files, volumes
@@ -58,7 +59,7 @@ from monai_llava_med.data.phantom import (
     make_volume_questions, volume_findings, weighted_volume_questions, write_dicom, write_nifti,
 )
 from monai_llava_med.data.phantom.questions import NUMBER_WORDS
-from monai_llava_med.networks import LlavaMedConfig, monai_vit3d_config, save_pretrained
+from monai_llava_med.networks import LlavaMedConfig, monai_resnet3d_config, monai_vit3d_config, save_pretrained
 from monai_llava_med.transforms.pipelines import pixels_from_config
 
 #: Committed stage-2 settings (optimizer steps at batch 32, learning rate) and views. Chosen on val splits on
@@ -83,10 +84,12 @@ def multiview_config(tokenizer, token_pool: int = 1, views: int = 4) -> LlavaMed
     return LlavaMedConfig.from_dict(values)
 
 
-def tower3d_config(tokenizer) -> LlavaMedConfig:
-    """The same language model behind the native 3-D tower (64 tokens per volume)."""
+def tower3d_config(tokenizer, kind: str = "resnet") -> LlavaMedConfig:
+    """The same language model behind a native 3-D tower: the MONAI ResNet (``kind="resnet"``, 8 tokens per volume)
+    or the MONAI ViT (``"vit"``, 64 tokens per volume)."""
     values = multiview_config(tokenizer).to_dict()
-    values.update(vision_config=monai_vit3d_config(img_size=[32, VOLUME_SIZE, VOLUME_SIZE]),
+    tower = monai_resnet3d_config if kind == "resnet" else monai_vit3d_config
+    values.update(vision_config=tower(img_size=[32, VOLUME_SIZE, VOLUME_SIZE]),
                   vision_feature_layer=-1, token_pool=1, max_views=1, view_mode="axial")
     return LlavaMedConfig.from_dict(values)
 
@@ -219,6 +222,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=CHOSEN["lr"])
     parser.add_argument("--steps-3d", type=int, default=CHOSEN["steps_3d"], help="stage-2 steps, 3-D tower")
     parser.add_argument("--lr-3d", type=float, default=CHOSEN["lr_3d"])
+    parser.add_argument("--tower-3d", default="resnet", choices=("resnet", "vit"),
+                        help="the native 3-D tower: MONAI ResNet (monai_resnet3d) or ViT (monai_vit3d)")
     parser.add_argument("--volume-share", type=float, default=0.4, help="share of volume questions in stage 2")
     parser.add_argument("--token-pool", type=int, default=1, help="token_pool of the multi-view model")
     parser.add_argument("--views", type=int, default=4, help="views per volume of the multi-view model")
@@ -284,7 +289,8 @@ def main() -> None:
         f"{q.question} {q.answer}" for v in vols["train"][:300] for q in make_volume_questions(v)]
     check_disjoint({s: cases[s] + vols[s] for s in cases})
     tokenizer = build_bpe_tokenizer(texts, vocab_size=400, model_max_length=1024)
-    mv_config, t3_config = multiview_config(tokenizer, args.token_pool, args.views), tower3d_config(tokenizer)
+    mv_config = multiview_config(tokenizer, args.token_pool, args.views)
+    t3_config = tower3d_config(tokenizer, args.tower_3d)
     pipelines = {"views": pixels_from_config(mv_config), "middle": pixels_from_config(mv_config, max_views=1,
                                                                                        view_mode="axial"),
                  "volume": pixels_from_config(t3_config)}

@@ -19,11 +19,15 @@ _SUBMODULE_ATTRS = {
         "assemble_from_parts", "config_from_folder", "convert_state_dict", "detect_layout", "export_hf_llava",
         "load_pretrained", "load_state_dict_strict", "read_state_dict", "save_pretrained",
     ],
-    "config": ["CONFIG_NAME", "VIEW_OPTIONS", "LlavaMedConfig", "monai_vit3d_config", "projector_depth"],
+    "config": [
+        "CONFIG_NAME", "VIEW_OPTIONS", "LlavaMedConfig", "monai_resnet3d_config", "monai_vit3d_config",
+        "projector_depth",
+    ],
     "config_checks": ["check_config_values", "estimate_parameters"],
     "factory": ["build_llava_med", "default_dtype", "resolve_device", "resolve_dtype", "resolve_placement"],
     "llava_med": ["STAGES", "LlavaMedNet", "build_projector", "configure_stage", "set_trainable"],
     "token_pooling": ["pool_patch_tokens", "pooled_token_count"],
+    "resnet3d_tower": ["MonaiResNet3DTower", "map_resnet_weights"],
     "vision_towers": ["MonaiViT3DTower", "build_vision_tower", "load_vision_weights", "map_vision_weights"],
 }
 

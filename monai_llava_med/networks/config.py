@@ -17,8 +17,14 @@ from typing import Any
 
 from ..constants import CLIP_MEAN, CLIP_STD, VIEW_MODES
 from ..errors import CheckpointError
-from .config_checks import check_config_values, is_volume_config, volume_geometry
-from .config_presets import clip_vit_l14_336_config, mistral_7b_instruct_config, monai_vit3d_config
+from .config_checks import check_config_values
+from .config_volume import check_volume_feature_layer, is_volume_config, volume_geometry
+from .config_presets import (
+    clip_vit_l14_336_config,
+    mistral_7b_instruct_config,
+    monai_resnet3d_config,
+    monai_vit3d_config,
+)
 
 __all__ = [
     "LlavaMedConfig",
@@ -30,6 +36,7 @@ __all__ = [
     "clip_vit_l14_336_config",
     "mistral_7b_instruct_config",
     "monai_vit3d_config",
+    "monai_resnet3d_config",
     "projector_depth",
 ]
 
@@ -64,8 +71,8 @@ class LlavaMedConfig:
 
     Args:
         vision_config: keyword arguments of ``transformers.CLIPVisionConfig`` (the vision encoder), or, with
-            ``model_type: "monai_vit3d"``, of the native 3-D tower (:func:`monai_vit3d_config`), which takes
-            ``(N, 1, D, H, W)`` volumes.
+            ``model_type: "monai_vit3d"`` or ``"monai_resnet3d"``, of a native 3-D tower (:func:`monai_vit3d_config`,
+            :func:`monai_resnet3d_config`), which takes ``(N, 1, D, H, W)`` volumes.
         text_config: keyword arguments of the causal language model's config; ``model_type`` selects the
             architecture (``"mistral"`` or ``"llama"``).
         vision_feature_layer: index into the vision encoder's hidden states whose output is projected
@@ -150,9 +157,10 @@ class LlavaMedConfig:
 
     @property
     def patch_size(self) -> int:
-        """Side length of one vision patch (3-D tower: its in-plane width, the last of ``patch_size``)."""
+        """Side length of one vision patch (3-D tower: the in-plane voxels of one grid cell, the last of its
+        ``stride``)."""
         if self.is_volume:
-            return int(self.vision_config["patch_size"][-1])
+            return int(volume_geometry(self.vision_config)["stride"][-1])
         return int(self.vision_config.get("patch_size", 32))
 
     @property
@@ -210,9 +218,13 @@ class LlavaMedConfig:
                 raise CheckpointError("the 3-D tower has no CLS token: vision_feature_select_strategy must be 'patch'")
         elif self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}.")
-        layers = int(self.vision_config.get("num_layers" if self.is_volume else "num_hidden_layers", 12))
-        if not -layers - 1 <= self.vision_feature_layer <= layers:
-            raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the {layers}-layer encoder.")
+        if self.is_volume:
+            check_volume_feature_layer(self.vision_config, self.vision_feature_layer)
+        else:
+            layers = int(self.vision_config.get("num_hidden_layers", 12))
+            if not -layers - 1 <= self.vision_feature_layer <= layers:
+                raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is outside the {layers}-layer "
+                                 "encoder.")
         if self.image_token_id < 0:
             raise ValueError(f"image_token_id must be >= 0, got {self.image_token_id}.")
         if self.image_aspect_ratio not in ("pad", "resize"):

@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from .config_fields import check_int as _check_int
+from .config_fields import show_value as _show
+from .config_volume import is_volume_config, volume_geometry, volume_parameters
 
 __all__ = [
     "TEXT_LIMITS",
     "VISION_LIMITS",
     "MAX_IMAGE_PATCHES",
-    "VOLUME_TOWER_TYPE",
-    "VOLUME_LIMITS",
-    "MAX_VOLUME_TOKENS",
-    "is_volume_config",
-    "volume_geometry",
     "check_config_values",
     "estimate_parameters",
     "available_memory",
@@ -65,20 +63,6 @@ VISION_LIMITS: dict[str, tuple[int, int]] = {
 }
 #: Most patches (image tokens) one image may give: 4096 = 896 px at patch 14 (v1.5 gives 576).
 MAX_IMAGE_PATCHES = 4096
-#: ``vision_config["model_type"]`` of the native 3-D tower (MONAI ``ViT(spatial_dims=3)``).
-VOLUME_TOWER_TYPE = "monai_vit3d"
-#: Inclusive integer ranges of the 3-D tower's scalar fields (``img_size``, ``patch_size``, ``pool`` are 3 ints).
-VOLUME_LIMITS: dict[str, tuple[int, int]] = {
-    "in_channels": (1, 16),
-    "hidden_size": (1, 1 << 14),
-    "mlp_dim": (1, 1 << 18),
-    "num_layers": (1, 256),
-    "num_heads": (1, 1024),
-}
-_VOLUME_TRIPLES = {"img_size": (1, 2048), "patch_size": (1, 2048), "pool": (1, 2048)}
-_VOLUME_KEYS = {"model_type", "qkv_bias", *VOLUME_LIMITS, *_VOLUME_TRIPLES}
-#: Most tokens one volume may give the language model (M3D-LaMed and CT-CHAT use 256).
-MAX_VOLUME_TOKENS = 256
 _TOP_LIMITS: dict[str, tuple[int, int]] = {
     "image_token_id": (0, (1 << 31) - 1),
     "model_max_length": (1, 1 << 24),
@@ -87,19 +71,6 @@ _TOP_LIMITS: dict[str, tuple[int, int]] = {
     "max_views": (1, 1024),
 }
 _TEXT_DEFAULTS = {"mistral": (32000, 4096, 14336, 32, 32, 8), "llama": (32000, 4096, 11008, 32, 32, None)}
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_int(where: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise CheckpointError(f"{where} must be an integer, got {_show(value)}")
-    if not low <= value <= high:
-        raise CheckpointError(f"{where} = {value} is outside [{low}, {high}]")
-    return value
 
 
 def _check_positive_float(where: str, value: Any) -> None:
@@ -111,63 +82,6 @@ def _check_ids(where: str, value: Any, low: int, high: int) -> None:
     for i, item in enumerate(value if isinstance(value, list) else [value]):
         if item is not None:
             _check_int(f"{where}[{i}]" if isinstance(value, list) else where, item, low, high)
-
-
-def is_volume_config(vision_config: Mapping[str, Any]) -> bool:
-    """Whether a ``vision_config`` describes the native 3-D tower (``model_type == "monai_vit3d"``)."""
-    return isinstance(vision_config, Mapping) and vision_config.get("model_type") == VOLUME_TOWER_TYPE
-
-
-def _triple(where: str, value: Any, low: int, high: int) -> tuple[int, int, int]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise CheckpointError(f"{where} must be 3 integers (D, H, W), got {_show(value)}")
-    return tuple(_check_int(f"{where}[{i}]", v, low, high) for i, v in enumerate(value))  # type: ignore[return-value]
-
-
-def volume_geometry(vision_config: Mapping[str, Any]) -> dict[str, tuple[int, int, int]]:
-    """Check the 3-D tower's fields and derive its token grid.
-
-    Args:
-        vision_config: a ``monai_vit3d`` vision config (``img_size``, ``patch_size``, ``pool`` as ``(D, H, W)``,
-            ``in_channels``, ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, optional ``qkv_bias``).
-
-    Returns:
-        ``{"img_size", "patch_size", "pool", "grid", "tokens"}``: ``grid`` is the patch grid, ``tokens`` the pooled
-        grid (its product is the number of image tokens of one volume).
-
-    Raises:
-        CheckpointError: an unknown or missing key, a wrong type or range, a size that is not a multiple of the
-            patch, a grid that is not a multiple of the pool, or more than :data:`MAX_VOLUME_TOKENS` tokens.
-    """
-    unknown = sorted(set(vision_config) - _VOLUME_KEYS)
-    if unknown:
-        raise CheckpointError(f"vision_config of a {VOLUME_TOWER_TYPE} tower has unknown keys {unknown}")
-    missing = sorted(k for k in (*VOLUME_LIMITS, "img_size", "patch_size") if k not in vision_config)
-    if missing:
-        raise CheckpointError(f"vision_config of a {VOLUME_TOWER_TYPE} tower lacks {missing}")
-    for key, (low, high) in VOLUME_LIMITS.items():
-        _check_int(f"vision_config.{key}", vision_config[key], low, high)
-    if not isinstance(vision_config.get("qkv_bias", False), bool):
-        raise CheckpointError(f"vision_config.qkv_bias must be true or false, got {_show(vision_config['qkv_bias'])}")
-    size, patch, pool = (
-        _triple(f"vision_config.{k}", vision_config.get(k, (1, 1, 1)), *_VOLUME_TRIPLES[k]) for k in _VOLUME_TRIPLES
-    )
-    if any(s % p for s, p in zip(size, patch)):
-        raise CheckpointError(f"vision_config.img_size {list(size)} is not a multiple of patch_size {list(patch)}")
-    grid = tuple(s // p for s, p in zip(size, patch))
-    if any(g % k for g, k in zip(grid, pool)):
-        raise CheckpointError(f"the patch grid {list(grid)} is not a multiple of vision_config.pool {list(pool)}")
-    tokens = tuple(g // k for g, k in zip(grid, pool))
-    if math.prod(tokens) > MAX_VOLUME_TOKENS:
-        raise CheckpointError(
-            f"the 3-D tower gives {math.prod(tokens)} tokens per volume (grid {list(grid)} pooled by {list(pool)}), "
-            f"more than {MAX_VOLUME_TOKENS}: raise pool or patch_size"
-        )
-    hidden, heads = vision_config["hidden_size"], vision_config["num_heads"]
-    if hidden % heads:
-        raise CheckpointError(f"vision_config.hidden_size = {hidden} is not a multiple of num_heads = {heads}")
-    return {"img_size": size, "patch_size": patch, "pool": pool, "grid": grid,  # type: ignore[dict-item]
-            "tokens": tokens}
 
 
 def check_config_values(config: Any) -> None:
@@ -242,7 +156,7 @@ def estimate_parameters(config: Any) -> dict[str, int]:
     vision_layer = 4 * (hv * hv + hv) + (hv * iv + iv) + (iv * hv + hv) + 4 * hv
     vision = channels * patch * patch * hv + hv + positions * hv + 2 * hv + lv * vision_layer + 2 * hv
     if is_volume_config(v):
-        vision, hv = _volume_parameters(v), int(v["hidden_size"])
+        vision, hv = volume_parameters(v), volume_geometry(v)["width"]
     vocab, hidden, inter, layers, heads, kv = _TEXT_DEFAULTS[config.text_model_type]
     vocab, hidden = int(t.get("vocab_size", vocab)), int(t.get("hidden_size", hidden))
     inter, layers = int(t.get("intermediate_size", inter)), int(t.get("num_hidden_layers", layers))
@@ -263,16 +177,6 @@ def estimate_parameters(config: Any) -> dict[str, int]:
         "text_embeddings": vocab * hidden * (1 if tied else 2) + hidden,
         "text_layers": layers * (attention + mlp + 2 * hidden),
     }
-
-
-def _volume_parameters(v: Mapping[str, Any]) -> int:
-    """Parameters of MONAI's ``ViT(spatial_dims=3, proj_type="conv", classification=False)``."""
-    geometry = volume_geometry(v)
-    h, m, layers = int(v["hidden_size"]), int(v["mlp_dim"]), int(v["num_layers"])
-    embed = int(v["in_channels"]) * math.prod(geometry["patch_size"]) * h + h + math.prod(geometry["grid"]) * h
-    qkv = 3 * h * h + (3 * h if v.get("qkv_bias", False) else 0)
-    block = qkv + (h * h + h) + (h * m + m) + (m * h + h) + 6 * h  # norm1, norm2 and norm_cross_attn
-    return embed + layers * block + 2 * h
 
 
 def available_memory(device: Any) -> int | None:

@@ -2,15 +2,15 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""Sub-configs of the released parts: CLIP ViT-L/14-336, Mistral-7B-Instruct, and the small native 3-D tower."""
+"""Sub-configs of the released parts (CLIP ViT-L/14-336, Mistral-7B-Instruct) and of the small native 3-D towers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .config_checks import VOLUME_TOWER_TYPE
+from .config_volume import RESNET3D_TOWER_TYPE, VIT3D_TOWER_TYPE
 
-__all__ = ["clip_vit_l14_336_config", "mistral_7b_instruct_config", "monai_vit3d_config"]
+__all__ = ["clip_vit_l14_336_config", "mistral_7b_instruct_config", "monai_vit3d_config", "monai_resnet3d_config"]
 
 
 def clip_vit_l14_336_config() -> dict[str, Any]:
@@ -41,7 +41,7 @@ def monai_vit3d_config(**overrides: Any) -> dict[str, Any]:
             ``num_layers``, ``num_heads``, ``in_channels``, ``qkv_bias``).
     """
     values: dict[str, Any] = {
-        "model_type": VOLUME_TOWER_TYPE,
+        "model_type": VIT3D_TOWER_TYPE,
         "in_channels": 1,
         "img_size": [32, 64, 64],
         "patch_size": [4, 8, 8],
@@ -51,6 +51,39 @@ def monai_vit3d_config(**overrides: Any) -> dict[str, Any]:
         "num_layers": 2,
         "num_heads": 4,
         "qkv_bias": False,
+    }
+    values.update(overrides)
+    return values
+
+
+def monai_resnet3d_config(**overrides: Any) -> dict[str, Any]:
+    """A small native 3-D ResNet tower (MONAI ``ResNet(spatial_dims=3)``, basic blocks): 32 x 64 x 64 volumes.
+
+    One block per stage, widths 16 / 32 / 64 / 128, a 3 x 7 x 7 first convolution with in-plane stride 2 and the
+    max pool: the last stage's 2 x 2 x 2 feature map gives 8 tokens of width 128 (left / right, front / back,
+    cranial / caudal each on its own grid axis). Its BatchNorm layers make it learn in a few hundred steps on a
+    CPU where the 3-D ViT of :func:`monai_vit3d_config` learns nothing (``docs/training.md``). MedicalNet's
+    ResNet-10 is ``layers=[1, 1, 1, 1], block_inplanes=[64, 128, 256, 512], conv1_t_size=7,
+    conv1_t_stride=2, shortcut_type="B", bias_downsample=False``.
+
+    Args:
+        overrides: any of the keys (``img_size``, ``in_channels``, ``block`` ("basic" or "bottleneck"), ``layers``,
+            ``block_inplanes``, ``conv1_t_size``, ``conv1_t_stride``, ``no_max_pool``, ``shortcut_type`` ("A" or
+            "B"), ``bias_downsample``, ``pool``); sizes are ``(D, H, W)``.
+    """
+    values: dict[str, Any] = {
+        "model_type": RESNET3D_TOWER_TYPE,
+        "in_channels": 1,
+        "img_size": [32, 64, 64],
+        "block": "basic",
+        "layers": [1, 1, 1, 1],
+        "block_inplanes": [16, 32, 64, 128],
+        "conv1_t_size": [3, 7, 7],
+        "conv1_t_stride": [1, 2, 2],
+        "no_max_pool": False,
+        "shortcut_type": "A",
+        "bias_downsample": False,
+        "pool": [1, 1, 1],
     }
     values.update(overrides)
     return values

@@ -127,7 +127,8 @@ def export_hf_llava(
     config = model.config
     if config.is_volume:
         raise ExportError(
-            "HF Llava holds a 2-D CLIP tower only; this model has the native 3-D tower (monai_vit3d), which "
+            "HF Llava holds a 2-D CLIP tower only; this model has a native 3-D tower "
+            f"({config.vision_config['model_type']}), which "
             "transformers, vLLM and SGLang cannot load: keep it in our layout (save_pretrained)", out_dir
         )
     if config.token_pool != 1:

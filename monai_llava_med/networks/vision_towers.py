@@ -6,10 +6,13 @@
 
 * ``clip_vision_model`` (LLaVA-Med v1.5): ``transformers.CLIPVisionModel`` on ``(N, 3, S, S)`` images;
 * ``monai_vit3d``: :class:`MonaiViT3DTower`, MONAI's ``ViT(spatial_dims=3)`` on ``(N, C, D, H, W)`` volumes,
-  its patch tokens averaged in ``pool`` blocks so that one volume gives at most 256 tokens.
+  its patch tokens averaged in ``pool`` blocks so that one volume gives at most 256 tokens;
+* ``monai_resnet3d``: :class:`~.resnet3d_tower.MonaiResNet3DTower`, MONAI's 3-D ``ResNet``, its last-stage
+  feature map pooled the same way.
 
-:func:`load_vision_weights` starts the 3-D tower from pretrained encoder weights in a local file (the key
-mapping is in its docstring and in ``docs/networks.md``).
+:func:`load_vision_weights` starts a 3-D tower from pretrained encoder weights in a local file (the key
+mappings are in the docstrings of :func:`map_vision_weights` and :func:`~.resnet3d_tower.map_resnet_weights`
+and in ``docs/networks.md``).
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError
 from .checkpoint_files import load_state_dict_strict, read_weight_file
-from .config_checks import is_volume_config, volume_geometry
+from .config_volume import RESNET3D_TOWER_TYPE, is_volume_config, volume_geometry
+from .resnet3d_tower import MonaiResNet3DTower, map_resnet_weights, strip_prefixes
 
 __all__ = [
     "MonaiViT3DTower",
+    "MonaiResNet3DTower",
+    "VOLUME_TOWERS",
     "build_vision_tower",
     "vision_width",
     "tower_features",
@@ -168,13 +174,20 @@ class MonaiViT3DTower(nn.Module):
         return grid.flatten(2).transpose(1, 2)
 
 
+#: The native 3-D tower classes (``vision_config["model_type"]`` ``monai_vit3d`` and ``monai_resnet3d``).
+VOLUME_TOWERS = (MonaiViT3DTower, MonaiResNet3DTower)
+
+
 def build_vision_tower(config: Any) -> nn.Module:
-    """The vision tower a config names: CLIP (``clip_vision_model``) or :class:`MonaiViT3DTower` (``monai_vit3d``).
+    """The vision tower a config names: CLIP (``clip_vision_model``), :class:`MonaiViT3DTower` (``monai_vit3d``) or
+    :class:`~.resnet3d_tower.MonaiResNet3DTower` (``monai_resnet3d``).
 
     Args:
         config: a :class:`~monai_llava_med.networks.LlavaMedConfig`.
     """
     if is_volume_config(config.vision_config):
+        if config.vision_config["model_type"] == RESNET3D_TOWER_TYPE:
+            return MonaiResNet3DTower.from_config(config.vision_config)
         return MonaiViT3DTower.from_config(config.vision_config)
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -183,7 +196,7 @@ def build_vision_tower(config: Any) -> nn.Module:
 
 def vision_width(tower: nn.Module) -> int:
     """Width of the features a tower gives (the projector's input)."""
-    if isinstance(tower, MonaiViT3DTower):
+    if isinstance(tower, VOLUME_TOWERS):
         return tower.hidden_size
     return int(tower.config.hidden_size)
 
@@ -203,21 +216,11 @@ def tower_features(tower: nn.Module, pixel_values: torch.Tensor, config: Any) ->
     frozen = not any(p.requires_grad for p in params)
     with torch.no_grad() if frozen else contextlib.nullcontext():
         pixel_values = pixel_values.to(params[0].dtype)
-        if isinstance(tower, MonaiViT3DTower):
+        if isinstance(tower, VOLUME_TOWERS):
             return tower(pixel_values, config.vision_feature_layer)
         out = tower(pixel_values, output_hidden_states=True, return_dict=True)
         features = out.hidden_states[config.vision_feature_layer]
         return features[:, 1:] if config.vision_feature_select_strategy == "patch" else features
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WEIGHT_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
 
 
 def map_vision_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -240,7 +243,7 @@ def map_vision_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         logger.info("kept the %d vit.* weights of %d (the rest is not the encoder)", len(encoder), len(keys))
     out: dict[str, torch.Tensor] = {}
     for key in chosen:
-        name = _strip(key)
+        name = strip_prefixes(key, WEIGHT_PREFIXES)
         if name.startswith(_DROPPED):
             continue
         out[f"vit.{name}"] = state[key]
@@ -249,8 +252,9 @@ def map_vision_weights(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def load_vision_weights(tower: nn.Module, path: str | PathLike) -> nn.Module:
     """Load pretrained 3-D encoder weights from a local ``.pt`` / ``.pth`` / ``.bin`` (``torch.load`` with
-    ``weights_only=True``) or ``.safetensors`` file into a :class:`MonaiViT3DTower`, keys mapped by
-    :func:`map_vision_weights`.
+    ``weights_only=True``) or ``.safetensors`` file into a 3-D tower, keys mapped by :func:`map_vision_weights`
+    (:class:`MonaiViT3DTower`) or :func:`~.resnet3d_tower.map_resnet_weights` (``MonaiResNet3DTower``: MedicalNet's
+    and MONAI's ResNet files).
 
     Args:
         tower: the network's 3-D tower (changed in place; dtype and device kept).
@@ -264,13 +268,18 @@ def load_vision_weights(tower: nn.Module, path: str | PathLike) -> nn.Module:
             not fit (every missing and unexpected key after mapping and every shape mismatch is listed).
     """
     path = Path(path)
-    if not isinstance(tower, MonaiViT3DTower):
-        raise CheckpointError("vision weights from a file are for the 3-D tower (model_type 'monai_vit3d'); "
-                              "a CLIP tower starts from its own folder (assemble_from_parts)", path)
+    if not isinstance(tower, VOLUME_TOWERS):
+        raise CheckpointError("vision weights from a file are for a 3-D tower (model_type 'monai_vit3d' or "
+                              "'monai_resnet3d'); a CLIP tower starts from its own folder (assemble_from_parts)", path)
     if not path.is_file():
         raise CheckpointError("vision weights file does not exist", path)
-    state = map_vision_weights(read_weight_file(path))
+    raw = read_weight_file(path)
+    if isinstance(tower, MonaiResNet3DTower):
+        state = map_resnet_weights(raw, WEIGHT_PREFIXES)
+    else:
+        state = map_vision_weights(raw)
     reference = next(tower.parameters())
-    state = {k: v.to(dtype=reference.dtype, device=reference.device) for k, v in state.items()}
+    state = {k: v.to(dtype=reference.dtype, device=reference.device) if v.is_floating_point()
+             else v.to(device=reference.device) for k, v in state.items()}
     load_state_dict_strict(tower, state, path)
     return tower
