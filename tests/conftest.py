@@ -70,6 +70,30 @@ def make_batch(config, padding_side: str = "left", seed: int = 0):
     return ids, mask, pixels
 
 
+def volume_vqa_data(config, tokenizer, folder, n: int = 8):
+    """A phantom VQA dataset whose items carry real volumes: two 3-D CT phantoms written as NIfTI to ``folder`` and
+    read by ``pixels_from_config(config)``, alternated by question length (for the 3-D towers' training tests)."""
+    import numpy as np
+
+    from monai_llava_med.data import PhantomVQADataset
+    from monai_llava_med.data.phantom import generate_phantom
+    from monai_llava_med.data.phantom.writers import write_nifti
+    from monai_llava_med.transforms import pixels_from_config
+
+    pipeline = pixels_from_config(config)
+    volumes = []
+    for seed in (0, 1):
+        case = generate_phantom(np.random.default_rng(seed), size=64, ndim=3, depth=16, modality="CT")
+        volumes.append(pipeline(write_nifti(case, folder / f"case{seed}.nii.gz"))["pixel_values"])
+
+    def with_volume(item):
+        item["pixel_values"] = volumes[len(item["question"]) % 2]
+        return item
+
+    return PhantomVQADataset(n, size=32, tokenizer=tokenizer, num_image_tokens=config.num_image_tokens,
+                             image_token_id=config.image_token_id, max_length=128, transform=with_volume)
+
+
 def spawn_ranks(worker, out_dir, nprocs: int = 2) -> None:
     """Run ``worker(rank, port, out_dir)`` in ``nprocs`` spawned processes that meet on a free loopback port.
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from conftest import volume_vqa_data
 from monai.networks.nets import ResNet
 
 from monai_llava_med.errors import CheckpointError
@@ -36,7 +36,8 @@ GEOMETRIES = [
     {},
     MEDICALNET_10,
     {"block": "bottleneck", "layers": [2, 1, 1, 1], "shortcut_type": "B", "bias_downsample": True},
-    {"img_size": [40, 50, 66], "conv1_t_size": [5, 7, 3], "conv1_t_stride": [2, 1, 2], "block_inplanes": [8, 8, 16, 16]},
+    {"img_size": [40, 50, 66], "conv1_t_size": [5, 7, 3], "conv1_t_stride": [2, 1, 2],
+     "block_inplanes": [8, 8, 16, 16]},
     {"no_max_pool": True, "pool": [2, 2, 2], "block_inplanes": [8, 8, 16, 32]},
 ]
 
@@ -199,25 +200,10 @@ def test_resnet_weights_that_do_not_fit_are_listed(tiny_tokenizer, tmp_path):
 @pytest.mark.deepspeed
 def test_stage2_step_trains_the_resnet_tower(tiny_tokenizer, tmp_path):
     pytest.importorskip("deepspeed")
-    from monai_llava_med.data import PhantomVQADataset
-    from monai_llava_med.data.phantom import generate_phantom
-    from monai_llava_med.data.phantom.writers import write_nifti
     from monai_llava_med.engines import build_trainer
-    from monai_llava_med.transforms import pixels_from_config
 
     config = _config(tiny_tokenizer)
-    pipeline = pixels_from_config(config)
-    volumes = []
-    for seed in (0, 1):
-        case = generate_phantom(np.random.default_rng(seed), size=64, ndim=3, depth=16, modality="CT")
-        volumes.append(pipeline(write_nifti(case, tmp_path / f"case{seed}.nii.gz"))["pixel_values"])
-
-    def with_volume(item):
-        item["pixel_values"] = volumes[len(item["question"]) % 2]
-        return item
-
-    data = PhantomVQADataset(8, size=32, tokenizer=tiny_tokenizer, num_image_tokens=config.num_image_tokens,
-                             image_token_id=config.image_token_id, max_length=128, transform=with_volume)
+    data = volume_vqa_data(config, tiny_tokenizer, tmp_path)
     torch.manual_seed(0)
     start = build_llava_med(config)
     save_pretrained(start, tmp_path / "init", tiny_tokenizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import volume_vqa_data
 from monai.networks.nets import UNETR, ViT
 
 from monai_llava_med.errors import CheckpointError
@@ -195,27 +196,12 @@ def test_vision_weights_that_do_not_fit_are_listed(tiny_tokenizer, tmp_path):
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_stage2_step_trains_a_unetr_started_tower(tiny_tokenizer, tmp_path, zero):
     pytest.importorskip("deepspeed")
-    from monai_llava_med.data import PhantomVQADataset
-    from monai_llava_med.data.phantom import generate_phantom
-    from monai_llava_med.data.phantom.writers import write_nifti
     from monai_llava_med.engines import build_trainer
-    from monai_llava_med.transforms import pixels_from_config
 
     unetr = _unetr()
     torch.save(unetr.state_dict(), tmp_path / "unetr.pt")
     config = _config(tiny_tokenizer, **UNETR_SIZES)
-    pipeline = pixels_from_config(config)
-    volumes = []
-    for seed in (0, 1):
-        case = generate_phantom(np.random.default_rng(seed), size=64, ndim=3, depth=16, modality="CT")
-        volumes.append(pipeline(write_nifti(case, tmp_path / f"case{seed}.nii.gz"))["pixel_values"])
-
-    def with_volume(item):
-        item["pixel_values"] = volumes[len(item["question"]) % 2]
-        return item
-
-    data = PhantomVQADataset(8, size=32, tokenizer=tiny_tokenizer, num_image_tokens=config.num_image_tokens,
-                             image_token_id=config.image_token_id, max_length=128, transform=with_volume)
+    data = volume_vqa_data(config, tiny_tokenizer, tmp_path)
     trainer = build_trainer(
         "stage2", train_data=data, model_config=config, tokenizer=tiny_tokenizer, output_dir=str(tmp_path / "run"),
         micro_batch_size=4, global_batch_size=4, max_steps=2, learning_rate=1e-3, gradient_checkpointing=True,

@@ -12,12 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets.resnet import ResNet
-from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .config_volume import resnet3d_fields, volume_geometry
+from .volume_tower import PooledVolumeTower
 
 __all__ = ["MonaiResNet3DTower", "RESNET_DROPPED", "strip_prefixes", "map_resnet_weights"]
 
@@ -26,7 +24,7 @@ __all__ = ["MonaiResNet3DTower", "RESNET_DROPPED", "strip_prefixes", "map_resnet
 RESNET_DROPPED = ("conv_seg.", "fc.")
 
 
-class MonaiResNet3DTower(nn.Module):
+class MonaiResNet3DTower(PooledVolumeTower):
     """MONAI ``ResNet(spatial_dims=3, feed_forward=False)`` whose last-stage feature map is average-pooled in
     ``pool`` blocks and flattened to tokens in ``(d, h, w)`` raster order.
 
@@ -38,13 +36,9 @@ class MonaiResNet3DTower(nn.Module):
     """
 
     def __init__(self, vision_config: Mapping[str, Any]) -> None:
-        super().__init__()
         geometry, fields = volume_geometry(vision_config), resnet3d_fields(vision_config)
-        self.img_size = tuple(geometry["img_size"])
-        self.grid = tuple(geometry["grid"])
-        self.pool = tuple(geometry["pool"])
-        self.hidden_size = int(geometry["width"])
-        self.in_channels = int(fields["in_channels"])
+        super().__init__(fields["in_channels"], geometry["img_size"], geometry["grid"], geometry["pool"],
+                         geometry["width"])
         self.resnet = ResNet(
             block=fields["block"],
             layers=list(fields["layers"]),
@@ -58,28 +52,11 @@ class MonaiResNet3DTower(nn.Module):
             bias_downsample=fields["bias_downsample"],
             feed_forward=False,
         )
-        self._checkpoint_kwargs: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, vision_config: Mapping[str, Any]) -> MonaiResNet3DTower:
         """Build from a checked ``monai_resnet3d`` vision config."""
         return cls(vision_config)
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens per volume after pooling."""
-        out = 1
-        for g, k in zip(self.grid, self.pool):
-            out *= g // k
-        return out
-
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
-        """Recompute each stage's activations in backward (when the tower trains)."""
-        self._checkpoint_kwargs = dict(activation_checkpointing_kwargs or {"use_reentrant": False})
-
-    def activation_checkpointing_disable(self) -> None:
-        """Keep every stage's activations (the default)."""
-        self._checkpoint_kwargs = None
 
     def forward(self, volumes: torch.Tensor, feature_layer: int = -1) -> torch.Tensor:
         """Pooled tokens of the last stage.
@@ -94,10 +71,7 @@ class MonaiResNet3DTower(nn.Module):
         Raises:
             ValueError: a volume of another shape, or another feature layer.
         """
-        expected = (self.in_channels, *self.img_size)
-        if volumes.ndim != 5 or tuple(volumes.shape[1:]) != expected:
-            raise ValueError(f"the 3-D tower takes (N, {', '.join(map(str, expected))}) volumes, "
-                             f"got {tuple(volumes.shape)}")
+        self.check_volumes(volumes)
         if feature_layer != -1:
             raise ValueError(f"feature_layer {feature_layer}: the ResNet tower gives its last stage only (-1)")
         net = self.resnet
@@ -108,13 +82,8 @@ class MonaiResNet3DTower(nn.Module):
         if not net.no_max_pool:
             x = net.maxpool(x)
         for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
-            if self._checkpoint_kwargs is not None and trains and torch.is_grad_enabled():
-                x = checkpoint(stage, x, **self._checkpoint_kwargs)
-            else:
-                x = stage(x)
-        if self.pool != (1, 1, 1):
-            x = F.avg_pool3d(x, kernel_size=self.pool, stride=self.pool)
-        return x.flatten(2).transpose(1, 2)
+            x = self.run_stage(stage, x, trains)
+        return self.grid_tokens(x)
 
 
 def map_resnet_weights(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import ViT
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError
 from .checkpoint_files import load_state_dict_strict, read_weight_file
 from .config_volume import RESNET3D_TOWER_TYPE, is_volume_config, volume_geometry
 from .resnet3d_tower import MonaiResNet3DTower, map_resnet_weights, strip_prefixes
+from .volume_tower import PooledVolumeTower
 
 __all__ = [
     "MonaiViT3DTower",
@@ -55,7 +54,7 @@ WEIGHT_PREFIXES = ("module.", "model.", "vit.", "encoder.", "backbone.", "vision
 _DROPPED = ("cls_token", "classification_head.")
 
 
-class MonaiViT3DTower(nn.Module):
+class MonaiViT3DTower(PooledVolumeTower):
     """MONAI ``ViT(spatial_dims=3, classification=False)`` whose patch tokens are average-pooled on their grid.
 
     The hidden states are numbered like CLIP's: index 0 is the patch embedding, ``i`` the output of block ``i``;
@@ -85,12 +84,8 @@ class MonaiViT3DTower(nn.Module):
         pool: Sequence[int] = (1, 1, 1),
         qkv_bias: bool = False,
     ) -> None:
-        super().__init__()
-        self.img_size = tuple(int(v) for v in img_size)
-        self.grid = tuple(s // int(p) for s, p in zip(self.img_size, patch_size))
-        self.pool = tuple(int(v) for v in pool)
-        self.hidden_size = int(hidden_size)
-        self.in_channels = int(in_channels)
+        grid = tuple(int(s) // int(p) for s, p in zip(img_size, patch_size))
+        super().__init__(in_channels, img_size, grid, pool, hidden_size)
         self.vit = ViT(
             in_channels=in_channels,
             img_size=self.img_size,
@@ -104,7 +99,6 @@ class MonaiViT3DTower(nn.Module):
             spatial_dims=3,
             qkv_bias=qkv_bias,
         )
-        self._checkpoint_kwargs: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, vision_config: Mapping[str, Any]) -> MonaiViT3DTower:
@@ -122,22 +116,6 @@ class MonaiViT3DTower(nn.Module):
             qkv_bias=bool(vision_config.get("qkv_bias", False)),
         )
 
-    @property
-    def num_tokens(self) -> int:
-        """Tokens per volume after pooling."""
-        out = 1
-        for g, k in zip(self.grid, self.pool):
-            out *= g // k
-        return out
-
-    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
-        """Recompute each block's activations in backward (when the tower trains)."""
-        self._checkpoint_kwargs = dict(activation_checkpointing_kwargs or {"use_reentrant": False})
-
-    def activation_checkpointing_disable(self) -> None:
-        """Keep every block's activations (the default)."""
-        self._checkpoint_kwargs = None
-
     def forward(self, volumes: torch.Tensor, feature_layer: int = -1) -> torch.Tensor:
         """Pooled patch tokens of hidden state ``feature_layer``.
 
@@ -151,27 +129,18 @@ class MonaiViT3DTower(nn.Module):
         Raises:
             ValueError: a volume of another shape, or a layer the tower does not have.
         """
-        expected = (self.in_channels, *self.img_size)
-        if volumes.ndim != 5 or tuple(volumes.shape[1:]) != expected:
-            raise ValueError(f"the 3-D tower takes (N, {', '.join(map(str, expected))}) volumes, "
-                             f"got {tuple(volumes.shape)}")
+        self.check_volumes(volumes)
         blocks = self.vit.blocks
         layer = feature_layer if feature_layer >= 0 else len(blocks) + 1 + feature_layer
         if not 0 <= layer <= len(blocks):
             raise ValueError(f"feature_layer {feature_layer} is outside the {len(blocks)}-block tower")
         x = self.vit.patch_embedding(volumes)
         for block in list(blocks)[:layer]:
-            if self._checkpoint_kwargs is not None and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, **self._checkpoint_kwargs)
-            else:
-                x = block(x)
+            x = self.run_stage(block, x, self.training)
         if layer == len(blocks):
             x = self.vit.norm(x)
         n, _, width = x.shape
-        grid = x.transpose(1, 2).reshape(n, width, *self.grid)
-        if self.pool != (1, 1, 1):
-            grid = F.avg_pool3d(grid, kernel_size=self.pool, stride=self.pool)
-        return grid.flatten(2).transpose(1, 2)
+        return self.grid_tokens(x.transpose(1, 2).reshape(n, width, *self.grid))
 
 
 #: The native 3-D tower classes (``vision_config["model_type"]`` ``monai_vit3d`` and ``monai_resnet3d``).
