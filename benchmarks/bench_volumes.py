@@ -66,8 +66,8 @@ from monai_llava_med.transforms.pipelines import pixels_from_config
 #: 2026-12-03 (2-core CPU): lr 1.5e-3 over 3e-3 (bench_train val closed 0.833 vs 0.650 cosine / 0.677 constant, 2000
 #: steps), ``token_pool=1`` over 2 (this benchmark's val closed 0.833 vs 0.767 on 2-D, without volumes); a cosine over
 #: 4,000 steps over 2,000 (val side balanced accuracy 0.982 vs 0.855 at step 2,000 of each schedule: the side skill
-#: appears after step ~1,500 only while the learning rate is still high; docs/training.md). The 3-D tower's setting
-#: was not tuned.
+#: appears after step ~1,500 only while the learning rate is still high; docs/training.md). The 3-D tower's steps
+#: and rate were not tuned; its default kind (``--tower-3d resnet``) was chosen by probes (docs/training.md).
 CHOSEN = {"steps": 4000, "lr": 1.5e-3, "steps_3d": 1200, "lr_3d": 1.5e-3}
 VOLUME_SIZE, VOLUME_DEPTH = 64, 48
 #: Volumes come from their own streams (seed + this), apart from the 2-D phantoms'.
