@@ -70,6 +70,18 @@ def make_batch(config, padding_side: str = "left", seed: int = 0):
     return ids, mask, pixels
 
 
+def write_weight_file(state, path):
+    """Write ``state`` as a pretrained-weights file a user could hand us: ``{"state_dict": state}`` through
+    ``torch.save`` for ``.pt``/``.pth``, a flat safetensors file for ``.safetensors``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return path
+
+
 def volume_vqa_data(config, tokenizer, folder, n: int = 8):
     """A phantom VQA dataset whose items carry real volumes: two 3-D CT phantoms written as NIfTI to ``folder`` and
     read by ``pixels_from_config(config)``, alternated by question length (for the 3-D towers' training tests)."""

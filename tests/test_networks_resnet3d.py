@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import volume_vqa_data
+from conftest import volume_vqa_data, write_weight_file
 from monai.networks.nets import ResNet
 
 from monai_llava_med.errors import CheckpointError
@@ -168,13 +168,7 @@ def test_medicalnet_style_file_starts_the_tower(tiny_tokenizer, tmp_path, suffix
     head = torch.nn.Sequential(torch.nn.ConvTranspose3d(128, 32, 2, stride=2), torch.nn.Conv3d(32, 2, 1))
     state = {f"module.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"module.conv_seg.{k}": v for k, v in head.state_dict().items()})
-    path = tmp_path / f"resnet_10{suffix}"
-    if suffix == ".pth":
-        torch.save({"state_dict": state}, path)
-    else:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    path = write_weight_file(state, tmp_path / f"resnet_10{suffix}")
     model = build_llava_med(_config(tiny_tokenizer, **MEDICALNET_10))
     load_vision_weights(model.vision_tower, path)
     mine, theirs = model.vision_tower.resnet.state_dict(), encoder.state_dict()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import volume_vqa_data
+from conftest import volume_vqa_data, write_weight_file
 from monai.networks.nets import UNETR, ViT
 
 from monai_llava_med.errors import CheckpointError
@@ -156,13 +156,7 @@ def test_hf_export_refuses_a_3d_tower(tiny_tokenizer, tmp_path):
 def test_unetr_weights_start_the_tower(tiny_tokenizer, tmp_path, suffix, prefix):
     unetr = _unetr()
     state = {f"{prefix}{k}": v for k, v in unetr.state_dict().items()}
-    path = tmp_path / f"unetr{suffix}"
-    if suffix == ".pt":
-        torch.save({"state_dict": state}, path)
-    else:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    path = write_weight_file(state, tmp_path / f"unetr{suffix}")
     model = build_llava_med(_config(tiny_tokenizer, **UNETR_SIZES))
     load_vision_weights(model.vision_tower, path)
     mine = model.vision_tower.vit.state_dict()
