@@ -15,9 +15,9 @@ import torch
 from monai.networks.nets.resnet import ResNet
 
 from .config_volume import resnet3d_fields, volume_geometry
-from .volume_tower import PooledVolumeTower
+from .volume_tower import PooledVolumeTower, strip_prefixes
 
-__all__ = ["MonaiResNet3DTower", "RESNET_DROPPED", "strip_prefixes", "map_resnet_weights"]
+__all__ = ["MonaiResNet3DTower", "RESNET_DROPPED", "map_resnet_weights"]
 
 #: Keys of a pretrained ResNet file that the tower has no use for: MedicalNet's segmentation head
 #: (``conv_seg.*``) and a classifier (``fc.*``).
@@ -105,14 +105,3 @@ def map_resnet_weights(state: Mapping[str, torch.Tensor], prefixes: tuple[str, .
         if not name.startswith(RESNET_DROPPED):
             out[f"resnet.{name}"] = value
     return out
-
-
-def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
-    """``key`` with any of ``prefixes`` removed from its front, repeatedly and in any order."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key

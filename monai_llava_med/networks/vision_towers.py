@@ -31,13 +31,12 @@ from torch import nn
 from ..errors import CheckpointError
 from .checkpoint_files import load_state_dict_strict, read_weight_file
 from .config_volume import RESNET3D_TOWER_TYPE, is_volume_config, volume_geometry
-from .resnet3d_tower import MonaiResNet3DTower, map_resnet_weights, strip_prefixes
-from .volume_tower import PooledVolumeTower
+from .resnet3d_tower import MonaiResNet3DTower, map_resnet_weights
+from .volume_tower import PooledVolumeTower, strip_prefixes
 
 __all__ = [
     "MonaiViT3DTower",
     "MonaiResNet3DTower",
-    "VOLUME_TOWERS",
     "build_vision_tower",
     "vision_width",
     "tower_features",
@@ -143,10 +142,6 @@ class MonaiViT3DTower(PooledVolumeTower):
         return self.grid_tokens(x.transpose(1, 2).reshape(n, width, *self.grid))
 
 
-#: The native 3-D tower classes (``vision_config["model_type"]`` ``monai_vit3d`` and ``monai_resnet3d``).
-VOLUME_TOWERS = (MonaiViT3DTower, MonaiResNet3DTower)
-
-
 def build_vision_tower(config: Any) -> nn.Module:
     """The vision tower a config names: CLIP (``clip_vision_model``), :class:`MonaiViT3DTower` (``monai_vit3d``) or
     :class:`~.resnet3d_tower.MonaiResNet3DTower` (``monai_resnet3d``).
@@ -165,7 +160,7 @@ def build_vision_tower(config: Any) -> nn.Module:
 
 def vision_width(tower: nn.Module) -> int:
     """Width of the features a tower gives (the projector's input)."""
-    if isinstance(tower, VOLUME_TOWERS):
+    if isinstance(tower, PooledVolumeTower):
         return tower.hidden_size
     return int(tower.config.hidden_size)
 
@@ -185,7 +180,7 @@ def tower_features(tower: nn.Module, pixel_values: torch.Tensor, config: Any) ->
     frozen = not any(p.requires_grad for p in params)
     with torch.no_grad() if frozen else contextlib.nullcontext():
         pixel_values = pixel_values.to(params[0].dtype)
-        if isinstance(tower, VOLUME_TOWERS):
+        if isinstance(tower, PooledVolumeTower):
             return tower(pixel_values, config.vision_feature_layer)
         out = tower(pixel_values, output_hidden_states=True, return_dict=True)
         features = out.hidden_states[config.vision_feature_layer]
@@ -237,7 +232,7 @@ def load_vision_weights(tower: nn.Module, path: str | PathLike) -> nn.Module:
             not fit (every missing and unexpected key after mapping and every shape mismatch is listed).
     """
     path = Path(path)
-    if not isinstance(tower, VOLUME_TOWERS):
+    if not isinstance(tower, PooledVolumeTower):
         raise CheckpointError("vision weights from a file are for a 3-D tower (model_type 'monai_vit3d' or "
                               "'monai_resnet3d'); a CLIP tower starts from its own folder (assemble_from_parts)", path)
     if not path.is_file():

@@ -3,7 +3,8 @@
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
 """What the native 3-D towers share: a feature grid over the volume, averaged in ``pool`` blocks and read out as
-tokens in raster order; the input check; activation checkpointing of their stages."""
+tokens in raster order; the input check; activation checkpointing of their stages; the prefix stripping of their
+pretrained weight files' keys."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["PooledVolumeTower"]
+__all__ = ["PooledVolumeTower", "strip_prefixes"]
 
 
 class PooledVolumeTower(nn.Module):
@@ -73,3 +74,14 @@ class PooledVolumeTower(nn.Module):
         if self.pool != (1, 1, 1):
             features = F.avg_pool3d(features, kernel_size=self.pool, stride=self.pool)
         return features.flatten(2).transpose(1, 2)
+
+
+def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
+    """``key`` with any of ``prefixes`` removed from its front, repeatedly and in any order."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
