@@ -18,13 +18,13 @@ from typing import Any
 from ..constants import CLIP_MEAN, CLIP_STD, VIEW_MODES
 from ..errors import CheckpointError
 from .config_checks import check_config_values
-from .config_volume import check_volume_feature_layer, is_volume_config, volume_geometry
 from .config_presets import (
     clip_vit_l14_336_config,
     mistral_7b_instruct_config,
     monai_resnet3d_config,
     monai_vit3d_config,
 )
+from .config_volume import check_volume_feature_layer, is_volume_config, volume_geometry
 
 __all__ = [
     "LlavaMedConfig",

@@ -36,7 +36,6 @@ from .volume_tower import PooledVolumeTower, strip_prefixes
 
 __all__ = [
     "MonaiViT3DTower",
-    "MonaiResNet3DTower",
     "build_vision_tower",
     "vision_width",
     "tower_features",
