@@ -39,6 +39,7 @@ GEOMETRIES = [
     {"img_size": [40, 50, 66], "conv1_t_size": [5, 7, 3], "conv1_t_stride": [2, 1, 2],
      "block_inplanes": [8, 8, 16, 16]},
     {"no_max_pool": True, "pool": [2, 2, 2], "block_inplanes": [8, 8, 16, 32]},
+    {"no_max_pool": True, "pool": [1, 2, 2], "merge": [2, 1, 1], "block_inplanes": [8, 8, 16, 32]},
 ]
 
 
@@ -49,8 +50,8 @@ def _config(tokenizer=None, **vision) -> LlavaMedConfig:
 
 def _monai_resnet(vision: dict) -> ResNet:
     """MONAI's ResNet built straight from the same keyword arguments."""
-    kwargs = {k: v for k, v in monai_resnet3d_config(**vision).items() if k not in ("model_type", "img_size", "pool",
-                                                                                      "in_channels")}
+    skip = ("model_type", "img_size", "pool", "merge", "in_channels")
+    kwargs = {k: v for k, v in monai_resnet3d_config(**vision).items() if k not in skip}
     for key in ("conv1_t_size", "conv1_t_stride"):
         kwargs[key] = tuple(kwargs[key]) if isinstance(kwargs[key], list) else kwargs[key]
     return ResNet(spatial_dims=3, n_input_channels=1, feed_forward=False, **kwargs)
@@ -65,11 +66,11 @@ def test_grid_width_and_parameters_match_monai(vision):
     with torch.no_grad():
         reference.eval()(torch.zeros(1, 1, *config.volume_size))
     _, width, *cells = grid["shape"]
-    pool = monai_resnet3d_config(**vision)["pool"]
-    assert config.num_image_tokens == math.prod(c // p for c, p in zip(cells, pool))
+    pool, merge = (monai_resnet3d_config(**vision).get(k, [1, 1, 1]) for k in ("pool", "merge"))
+    assert config.num_image_tokens == math.prod(c // p // m for c, p, m in zip(cells, pool, merge))
     assert estimate_parameters(config)["vision"] == sum(p.numel() for p in reference.parameters())
     model = build_llava_med(config)
-    assert model.projector[0].in_features == width == model.vision_tower.hidden_size
+    assert model.projector[0].in_features == width * math.prod(merge) == model.vision_tower.hidden_size
 
 
 def test_tokens_are_monai_last_stage_in_raster_order():
@@ -92,6 +93,25 @@ def test_tokens_are_monai_last_stage_in_raster_order():
     torch.testing.assert_close(small[:, 4 + 1], full[:, block].mean(1))
     with pytest.raises(ValueError, match="takes \\(N, 1, 32, 64, 64\\) volumes"):
         tower(torch.rand(1, 1, 16, 64, 64))
+
+
+def test_merged_tokens_are_the_cells_of_their_block_side_by_side():
+    torch.manual_seed(1)
+    merged = MonaiResNet3DTower(monai_resnet3d_config(no_max_pool=True, merge=[2, 2, 2])).eval()  # 4x4x4 -> 2x2x2
+    reference = _monai_resnet({"no_max_pool": True})
+    reference.load_state_dict({k.removeprefix("resnet."): v for k, v in merged.state_dict().items()})
+    stage = {}
+    reference.layer4.register_forward_hook(lambda m, i, out: stage.update(out=out))
+    x = torch.randn(2, 1, 32, 64, 64)
+    with torch.no_grad():
+        tokens = merged(x)
+        reference.eval()(x)
+    assert tokens.shape == (2, 8, 8 * 128) and merged.num_tokens == 8
+    # merged token (d, h, w) = (1, 0, 1): MONAI's cells d in {2, 3}, h in {0, 1}, w in {2, 3}, 128 features each
+    cells = [stage["out"][:, :, d, h, w] for d in (2, 3) for h in (0, 1) for w in (2, 3)]
+    torch.testing.assert_close(tokens[:, 4 + 1], torch.cat(cells, dim=1))
+    one = MonaiResNet3DTower(monai_resnet3d_config(merge=[2, 2, 2])).eval()  # the default 2x2x2 grid: one token
+    assert one.num_tokens == 1 and one.hidden_size == 1024
 
 
 def test_a_frozen_tower_keeps_its_batchnorm_statistics(tiny_tokenizer):
@@ -118,6 +138,8 @@ def test_a_frozen_tower_keeps_its_batchnorm_statistics(tiny_tokenizer):
         ({"block_inplanes": [16, 32, 64, 0]}, r"block_inplanes\[3\] = 0 is outside"),
         ({"no_max_pool": True, "conv1_t_stride": 1, "img_size": [64, 64, 64]}, "512 tokens per volume .*more than 256"),
         ({"pool": [3, 2, 2]}, "not a multiple of vision_config.pool"),
+        ({"merge": [1, 4, 1]}, r"pooled grid \[2, 2, 2\] is not a multiple of vision_config.merge \[1, 4, 1\]"),
+        ({"merge": [2, 2]}, "must be 3 integers"),
         ({"patch_size": [4, 8, 8]}, "unknown keys"),
         ({"shortcut_type": "C"}, "shortcut_type must be one of"),
     ],

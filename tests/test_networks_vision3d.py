@@ -47,6 +47,8 @@ def test_token_count_from_grid_and_pool():
     assert config.is_volume and config.volume_size == (32, 64, 64) and config.num_image_tokens == 64
     assert LlavaMedConfig.tiny_3d(vision_config=monai_vit3d_config(pool=[1, 2, 2])).num_image_tokens == 128
     assert LlavaMedConfig.tiny_3d(vision_config=monai_vit3d_config(**UNETR_SIZES)).num_image_tokens == 32
+    merged = LlavaMedConfig.tiny_3d(vision_config=monai_vit3d_config(merge=[1, 2, 2]))  # 4 x 4 x 4 -> 4 x 2 x 2
+    assert merged.num_image_tokens == 16 and build_llava_med(merged).projector[0].in_features == 4 * 64
     old = LlavaMedConfig.tiny()  # 2-D configs are unchanged
     assert not old.is_volume and old.volume_size is None and old.num_image_tokens == 16 and old.image_size == 32
 
@@ -57,6 +59,7 @@ def test_token_count_from_grid_and_pool():
         ({"pool": [1, 1, 1]}, "512 tokens per volume .*more than 256"),
         ({"img_size": [30, 64, 64]}, "not a multiple of patch_size"),
         ({"pool": [3, 2, 2]}, "not a multiple of vision_config.pool"),
+        ({"merge": [3, 1, 1]}, "not a multiple of vision_config.merge"),
         ({"patch_size": [4, 8]}, "must be 3 integers"),
         ({"hidden_size": 66}, "multiple of num_heads"),
         ({"image_size": 64}, "unknown keys"),
@@ -99,6 +102,13 @@ def test_tower_matches_monai_vit_and_pools_in_raster_order():
     # pooled token (d, h, w) = (1, 2, 3) is the mean of patches d in {2, 3}, h in {4, 5}, w in {6, 7} (grid 8 x 8 x 8)
     block = [d * 64 + h * 8 + w for d in (2, 3) for h in (4, 5) for w in (6, 7)]
     torch.testing.assert_close(small[:, 1 * 16 + 2 * 4 + 3], full[:, block].mean(1))
+    merged = MonaiViT3DTower(1, (32, 64, 64), (4, 8, 8), 64, 128, 2, 4, pool=(2, 2, 2), merge=(2, 1, 1))
+    merged.load_state_dict(tower.state_dict())
+    with torch.no_grad():
+        pairs = merged(x)
+    # merged token (0, 1, 2) of the 2 x 4 x 4 grid: pooled cells (0, 1, 2) and (1, 1, 2), 64 features each
+    assert pairs.shape == (2, 32, 128)
+    torch.testing.assert_close(pairs[:, 1 * 4 + 2], torch.cat([small[:, 1 * 4 + 2], small[:, 16 + 1 * 4 + 2]], dim=1))
 
 
 def test_forward_and_generate_tiny_3d_model(tiny_tokenizer):

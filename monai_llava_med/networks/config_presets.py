@@ -38,7 +38,8 @@ def monai_vit3d_config(**overrides: Any) -> dict[str, Any]:
 
     Args:
         overrides: any of the keys (``img_size``, ``patch_size``, ``pool``, ``hidden_size``, ``mlp_dim``,
-            ``num_layers``, ``num_heads``, ``in_channels``, ``qkv_bias``).
+            ``num_layers``, ``num_heads``, ``in_channels``, ``qkv_bias``, ``merge``: the ``(D, H, W)`` block of pooled
+            cells concatenated into one token, default ``(1, 1, 1)``).
     """
     values: dict[str, Any] = {
         "model_type": VIT3D_TOWER_TYPE,
@@ -69,7 +70,8 @@ def monai_resnet3d_config(**overrides: Any) -> dict[str, Any]:
     Args:
         overrides: any of the keys (``img_size``, ``in_channels``, ``block`` ("basic" or "bottleneck"), ``layers``,
             ``block_inplanes``, ``conv1_t_size``, ``conv1_t_stride``, ``no_max_pool``, ``shortcut_type`` ("A" or
-            "B"), ``bias_downsample``, ``pool``); sizes are ``(D, H, W)``.
+            "B"), ``bias_downsample``, ``pool``, ``merge``: the ``(D, H, W)`` block of pooled cells concatenated into
+            one token, e.g. ``[2, 2, 2]``: the 8 cells as one token of width 8 x 128); sizes are ``(D, H, W)``.
     """
     values: dict[str, Any] = {
         "model_type": RESNET3D_TOWER_TYPE,

@@ -9,9 +9,13 @@
 * ``monai_resnet3d``: MONAI's 3-D ``ResNet`` (the MedicalNet layout); the feature map of its last stage, averaged
   in ``pool`` blocks, gives the tokens.
 
-Either gives at most :data:`MAX_VOLUME_TOKENS` tokens per volume. :func:`volume_geometry` derives the token grid and
-the tower's width from the config alone, :func:`volume_parameters` counts the tower's parameters without building
-it (both exact: ``tests/test_networks_resnet3d.py`` compares them with MONAI's modules).
+Either tower may then concatenate the cells of each ``merge`` block of the pooled grid into one token
+(space-to-depth, as Qwen2-VL's patch merger does with 2 x 2 patches): fewer, wider tokens, the projector's MLP
+seeing the cells side by side.
+
+Either gives at most :data:`MAX_VOLUME_TOKENS` tokens per volume. :func:`volume_geometry` derives the token grid
+and the tower's width from the config alone, :func:`volume_parameters` counts the tower's parameters without
+building it (both exact: ``tests/test_networks_resnet3d.py`` compares them with MONAI's modules).
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ VIT3D_LIMITS: dict[str, tuple[int, int]] = {
     "num_layers": (1, 256),
     "num_heads": (1, 1024),
 }
-_TRIPLES = {"img_size": (1, 2048), "patch_size": (1, 2048), "pool": (1, 2048)}
+_TRIPLES = {"img_size": (1, 2048), "patch_size": (1, 2048), "pool": (1, 2048), "merge": (1, 16)}
 _VIT_KEYS = {"model_type", "qkv_bias", *VIT3D_LIMITS, *_TRIPLES}
 #: The ResNet tower's fields: each with its range and MONAI ``ResNet``'s default (``None``: required).
 _RESNET_FIELDS: dict[str, Any] = {
@@ -62,6 +66,7 @@ _RESNET_FIELDS: dict[str, Any] = {
     "conv1_t_size": ((1, 15), 7),
     "conv1_t_stride": ((1, 8), 1),
     "pool": ((1, 2048), (1, 1, 1)),
+    "merge": ((1, 16), (1, 1, 1)),
 }
 _RESNET_CHOICES = {"block": ("basic", "bottleneck"), "shortcut_type": ("A", "B")}
 _RESNET_FLAGS = {"no_max_pool": False, "bias_downsample": True}
@@ -83,11 +88,15 @@ def _check_keys(vision_config: Mapping[str, Any], allowed: set[str], required: l
         raise CheckpointError(f"vision_config of a {kind} tower lacks {missing}")
 
 
-def _tokens(kind: str, grid: tuple[int, ...], pool: tuple[int, ...]) -> tuple[int, ...]:
+def _tokens(kind: str, grid: tuple[int, ...], pool: tuple[int, ...], merge: tuple[int, ...]) -> tuple[int, ...]:
     if any(g % k for g, k in zip(grid, pool)):
         raise CheckpointError(f"the {kind} tower's grid {list(grid)} is not a multiple of "
                               f"vision_config.pool {list(pool)}")
-    tokens = tuple(g // k for g, k in zip(grid, pool))
+    pooled = tuple(g // k for g, k in zip(grid, pool))
+    if any(p % m for p, m in zip(pooled, merge)):
+        raise CheckpointError(f"the {kind} tower's pooled grid {list(pooled)} is not a multiple of "
+                              f"vision_config.merge {list(merge)}")
+    tokens = tuple(p // m for p, m in zip(pooled, merge))
     if math.prod(tokens) > MAX_VOLUME_TOKENS:
         raise CheckpointError(
             f"the {kind} tower gives {math.prod(tokens)} tokens per volume (grid {list(grid)} pooled by {list(pool)}), "
@@ -102,16 +111,16 @@ def _vit_geometry(v: Mapping[str, Any]) -> dict[str, Any]:
         check_int(f"vision_config.{key}", v[key], low, high)
     if not isinstance(v.get("qkv_bias", False), bool):
         raise CheckpointError(f"vision_config.qkv_bias must be true or false, got {show_value(v['qkv_bias'])}")
-    size, patch, pool = (check_triple(f"vision_config.{k}", v.get(k, (1, 1, 1)), *_TRIPLES[k]) for k in _TRIPLES)
+    size, patch, pool, merge = (check_triple(f"vision_config.{k}", v.get(k, (1, 1, 1)), *_TRIPLES[k]) for k in _TRIPLES)
     if any(s % p for s, p in zip(size, patch)):
         raise CheckpointError(f"vision_config.img_size {list(size)} is not a multiple of patch_size {list(patch)}")
     grid = tuple(s // p for s, p in zip(size, patch))
-    tokens = _tokens(VIT3D_TOWER_TYPE, grid, pool)
+    tokens = _tokens(VIT3D_TOWER_TYPE, grid, pool, merge)
     if v["hidden_size"] % v["num_heads"]:
         raise CheckpointError(f"vision_config.hidden_size = {v['hidden_size']} is not a multiple of "
                               f"num_heads = {v['num_heads']}")
-    return {"img_size": size, "patch_size": patch, "stride": patch, "pool": pool, "grid": grid, "tokens": tokens,
-            "width": int(v["hidden_size"])}
+    return {"img_size": size, "patch_size": patch, "stride": patch, "pool": pool, "merge": merge, "grid": grid,
+            "tokens": tokens, "channels": int(v["hidden_size"]), "width": int(v["hidden_size"]) * math.prod(merge)}
 
 
 def resnet3d_fields(v: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,31 +158,32 @@ def _resnet_geometry(v: Mapping[str, Any]) -> dict[str, Any]:
             out = (out - 1) // 2 + 1
         grid.append(out)
     grid_t = tuple(grid)
-    tokens = _tokens(RESNET3D_TOWER_TYPE, grid_t, f["pool"])
-    expansion = 1 if f["block"] == "basic" else 4
+    tokens = _tokens(RESNET3D_TOWER_TYPE, grid_t, f["pool"], f["merge"])
+    channels = f["block_inplanes"][3] * (1 if f["block"] == "basic" else 4)
     stride = tuple(max(1, s // g) for s, g in zip(f["img_size"], grid_t))
-    return {"img_size": f["img_size"], "stride": stride, "pool": f["pool"], "grid": grid_t, "tokens": tokens,
-            "width": f["block_inplanes"][3] * expansion}
+    return {"img_size": f["img_size"], "stride": stride, "pool": f["pool"], "merge": f["merge"], "grid": grid_t,
+            "tokens": tokens, "channels": channels, "width": channels * math.prod(f["merge"])}
 
 
 def volume_geometry(vision_config: Mapping[str, Any]) -> dict[str, Any]:
     """Check a 3-D tower's fields and derive its token grid.
 
     Args:
-        vision_config: a ``monai_vit3d`` config (``img_size``, ``patch_size``, ``pool`` as ``(D, H, W)``,
+        vision_config: a ``monai_vit3d`` config (``img_size``, ``patch_size``, ``pool``, ``merge`` as ``(D, H, W)``,
             ``in_channels``, ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, optional ``qkv_bias``) or a
             ``monai_resnet3d`` one (``in_channels``, ``img_size``, ``layers`` and ``block_inplanes`` of the 4 stages;
             optional ``block``, ``conv1_t_size``, ``conv1_t_stride``, ``no_max_pool``, ``shortcut_type``,
-            ``bias_downsample`` with MONAI ``ResNet``'s defaults, and ``pool``).
+            ``bias_downsample`` with MONAI ``ResNet``'s defaults, ``pool`` and ``merge``).
 
     Returns:
-        ``{"img_size", "stride", "pool", "grid", "tokens", "width"}`` (the ViT adds ``"patch_size"``): ``grid`` is the
-        tower's feature grid, ``stride`` the voxels per grid cell, ``tokens`` the pooled grid (its product is the
-        number of image tokens of one volume), ``width`` the width of each token.
+        ``{"img_size", "stride", "pool", "merge", "grid", "tokens", "channels", "width"}`` (the ViT adds
+        ``"patch_size"``): ``grid`` is the tower's feature grid, ``stride`` the voxels per grid cell, ``tokens`` the
+        pooled grid after merging (its product is the number of image tokens of one volume), ``channels`` the
+        network's feature width, ``width`` the width of each token (``channels`` times the cells merged into one).
 
     Raises:
         CheckpointError: an unknown or missing key, a wrong type or range, a size that is not a multiple of the
-            patch or the pool, or more than :data:`MAX_VOLUME_TOKENS` tokens.
+            patch, the pool or the merge, or more than :data:`MAX_VOLUME_TOKENS` tokens.
     """
     if vision_config.get("model_type") == RESNET3D_TOWER_TYPE:
         return _resnet_geometry(vision_config)

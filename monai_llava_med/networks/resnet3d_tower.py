@@ -26,7 +26,8 @@ RESNET_DROPPED = ("conv_seg.", "fc.")
 
 class MonaiResNet3DTower(PooledVolumeTower):
     """MONAI ``ResNet(spatial_dims=3, feed_forward=False)`` whose last-stage feature map is average-pooled in
-    ``pool`` blocks and flattened to tokens in ``(d, h, w)`` raster order.
+    ``pool`` blocks, its cells concatenated in ``merge`` blocks, and flattened to tokens in ``(d, h, w)`` raster
+    order.
 
     A frozen tower (no parameter requires grad) runs its BatchNorm layers in eval mode even while the network
     trains, so that training the projector alone never changes the tower's statistics.
@@ -38,7 +39,7 @@ class MonaiResNet3DTower(PooledVolumeTower):
     def __init__(self, vision_config: Mapping[str, Any]) -> None:
         geometry, fields = volume_geometry(vision_config), resnet3d_fields(vision_config)
         super().__init__(fields["in_channels"], geometry["img_size"], geometry["grid"], geometry["pool"],
-                         geometry["width"])
+                         geometry["channels"], geometry["merge"])
         self.resnet = ResNet(
             block=fields["block"],
             layers=list(fields["layers"]),

@@ -62,12 +62,13 @@ class MonaiViT3DTower(PooledVolumeTower):
         in_channels: channels of the input volume.
         img_size: ``(D, H, W)`` of the input volume.
         patch_size: ``(D, H, W)`` of one patch.
-        hidden_size: token width.
+        hidden_size: the ViT's width.
         mlp_dim: width of each block's MLP.
         num_layers: transformer blocks.
         num_heads: attention heads.
         pool: ``(D, H, W)`` of the average-pooling block on the patch grid (``(1, 1, 1)``: no pooling).
         qkv_bias: bias of the attention's qkv projection (MONAI's default ``False``).
+        merge: ``(D, H, W)`` of the block of pooled cells concatenated into one token (``(1, 1, 1)``: none).
     """
 
     def __init__(
@@ -81,9 +82,10 @@ class MonaiViT3DTower(PooledVolumeTower):
         num_heads: int,
         pool: Sequence[int] = (1, 1, 1),
         qkv_bias: bool = False,
+        merge: Sequence[int] = (1, 1, 1),
     ) -> None:
         grid = tuple(int(s) // int(p) for s, p in zip(img_size, patch_size))
-        super().__init__(in_channels, img_size, grid, pool, hidden_size)
+        super().__init__(in_channels, img_size, grid, pool, hidden_size, merge)
         self.vit = ViT(
             in_channels=in_channels,
             img_size=self.img_size,
@@ -112,6 +114,7 @@ class MonaiViT3DTower(PooledVolumeTower):
             num_heads=int(vision_config["num_heads"]),
             pool=geometry["pool"],
             qkv_bias=bool(vision_config.get("qkv_bias", False)),
+            merge=geometry["merge"],
         )
 
     def forward(self, volumes: torch.Tensor, feature_layer: int = -1) -> torch.Tensor:

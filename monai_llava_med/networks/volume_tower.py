@@ -2,12 +2,13 @@
 # Licensed under the Apache License, Version 2.0 (the "License");
 # you may not use this file except in compliance with the License.
 # You may obtain a copy of the License at http://www.apache.org/licenses/LICENSE-2.0
-"""What the native 3-D towers share: a feature grid over the volume, averaged in ``pool`` blocks and read out as
-tokens in raster order; the input check; activation checkpointing of their stages; the prefix stripping of their
-pretrained weight files' keys."""
+"""What the native 3-D towers share: a feature grid over the volume, averaged in ``pool`` blocks, the cells of each
+``merge`` block concatenated into one token, read out in raster order; the input check; activation checkpointing
+of their stages; the prefix stripping of their pretrained weight files' keys."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,26 +28,29 @@ class PooledVolumeTower(nn.Module):
         img_size: ``(D, H, W)`` of the input volume.
         grid: ``(D, H, W)`` of the feature grid the network gives.
         pool: ``(D, H, W)`` of the average-pooling block on that grid (``(1, 1, 1)``: no pooling).
-        hidden_size: token width.
+        channels: width of the network's features (one grid cell).
+        merge: ``(D, H, W)`` of the block of pooled cells concatenated into one token (``(1, 1, 1)``: one cell per
+            token).
+
+    Attributes:
+        hidden_size: token width, ``channels`` times the cells of a ``merge`` block (the projector's input).
     """
 
     def __init__(self, in_channels: int, img_size: Sequence[int], grid: Sequence[int], pool: Sequence[int],
-                 hidden_size: int) -> None:
+                 channels: int, merge: Sequence[int] = (1, 1, 1)) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
         self.img_size = tuple(int(v) for v in img_size)
         self.grid = tuple(int(v) for v in grid)
         self.pool = tuple(int(v) for v in pool)
-        self.hidden_size = int(hidden_size)
+        self.merge = tuple(int(v) for v in merge)
+        self.hidden_size = int(channels) * math.prod(self.merge)
         self._checkpoint_kwargs: dict[str, Any] | None = None
 
     @property
     def num_tokens(self) -> int:
-        """Tokens per volume after pooling."""
-        out = 1
-        for g, k in zip(self.grid, self.pool):
-            out *= g // k
-        return out
+        """Tokens per volume after pooling and merging."""
+        return math.prod(g // k // m for g, k, m in zip(self.grid, self.pool, self.merge))
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None) -> None:
         """Recompute each stage's (block's) activations in backward while the tower trains."""
@@ -70,10 +74,17 @@ class PooledVolumeTower(nn.Module):
         return stage(x)
 
     def grid_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """``(N, C, *grid)`` features averaged in ``pool`` blocks, as ``(N, num_tokens, C)`` in raster order."""
+        """``(N, C, *grid)`` features averaged in ``pool`` blocks, as ``(N, num_tokens, hidden_size)`` tokens in
+        raster order of the merged grid; a token is the ``C`` features of each cell of its ``merge`` block, the
+        cells in raster order."""
         if self.pool != (1, 1, 1):
             features = F.avg_pool3d(features, kernel_size=self.pool, stride=self.pool)
-        return features.flatten(2).transpose(1, 2)
+        if self.merge == (1, 1, 1):
+            return features.flatten(2).transpose(1, 2)
+        n, c, d, h, w = features.shape
+        (md, mh, mw) = self.merge
+        blocks = features.reshape(n, c, d // md, md, h // mh, mh, w // mw, mw)
+        return blocks.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(n, self.num_tokens, self.hidden_size)
 
 
 def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
