@@ -73,45 +73,33 @@ def test_grid_width_and_parameters_match_monai(vision):
     assert model.projector[0].in_features == width * math.prod(merge) == model.vision_tower.hidden_size
 
 
-def test_tokens_are_monai_last_stage_in_raster_order():
+def test_tokens_are_monai_last_stage_in_raster_order_pooled_or_merged():
     torch.manual_seed(0)
     tower = MonaiResNet3DTower(monai_resnet3d_config(no_max_pool=True)).eval()  # 4 x 4 x 4 grid
     pooled = MonaiResNet3DTower(monai_resnet3d_config(no_max_pool=True, pool=[2, 2, 2])).eval()
+    merged = MonaiResNet3DTower(monai_resnet3d_config(no_max_pool=True, merge=[2, 2, 2])).eval()
     pooled.load_state_dict(tower.state_dict())
+    merged.load_state_dict(tower.state_dict())
     reference = _monai_resnet({"no_max_pool": True})
     reference.load_state_dict({k.removeprefix("resnet."): v for k, v in tower.state_dict().items()})
     stage = {}
     reference.layer4.register_forward_hook(lambda m, i, out: stage.update(out=out))
     x = torch.randn(2, 1, 32, 64, 64)
     with torch.no_grad():
-        full, small = tower(x), pooled(x)
+        full, small, wide = tower(x), pooled(x), merged(x)
         reference.eval()(x)
-    assert full.shape == (2, 64, 128) and small.shape == (2, 8, 128)
+    assert full.shape == (2, 64, 128) and small.shape == (2, 8, 128) and wide.shape == (2, 8, 8 * 128)
     for d, h, w in ((0, 0, 0), (1, 2, 3), (3, 3, 1)):
         torch.testing.assert_close(full[:, d * 16 + h * 4 + w], stage["out"][:, :, d, h, w])
     block = [d * 16 + h * 4 + w for d in (2, 3) for h in (0, 1) for w in (2, 3)]  # pooled token (1, 0, 1)
     torch.testing.assert_close(small[:, 4 + 1], full[:, block].mean(1))
+    # merged token (1, 0, 1): MONAI's cells of the same block side by side, 128 features each, in raster order
+    cells = [stage["out"][:, :, d, h, w] for d in (2, 3) for h in (0, 1) for w in (2, 3)]
+    torch.testing.assert_close(wide[:, 4 + 1], torch.cat(cells, dim=1))
+    one = MonaiResNet3DTower(monai_resnet3d_config(merge=[2, 2, 2]))  # the default 2 x 2 x 2 grid: one token
+    assert one.num_tokens == 1 and one.hidden_size == 1024
     with pytest.raises(ValueError, match="takes \\(N, 1, 32, 64, 64\\) volumes"):
         tower(torch.rand(1, 1, 16, 64, 64))
-
-
-def test_merged_tokens_are_the_cells_of_their_block_side_by_side():
-    torch.manual_seed(1)
-    merged = MonaiResNet3DTower(monai_resnet3d_config(no_max_pool=True, merge=[2, 2, 2])).eval()  # 4x4x4 -> 2x2x2
-    reference = _monai_resnet({"no_max_pool": True})
-    reference.load_state_dict({k.removeprefix("resnet."): v for k, v in merged.state_dict().items()})
-    stage = {}
-    reference.layer4.register_forward_hook(lambda m, i, out: stage.update(out=out))
-    x = torch.randn(2, 1, 32, 64, 64)
-    with torch.no_grad():
-        tokens = merged(x)
-        reference.eval()(x)
-    assert tokens.shape == (2, 8, 8 * 128) and merged.num_tokens == 8
-    # merged token (d, h, w) = (1, 0, 1): MONAI's cells d in {2, 3}, h in {0, 1}, w in {2, 3}, 128 features each
-    cells = [stage["out"][:, :, d, h, w] for d in (2, 3) for h in (0, 1) for w in (2, 3)]
-    torch.testing.assert_close(tokens[:, 4 + 1], torch.cat(cells, dim=1))
-    one = MonaiResNet3DTower(monai_resnet3d_config(merge=[2, 2, 2])).eval()  # the default 2x2x2 grid: one token
-    assert one.num_tokens == 1 and one.hidden_size == 1024
 
 
 def test_a_frozen_tower_keeps_its_batchnorm_statistics(tiny_tokenizer):
