@@ -68,8 +68,8 @@ from monai_llava_med.transforms.pipelines import pixels_from_config
 #: 4,000 steps over 2,000 (val side balanced accuracy 0.982 vs 0.855 at step 2,000 of each schedule: the side skill
 #: appears after step ~1,500 only while the learning rate is still high; docs/training.md). The 3-D tower (its
 #: default kind ``--tower-3d resnet`` chosen by probes, docs/training.md): 4,000 steps over 2,400 and 1,200 (2026-12-07,
-#: val volume closed 0.839 vs 0.785 vs 0.738: as on 2-D, sides are learned late in a long schedule); its rate was not
-#: tuned.
+#: val volume closed 0.839 vs 0.785 vs 0.738: as on 2-D, sides are learned late in a long schedule); its rate 1.5e-3
+#: over 3e-3 (val 0.738 vs 0.505, chance, at 1,200 steps).
 CHOSEN = {"steps": 4000, "lr": 1.5e-3, "steps_3d": 4000, "lr_3d": 1.5e-3}
 VOLUME_SIZE, VOLUME_DEPTH = 64, 48
 #: Volumes come from their own streams (seed + this), apart from the 2-D phantoms'.
