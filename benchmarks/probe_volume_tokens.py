@@ -31,8 +31,13 @@ import torch.nn.functional as F
 from bench_volumes import VOLUME_DEPTH, evaluate, make_volumes  # benchmarks/ (script dir): offline environment first
 from vqa_scoring import fmt, groups, pick
 
-from monai_llava_med.data.phantom import balanced_question_set, lps_affine, make_volume_questions, volume_findings
-from monai_llava_med.data.phantom.volume_questions import LARGEST_MARGIN
+from monai_llava_med.data.phantom import (
+    balanced_question_set,
+    clear_largest,
+    lps_affine,
+    make_volume_questions,
+    volume_findings,
+)
 from monai_llava_med.networks import load_pretrained
 from monai_llava_med.networks.vision_towers import tower_features
 
@@ -47,8 +52,8 @@ def facts(cases: list) -> dict[str, torch.Tensor]:
     """Each fact per volume (1 / 0; NaN where the largest-lesion facts are not asked)."""
     out: dict[str, list[float]] = {k: [] for k in FACTS}
     for case in cases:
-        found = sorted(volume_findings(case.label, lps_affine(case)), key=lambda f: f.voxels, reverse=True)
-        big = found[0] if len(found) >= 2 and found[0].voxels >= LARGEST_MARGIN * found[1].voxels else None
+        found = volume_findings(case.label, lps_affine(case))
+        big = clear_largest(found)  # the lesion volume_largest asks about, or None
         out["any_left"].append(float(any(f.side == "left" for f in found)))
         out["any_upper"].append(float(any(f.half == "upper" for f in found)))
         out["largest_left"].append(np.nan if big is None else float(big.side == "left"))
@@ -103,7 +108,6 @@ def main() -> None:
     parser.add_argument("--val-volumes", type=int, default=150)
     parser.add_argument("--eval-questions", type=int, default=1000)
     args = parser.parse_args()
-    torch.manual_seed(args.seed)
     splits = {"train": args.train_volumes, "val": args.val_volumes}
     cases = {s: make_volumes(s, n, args.seed) for s, n in splits.items()}
     pixels = {s: torch.load(Path(args.cache_dir) / f"3d_{s}_s{args.seed}_n{n}_d{VOLUME_DEPTH}_volume32.pt")

@@ -119,8 +119,9 @@ def _vit_geometry(v: Mapping[str, Any]) -> dict[str, Any]:
     if v["hidden_size"] % v["num_heads"]:
         raise CheckpointError(f"vision_config.hidden_size = {v['hidden_size']} is not a multiple of "
                               f"num_heads = {v['num_heads']}")
+    channels = int(v["hidden_size"])
     return {"img_size": size, "patch_size": patch, "stride": patch, "pool": pool, "merge": merge, "grid": grid,
-            "tokens": tokens, "channels": int(v["hidden_size"]), "width": int(v["hidden_size"]) * math.prod(merge)}
+            "tokens": tokens, "channels": channels, "width": channels * math.prod(merge)}
 
 
 def resnet3d_fields(v: Mapping[str, Any]) -> dict[str, Any]:

@@ -79,10 +79,8 @@ class PooledVolumeTower(nn.Module):
         cells in raster order."""
         if self.pool != (1, 1, 1):
             features = F.avg_pool3d(features, kernel_size=self.pool, stride=self.pool)
-        if self.merge == (1, 1, 1):
-            return features.flatten(2).transpose(1, 2)
         n, c, d, h, w = features.shape
-        (md, mh, mw) = self.merge
+        md, mh, mw = self.merge
         blocks = features.reshape(n, c, d // md, md, h // mh, mh, w // mw, mw)
         return blocks.permute(0, 2, 4, 6, 3, 5, 7, 1).reshape(n, self.num_tokens, self.hidden_size)
 

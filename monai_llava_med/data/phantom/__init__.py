@@ -32,8 +32,8 @@ _SUBMODULE_ATTRS = {
         "weighted_questions", "weighted_volume_questions",
     ],
     "volume_questions": [
-        "LARGEST_MARGIN", "VOLUME_FAMILIES", "VolumeFinding", "index_to_lps", "make_volume_questions",
-        "volume_findings",
+        "LARGEST_MARGIN", "VOLUME_FAMILIES", "VolumeFinding", "clear_largest", "index_to_lps",
+        "make_volume_questions", "volume_findings",
     ],
     "writers": [
         "INSTANCE_ORDERS", "lps_affine", "nifti_affine", "window_to_uint8", "write_dicom", "write_nifti", "write_png",

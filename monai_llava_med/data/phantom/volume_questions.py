@@ -41,7 +41,8 @@ from .questions import NUMBER_WORDS, PhantomQA
 from .writers import lps_affine
 
 __all__ = [
-    "LARGEST_MARGIN", "VOLUME_FAMILIES", "VolumeFinding", "index_to_lps", "make_volume_questions", "volume_findings",
+    "LARGEST_MARGIN", "VOLUME_FAMILIES", "VolumeFinding", "clear_largest", "index_to_lps", "make_volume_questions",
+    "volume_findings",
 ]
 
 VOLUME_FAMILIES = ("volume_presence", "volume_count", "volume_half", "volume_side", "volume_largest")
@@ -116,8 +117,12 @@ def volume_findings(label: np.ndarray, affine: np.ndarray) -> list[VolumeFinding
     return out
 
 
-def _largest(found: list[VolumeFinding]) -> VolumeFinding | None:
-    """The clearly largest lesion (see :data:`LARGEST_MARGIN`), or None."""
+def clear_largest(found: list[VolumeFinding]) -> VolumeFinding | None:
+    """The clearly largest lesion, the one ``volume_largest`` asks about (see :data:`LARGEST_MARGIN`), or None.
+
+    Args:
+        found: the lesions of a volume, from :func:`volume_findings`.
+    """
     if len(found) < 2:
         return None
     first, second = sorted(found, key=lambda f: f.voxels, reverse=True)[:2]
@@ -162,7 +167,7 @@ def make_volume_questions(case: PhantomCase, families: Sequence[str] | None = No
                 PhantomQA(f"Is there a lesion on the {side} side of this scan?", _YN[side in sides], "CLOSED",
                           "volume_side")
             )
-    largest = _largest(found) if "volume_largest" in fams else None
+    largest = clear_largest(found) if "volume_largest" in fams else None
     if largest is not None:
         for side in ("left", "right"):
             qa.append(
