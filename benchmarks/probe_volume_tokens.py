@@ -38,6 +38,7 @@ from monai_llava_med.data.phantom import (
     make_volume_questions,
     volume_findings,
 )
+from monai_llava_med.errors import LlavaMedError
 from monai_llava_med.networks import load_pretrained
 from monai_llava_med.networks.vision_towers import tower_features
 
@@ -109,15 +110,22 @@ def main() -> None:
     parser.add_argument("--eval-questions", type=int, default=1000)
     args = parser.parse_args()
     splits = {"train": args.train_volumes, "val": args.val_volumes}
+    cache = Path(args.cache_dir)
+    files = {s: cache / f"3d_{s}_s{args.seed}_n{n}_d{VOLUME_DEPTH}_volume32.pt" for s, n in splits.items()}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise SystemExit(f"no cached volume pixels {missing}: run bench_volumes.py with the same sizes and seed first")
     cases = {s: make_volumes(s, n, args.seed) for s, n in splits.items()}
-    pixels = {s: torch.load(Path(args.cache_dir) / f"3d_{s}_s{args.seed}_n{n}_d{VOLUME_DEPTH}_volume32.pt")
-              for s, n in splits.items()}
+    pixels = {s: torch.load(f, weights_only=True) for s, f in files.items()}
     truth = {s: facts(c) for s, c in cases.items()}
     questions = balanced_question_set(cases["val"], make_volume_questions, args.eval_questions, args.seed + 1,
                                       open_limit=0)  # bench_volumes' val set
     families = groups(questions)
     for model_dir in args.model_dirs:
-        model, tokenizer = load_pretrained(model_dir, dtype=torch.float32)
+        try:
+            model, tokenizer = load_pretrained(model_dir, dtype=torch.float32)
+        except LlavaMedError as err:
+            raise SystemExit(str(err)) from None
         model.eval()
         answers = evaluate(model, tokenizer, pixels["val"], questions)
         feats = {s: tokens(model, p) for s, p in pixels.items()}
