@@ -71,7 +71,8 @@ from monai_llava_med.transforms.pipelines import pixels_from_config
 #: default kind ``--tower-3d resnet`` chosen by probes, docs/training.md): 4,000 steps over 2,400 and 1,200 (2026-12-07,
 #: val volume closed 0.839 vs 0.785 vs 0.738: as on 2-D, sides are learned late in a long schedule); its rate 1.5e-3
 #: over 3e-3 (val 0.738 vs 0.505, chance, at 1,200 steps). A warm restart of those 4,000 steps (``--init-from-3d``,
-#: 4,000 more) reached val 0.924 (2026-12-08); like the demo model's restarts, it is a second run, not a default.
+#: 4,000 more) reached val 0.924, a second 0.940 (2026-12-08); like the demo model's restarts, these are further
+#: runs, not a default.
 CHOSEN = {"steps": 4000, "lr": 1.5e-3, "steps_3d": 4000, "lr_3d": 1.5e-3}
 VOLUME_SIZE, VOLUME_DEPTH = 64, 48
 #: Volumes come from their own streams (seed + this), apart from the 2-D phantoms'.
