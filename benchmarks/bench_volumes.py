@@ -60,6 +60,7 @@ from monai_llava_med.data.phantom import (
     make_volume_questions, volume_findings, weighted_volume_questions, write_dicom, write_nifti,
 )
 from monai_llava_med.data.phantom.questions import NUMBER_WORDS
+from monai_llava_med.errors import LlavaMedError
 from monai_llava_med.networks import LlavaMedConfig, monai_resnet3d_config, monai_vit3d_config, save_pretrained
 from monai_llava_med.transforms.pipelines import pixels_from_config
 
@@ -77,6 +78,8 @@ CHOSEN = {"steps": 4000, "lr": 1.5e-3, "steps_3d": 4000, "lr_3d": 1.5e-3}
 VOLUME_SIZE, VOLUME_DEPTH = 64, 48
 #: Volumes come from their own streams (seed + this), apart from the 2-D phantoms'.
 VOLUME_SEED_OFFSET = 1000
+#: The evaluation questions of each split come from the seed + this.
+EVAL_SEED_OFFSET = {"test": 0, "val": 1}
 
 
 def multiview_config(tokenizer, token_pool: int = 1, views: int = 4) -> LlavaMedConfig:
@@ -115,10 +118,23 @@ def volume_caption(case) -> str:
     return f"{modality} scan with {NUMBER_WORDS[len(found)]} lesion{'s' if len(found) > 1 else ''}: {', '.join(parts)}."
 
 
+def volume_cache(cache: Path, split: str, n: int, seed: int, pipeline: str, views: int = 0) -> Path:
+    """The file caching the pixels one pipeline (``"views"`` with ``views`` views, ``"middle"`` or ``"volume"``)
+    made of the ``n`` volumes of a split."""
+    suffix = {"views": f"views{views}", "middle": "middle", "volume": "volume32"}[pipeline]
+    return cache / f"3d_{split}_s{seed}_n{n}_d{VOLUME_DEPTH}_{suffix}.pt"
+
+
+def volume_question_set(cases: list, split: str, n_questions: int, seed: int) -> list:
+    """The balanced closed volume questions a split is evaluated on (``split`` "test" or "val")."""
+    return balanced_question_set(cases, make_volume_questions, n_questions, seed + EVAL_SEED_OFFSET[split],
+                                 open_limit=0)
+
+
 def volume_pixels(cases: list, caches: dict[str, Path], pipelines: dict) -> dict[str, torch.Tensor]:
     """Write each volume (a DICOM series for one in three, else NIfTI) and read it through each pipeline whose
     cache file (``caches[name]``) is missing; returns every pipeline's stacked pixels."""
-    out = {name: torch.load(caches[name]) for name in pipelines if caches[name].is_file()}
+    out = {name: torch.load(caches[name], weights_only=True) for name in pipelines if caches[name].is_file()}
     todo = {name: p for name, p in pipelines.items() if name not in out}
     if not todo:
         return out
@@ -150,12 +166,16 @@ def volume_items(cases: list, tokenizer, config, stage: str, num_images: int, n_
 
 
 def check_continuable(init: Path, tokenizer, config: LlavaMedConfig, flag: str = "--init-from") -> None:
-    """Refuse to continue from a saved model whose tokenizer or network differs from this run's."""
-    saved = load_tokenizer(init)
+    """Refuse to continue from a saved model that cannot be read, or whose tokenizer or network differs from this
+    run's."""
+    try:
+        saved, theirs = load_tokenizer(init), LlavaMedConfig.load(init).to_dict()
+    except LlavaMedError as err:
+        raise SystemExit(f"{flag}: {err}") from None
     if saved.get_vocab() != tokenizer.get_vocab():
         raise SystemExit(f"{flag} {init}: its tokenizer differs from the one this run fits (other data or seed)")
     keys = ("token_pool", "max_views", "view_mode", "model_max_length", "vision_config", "text_config")
-    theirs, ours = LlavaMedConfig.load(init).to_dict(), config.to_dict()
+    ours = config.to_dict()
     differ = [k for k in keys if theirs.get(k) != ours.get(k)]
     if differ:
         raise SystemExit(f"{flag} {init}: its config differs from this run's in {', '.join(differ)}")
@@ -333,15 +353,12 @@ def main() -> None:
     pix3d = {}
     for split in vols:  # the middle-slice baseline is only evaluated, never trained
         chosen = {k: p for k, p in pipelines.items() if split != "train" or k != "middle"}
-        stem = f"3d_{split}_s{args.seed}_n{len(vols[split])}_d{VOLUME_DEPTH}"
-        caches = {"views": cache / f"{stem}_views{args.views}.pt", "middle": cache / f"{stem}_middle.pt",
-                  "volume": cache / f"{stem}_volume32.pt"}
+        caches = {k: volume_cache(cache, split, len(vols[split]), args.seed, k, args.views) for k in pipelines}
         pix3d[split] = volume_pixels(vols[split], caches, chosen)
     assert pix3d["test"]["views"].shape[1] == args.views and pix3d["test"]["middle"].shape[1] == 1
-    q2d = {s: balanced_question_set(cases[s], make_questions, args.eval_questions, args.seed + i)
-           for i, s in enumerate(("test", "val"))}
-    q3d = {s: balanced_question_set(vols[s], make_volume_questions, args.eval_questions, args.seed + i, open_limit=0)
-           for i, s in enumerate(("test", "val"))}
+    q2d = {s: balanced_question_set(cases[s], make_questions, args.eval_questions, args.seed + EVAL_SEED_OFFSET[s])
+           for s in EVAL_SEED_OFFSET}
+    q3d = {s: volume_question_set(vols[s], s, args.eval_questions, args.seed) for s in EVAL_SEED_OFFSET}
     print(f"data: 2-D {len(cases['train'])}/{len(cases['val'])}/{len(cases['test'])}, volumes {len(vols['train'])}/"
           f"{len(vols['val'])}/{len(vols['test'])} (train/val/test, disjoint) through pixels_from_config; "
           f"{len(q2d['test'])} 2-D and {len(q3d['test'])} volume test questions "

@@ -28,16 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_volumes import VOLUME_DEPTH, evaluate, make_volumes  # benchmarks/ (script dir): offline environment first
+from bench_volumes import (  # benchmarks/ (script dir): offline environment first
+    evaluate, make_volumes, volume_cache, volume_question_set,
+)
 from vqa_scoring import fmt, groups, pick
 
-from monai_llava_med.data.phantom import (
-    balanced_question_set,
-    clear_largest,
-    lps_affine,
-    make_volume_questions,
-    volume_findings,
-)
+from monai_llava_med.data.phantom import clear_largest, lps_affine, volume_findings
 from monai_llava_med.errors import LlavaMedError
 from monai_llava_med.networks import load_pretrained
 from monai_llava_med.networks.vision_towers import tower_features
@@ -111,15 +107,14 @@ def main() -> None:
     args = parser.parse_args()
     splits = {"train": args.train_volumes, "val": args.val_volumes}
     cache = Path(args.cache_dir)
-    files = {s: cache / f"3d_{s}_s{args.seed}_n{n}_d{VOLUME_DEPTH}_volume32.pt" for s, n in splits.items()}
+    files = {s: volume_cache(cache, s, n, args.seed, "volume") for s, n in splits.items()}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
         raise SystemExit(f"no cached volume pixels {missing}: run bench_volumes.py with the same sizes and seed first")
     cases = {s: make_volumes(s, n, args.seed) for s, n in splits.items()}
     pixels = {s: torch.load(f, weights_only=True) for s, f in files.items()}
     truth = {s: facts(c) for s, c in cases.items()}
-    questions = balanced_question_set(cases["val"], make_volume_questions, args.eval_questions, args.seed + 1,
-                                      open_limit=0)  # bench_volumes' val set
+    questions = volume_question_set(cases["val"], "val", args.eval_questions, args.seed)  # bench_volumes' val set
     families = groups(questions)
     for model_dir in args.model_dirs:
         try:
