@@ -120,7 +120,7 @@ def make_cases(split: str, n: int, seed: int) -> list:
 def pixels_via_dicom(cases: list, cache: Path) -> torch.Tensor:
     """Write every phantom as DICOM and run it through ``MedicalImageToPixels`` (cached as a tensor file)."""
     if cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)
     to_pixels = MedicalImageToPixels(IMAGE_SIZE, max_views=1)
     out = torch.empty(len(cases), 3, IMAGE_SIZE, IMAGE_SIZE)
     with tempfile.TemporaryDirectory() as tmp:
