@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import LlavaMedConfig, projector_depth
+from .shared_prefix import cache_argument, shared_prefix_inputs, unique_images
 from .token_pooling import pool_patch_tokens
 from .vision_towers import build_vision_tower, tower_features, vision_width
 
@@ -114,10 +115,18 @@ class LlavaMedNet(nn.Module):
         Args:
             pixel_values: ``(N, 3, S, S)`` normalised images, or ``(N, 1, D, H, W)`` volumes for the 3-D tower.
 
+        An evaluation-mode tower (frozen, or at inference: each image's features independent of the others) runs
+        once per distinct image (:func:`~.shared_prefix.unique_images`); the projector still sees all ``N``.
+
         Returns:
             ``(N, num_image_tokens, hidden)`` features in the language model's dtype.
         """
-        features = tower_features(self.vision_tower, pixel_values, self.config)
+        distinct = None if self.vision_tower.training else unique_images(pixel_values)
+        if distinct is None:
+            features = tower_features(self.vision_tower, pixel_values, self.config)
+        else:
+            first, inverse = distinct
+            features = tower_features(self.vision_tower, pixel_values[first], self.config)[inverse]
         if not self.config.is_volume:
             features = pool_patch_tokens(features, self.config.patch_grid, self.config.token_pool,
                                          cls_token=self.config.vision_feature_select_strategy == "cls_patch")
@@ -183,9 +192,13 @@ class LlavaMedNet(nn.Module):
         top_p: float = 1.0,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        share_prefixes: bool = True,
         **kwargs: Any,
     ) -> torch.Tensor:
         """Generate answers for a left-padded batch of prompts.
+
+        Rows whose prompts agree up to their last image token (questions about the same image) run that prefix
+        once (:func:`~.shared_prefix.shared_prefix_inputs`); the answers are those of the plain batch.
 
         Args:
             input_ids: ``(B, L)`` prompt ids, left-padded.
@@ -197,6 +210,7 @@ class LlavaMedNet(nn.Module):
             top_p: nucleus sampling mass (only with ``do_sample``).
             eos_token_id: stop token(s); defaults to the language model's EOS. Generation stops on EOS.
             pad_token_id: id written after a sample has finished; defaults to EOS.
+            share_prefixes: run prefixes shared by several rows once (``False``: every row's whole prompt).
             kwargs: further ``transformers`` generation arguments (``top_k``, ``repetition_penalty``...);
                 ``stopping_criteria`` (a ``StoppingCriteriaList``, called after every step with the tokens so far)
                 goes to ``generate`` itself, which is how the server streams and stops each row on its own.
@@ -223,11 +237,17 @@ class LlavaMedNet(nn.Module):
             **kwargs,
         )
         inputs_embeds = self.embed(input_ids, pixel_values)
+        cache: dict[str, Any] = {}
+        shared = shared_prefix_inputs(self.language_model, input_ids, attention_mask, inputs_embeds,
+                                      self.config.image_token_id) if share_prefixes else None
+        if shared is not None:
+            inputs_embeds, attention_mask, cache[cache_argument(self.language_model)] = shared
         return self.language_model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             generation_config=generation_config,
             stopping_criteria=stopping_criteria,
+            **cache,
         )
 
     # ------------------------------------------------------------------------------------------------ training

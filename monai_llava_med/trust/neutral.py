@@ -18,7 +18,6 @@ only their own tokens.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import weakref
 from collections import OrderedDict
@@ -28,6 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from ..networks import LlavaMedConfig, LlavaMedNet
+from ..networks.shared_prefix import cache_argument, prefix_cut
 from ..transforms.pixels import ImageToClipPixels
 
 __all__ = ["PREFIX_CACHE_SIZE", "neutral_answer_logits", "neutral_pixels"]
@@ -62,8 +62,7 @@ def _split_rows(
     rests: dict[int, tuple[torch.Tensor, int]] = {}
     for r in rows:
         prompt = input_ids[r][attention_mask[r].bool()]  # the left padding dropped
-        images = torch.nonzero(prompt == image_token_id).flatten()
-        cut = min(int(images[-1]) + 1, prompt.numel() - 1)
+        cut = prefix_cut(prompt, image_token_id)
         rests[r] = (torch.cat([prompt[cut:], answer[r][answer_mask[r]]]), prompt.numel() - cut)
         groups.setdefault(tuple(prompt[:cut].tolist()), []).append(r)
     return groups, rests
@@ -124,8 +123,7 @@ def neutral_answer_logits(
         after the answer's end).
     """
     config, lm = network.config, network.language_model
-    # transformers 5.24 names the argument ``cache``; earlier 5.x releases ``past_key_values``
-    cache_arg = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    cache_arg = cache_argument(lm)
     embed = lm.get_input_embeddings()
     width, device = answer.shape[1], input_ids.device
     groups, rests = _split_rows(input_ids, attention_mask, answer, answer_mask, rows, config.image_token_id)
