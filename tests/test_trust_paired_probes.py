@@ -127,12 +127,12 @@ def test_demo_model_probes_share_the_generate_call_and_abstain_on_contradictions
     without = plain.ask_batch(demo_items, batch_size=len(demo_items))
     n_closed = sum(negate_question(it["question"]) is not None for it in demo_items)
     assert n_closed >= 10
-    # one generate (probes as extra rows): each phantom's prompt part up to its image once, then every row's
-    # question on top; then the neutral-image pass: the shared part up to the image once (with neutral images every
-    # question follows the same image block), and each row's question and answer on top of it
+    # one generate (probes as extra rows): each phantom's prompt part up to its image once (one pass, a row per
+    # phantom), then every row's question on top; then the neutral-image pass: the shared part up to the image once
+    # (with neutral images every question follows the same image block), each row's question and answer on top of it
     n_images = len({it["image"] for it in demo_items})
     assert n_images == 2
-    assert rows == [1] * n_images + [len(demo_items) + n_closed, 1, len(demo_items) + n_closed]
+    assert rows == [n_images, len(demo_items) + n_closed, 1, len(demo_items) + n_closed]
     contradictions = 0
     for item, got, want in zip(demo_items, with_probes, without):
         assert "paired_answer" not in want and "paired_question" not in want  # probes off: the fields of before

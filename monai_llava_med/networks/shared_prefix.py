@@ -136,23 +136,22 @@ def shared_prefix_inputs(
     rows, width = input_ids.shape
     span = max(cuts)
     rest = max(width - s - c for s, c in zip(starts, cuts))
-    cache_arg = cache_argument(language_model)
-    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for group in groups:
-        first = group[0]
-        cut = cuts[first]
-        if cut == 0:
-            continue
-        prefix = DynamicCache()
-        language_model(inputs_embeds=inputs_embeds[first : first + 1, starts[first] : starts[first] + cut],
-                       use_cache=True, logits_to_keep=1, **{cache_arg: prefix})
-        for i, layer in enumerate(prefix.layers):
-            if i == len(layers):
-                shape = (rows, layer.keys.shape[1], span, layer.keys.shape[3])
-                layers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
-            keys, values = layers[i]
-            keys[group, :, span - cut :] = layer.keys[0]
-            values[group, :, span - cut :] = layer.values[0]
+    heads = [group[0] for group in groups if cuts[group[0]]]  # one row per distinct prefix
+    slot = [len(heads)] * rows  # rows without a prefix take the zero row after the prefixes'
+    prefixes = inputs_embeds.new_zeros((len(heads), span, inputs_embeds.shape[2]))
+    prefix_mask = attention_mask.new_zeros((len(heads), span))
+    for i, head in enumerate(heads):  # every distinct prefix in one left-padded pass
+        cut = cuts[head]
+        prefixes[i, span - cut :] = inputs_embeds[head, starts[head] : starts[head] + cut]
+        prefix_mask[i, span - cut :] = 1
+        for r in next(group for group in groups if group[0] == head):
+            slot[r] = i
+    cache = DynamicCache()
+    language_model(inputs_embeds=prefixes, attention_mask=prefix_mask, use_cache=True, logits_to_keep=1,
+                   position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), **{cache_argument(language_model): cache})
+    index = torch.tensor(slot, device=inputs_embeds.device)
+    layers = [tuple(torch.cat([kv, torch.zeros_like(kv[:1])])[index] for kv in (layer.keys, layer.values))
+              for layer in cache.layers]
     embeds = inputs_embeds.new_zeros((rows, span + rest, inputs_embeds.shape[2]))
     mask = attention_mask.new_zeros((rows, span + rest))
     for r, (start, cut) in enumerate(zip(starts, cuts)):
