@@ -17,9 +17,11 @@ says otherwise, ``file://`` images from the bundle's ``sample/`` folder) and tal
   ``client_cpu_ms`` (this process's CPU time per request) says how much: the plain client's line is the server's
   figure, the ``openai`` line what that client adds.
 * **(b) load**: ``--requests`` streamed requests with the ``openai`` client over ``--connections`` connections:
-  errors, p50/p95 latency and p50/p95 time to first token (the first chunk with text), next to the serial requests' p50 latency of (a).
+  errors, p50/p95 latency and p50/p95 time to first token (the first chunk with text), next to the serial requests'
+  p50 latency of (a).
 * **stages** (not with ``--smoke``): in the benchmark's process, without HTTP, the ms per request to prepare an item
-  (read the image, build the prompt) and to generate alone vs in a ``--max_batch`` batch: what batching can share.
+  (read the image, build the prompt) and, per sample image, to generate its questions alone vs ``--max_batch`` of
+  them in one batch: what batching can share.
 
 Questions cycle over the sample datalist's; answers are greedy (``temperature`` 0) with ``--max_tokens``. A few
 warm-up requests precede the timings. The server's flags (``--max_batch``, ``--batch_wait_ms``, ``--threads``) are
@@ -253,7 +255,8 @@ class Rounds:
         med = statistics.median
         return (f"serial_rps={med(self.serial):.2f} batched_rps={med(self.batched):.2f} "
                 f"speedup={med(self.ratios):.2f} speedup_min={min(self.ratios):.2f} "
-                f"speedup_max={max(self.ratios):.2f} mean_batch={self.n * len(self.calls) / max(1, sum(self.calls)):.2f} "
+                f"speedup_max={max(self.ratios):.2f} "
+                f"mean_batch={self.n * len(self.calls) / max(1, sum(self.calls)):.2f} "
                 f"client_cpu_ms_serial={med(self.cpu_ms['serial']):.2f} "
                 f"client_cpu_ms_batched={med(self.cpu_ms['batched']):.2f} errors={self.errors}")
 
@@ -274,11 +277,12 @@ def sample_questions() -> list[tuple[str, str]]:
     return [(it["question"], (BUNDLE / "sample" / it["image"]).resolve().as_uri()) for it in items]
 
 
-def stage_costs(args: argparse.Namespace, questions: list[tuple[str, str]], repeats: int = 20) -> str:
-    """In this process, without HTTP: ms per request to prepare one item, and to generate alone vs in a batch.
+def stage_costs(args: argparse.Namespace, questions: list[tuple[str, str]], repeats: int = 20) -> list[str]:
+    """In this process, without HTTP: ms per request to prepare one item, and, per sample image, to generate its
+    questions one at a time vs ``--max_batch`` of them (distinct questions, cycled) in one batch.
 
-    Explains the end-to-end ratio: dynamic batching shares ``generate``; preparing (reading the image, building the
-    prompt) stays per request.
+    Explains the end-to-end ratio: dynamic batching shares ``generate`` (and, between questions about the same
+    image, the prompt up to it); preparing (reading the image, building the prompt) stays per request.
     """
     import torch
 
@@ -287,25 +291,33 @@ def stage_costs(args: argparse.Namespace, questions: list[tuple[str, str]], repe
 
     torch.set_num_threads(args.threads)
     p = LlavaMedPredictor.from_pretrained(args.model_dir, device="cpu")
-    question, image = questions[0]
-    item = {"image": unquote(urlsplit(image).path), "question": question}
+    items = [{"image": unquote(urlsplit(image).path), "question": question} for question, image in questions]
     for _ in range(3):
-        prepared = p.prepare(item)
+        p.prepare(items[0])
     start = time.perf_counter()
     for _ in range(repeats):
-        prepared = p.prepare(item)
-    prepare_ms = (time.perf_counter() - start) / repeats * 1000
-    per_request = {}
-    for size in (1, args.max_batch):
-        stream_generate(p, [GenerationRequest(prepared, lambda k, v: None, max_tokens=args.max_tokens)] * size)
-        start = time.perf_counter()
+        p.prepare(items[0])
+    lines = [f"RESULT stage=in_process prepare_ms={(time.perf_counter() - start) / repeats * 1000:.1f}"]
+
+    def per_request(group: list[dict[str, Any]], size: int) -> float:
+        batches = [group[i : i + size] for i in range(0, len(group), size)]
+        for batch in batches:  # warm-up
+            stream_generate(p, [GenerationRequest(x, lambda k, v: None, max_tokens=args.max_tokens) for x in batch])
+        begin = time.perf_counter()
         for _ in range(repeats):
-            group = [GenerationRequest(prepared, lambda k, v: None, max_tokens=args.max_tokens) for _ in range(size)]
-            stream_generate(p, group)
-        per_request[size] = (time.perf_counter() - start) / repeats / size * 1000
-    return (f"RESULT stage=in_process prepare_ms={prepare_ms:.1f} generate_ms_per_request_batch1={per_request[1]:.1f} "
-            f"generate_ms_per_request_batch{args.max_batch}={per_request[args.max_batch]:.1f} "
-            f"generate_speedup={per_request[1] / per_request[args.max_batch]:.2f}")
+            for batch in batches:
+                stream_generate(p, [GenerationRequest(x, lambda k, v: None, max_tokens=args.max_tokens) for x in batch])
+        return (time.perf_counter() - begin) / repeats / len(group) * 1000
+
+    for image in dict.fromkeys(it["image"] for it in items):
+        mine = [p.prepare(it) for it in items if it["image"] == image]
+        group = [mine[i % len(mine)] for i in range(args.max_batch)]
+        alone, batched = per_request(group, 1), per_request(group, args.max_batch)
+        tokens = statistics.mean(int(x["input_ids"].numel()) for x in group)
+        lines.append(f"RESULT stage=in_process image={Path(image).name} prompt_tokens={tokens:.0f} "
+                     f"generate_ms_per_request_batch1={alone:.1f} generate_ms_per_request_batch{args.max_batch}="
+                     f"{batched:.1f} generate_speedup={alone / batched:.2f}")
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -367,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_server(proc)
     if not args.smoke:
-        print(stage_costs(args, questions), flush=True)
+        print("\n".join(stage_costs(args, questions)), flush=True)
     return 1 if total_errors or errors else 0
 
 
