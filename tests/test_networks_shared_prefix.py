@@ -7,12 +7,14 @@ row's answer is the one it gets alone."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from monai_llava_med.networks import LlavaMedConfig, build_llava_med, monai_resnet3d_config
 from monai_llava_med.networks.shared_prefix import prefix_cut, shared_prefix_inputs, unique_images
 
 
-def _batch(config):
+def _batch(config, pixels=None):
     """Five left-padded prompts: rows 0-2 about image A (different questions), row 3 the same ids as row 0 about
     image B, row 4 without an image; pixels ``(A, A, A, B)`` in order of appearance."""
     n, image = config.num_image_tokens, config.image_token_id
@@ -21,8 +23,9 @@ def _batch(config):
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    gen = torch.Generator().manual_seed(1)
-    a, b = torch.randn(2, 3, config.image_size, config.image_size, generator=gen)
+    if pixels is None:
+        pixels = torch.randn(2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(1))
+    a, b = pixels
     return prompts, ids, mask, torch.stack([a, a, a, b])
 
 
@@ -38,8 +41,17 @@ def test_prefix_cut_ends_at_the_last_image_token_and_leaves_one_token():
     assert prefix_cut(torch.tensor([1, 5, 6]), 9) == 0
 
 
-def test_shared_prefixes_give_every_row_its_own_answer(tiny_model, tiny_config):
-    prompts, ids, mask, pixels = _batch(tiny_config)
+@pytest.mark.parametrize("tower", ["clip", "resnet3d"])
+def test_shared_prefixes_give_every_row_its_own_answer(tower, tiny_model, tiny_config, tiny_tokenizer):
+    if tower == "resnet3d":  # MONAI's 3-D ResNet, batch norm in evaluation mode: volumes (N, 1, D, H, W)
+        tiny_config = LlavaMedConfig.tiny_3d(vision_config=monai_resnet3d_config(),
+                                             image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+        torch.manual_seed(0)
+        tiny_model = build_llava_med(tiny_config).eval()
+        volumes = torch.rand(2, 1, *tiny_config.volume_size, generator=torch.Generator().manual_seed(1))
+        prompts, ids, mask, pixels = _batch(tiny_config, volumes)
+    else:
+        prompts, ids, mask, pixels = _batch(tiny_config)
     shared, shared_logits = _generate(tiny_model, ids, mask, pixels, True)
     plain, plain_logits = _generate(tiny_model, ids, mask, pixels, False)
     assert torch.equal(shared, plain)

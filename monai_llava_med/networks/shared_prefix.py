@@ -136,15 +136,15 @@ def shared_prefix_inputs(
     rows, width = input_ids.shape
     span = max(cuts)
     rest = max(width - s - c for s, c in zip(starts, cuts))
-    heads = [group[0] for group in groups if cuts[group[0]]]  # one row per distinct prefix
-    slot = [len(heads)] * rows  # rows without a prefix take the zero row after the prefixes'
-    prefixes = inputs_embeds.new_zeros((len(heads), span, inputs_embeds.shape[2]))
-    prefix_mask = attention_mask.new_zeros((len(heads), span))
-    for i, head in enumerate(heads):  # every distinct prefix in one left-padded pass
-        cut = cuts[head]
+    with_prefix = [group for group in groups if cuts[group[0]]]  # one per distinct prefix
+    slot = [len(with_prefix)] * rows  # rows without a prefix take the zero row after the prefixes'
+    prefixes = inputs_embeds.new_zeros((len(with_prefix), span, inputs_embeds.shape[2]))
+    prefix_mask = attention_mask.new_zeros((len(with_prefix), span))
+    for i, group in enumerate(with_prefix):  # every distinct prefix in one left-padded pass
+        head, cut = group[0], cuts[group[0]]
         prefixes[i, span - cut :] = inputs_embeds[head, starts[head] : starts[head] + cut]
         prefix_mask[i, span - cut :] = 1
-        for r in next(group for group in groups if group[0] == head):
+        for r in group:
             slot[r] = i
     cache = DynamicCache()
     language_model(inputs_embeds=prefixes, attention_mask=prefix_mask, use_cache=True, logits_to_keep=1,
