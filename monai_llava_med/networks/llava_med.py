@@ -111,12 +111,11 @@ class LlavaMedNet(nn.Module):
 
         The selected features are average-pooled over ``token_pool x token_pool`` blocks of the patch grid
         before the projector (:func:`~.token_pooling.pool_patch_tokens`; nothing is done for ``token_pool=1``).
+        An evaluation-mode tower (frozen, or at inference: each image's features independent of the others) runs
+        once per distinct image (:func:`~.shared_prefix.unique_images`); the projector still sees all ``N``.
 
         Args:
             pixel_values: ``(N, 3, S, S)`` normalised images, or ``(N, 1, D, H, W)`` volumes for the 3-D tower.
-
-        An evaluation-mode tower (frozen, or at inference: each image's features independent of the others) runs
-        once per distinct image (:func:`~.shared_prefix.unique_images`); the projector still sees all ``N``.
 
         Returns:
             ``(N, num_image_tokens, hidden)`` features in the language model's dtype.
