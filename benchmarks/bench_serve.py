@@ -301,12 +301,15 @@ def stage_costs(args: argparse.Namespace, questions: list[tuple[str, str]], repe
 
     def per_request(group: list[dict[str, Any]], size: int) -> float:
         batches = [group[i : i + size] for i in range(0, len(group), size)]
-        for batch in batches:  # warm-up
-            stream_generate(p, [GenerationRequest(x, lambda k, v: None, max_tokens=args.max_tokens) for x in batch])
-        begin = time.perf_counter()
-        for _ in range(repeats):
+
+        def answer_all() -> None:
             for batch in batches:
                 stream_generate(p, [GenerationRequest(x, lambda k, v: None, max_tokens=args.max_tokens) for x in batch])
+
+        answer_all()  # warm-up
+        begin = time.perf_counter()
+        for _ in range(repeats):
+            answer_all()
         return (time.perf_counter() - begin) / repeats / len(group) * 1000
 
     for image in dict.fromkeys(it["image"] for it in items):

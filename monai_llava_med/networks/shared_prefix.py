@@ -129,6 +129,8 @@ def shared_prefix_inputs(
         the columns after the cache), or ``None`` when no two rows share a prefix (nothing to gain: use the plain
         inputs).
     """
+    if input_ids.shape[0] < 2:  # a lone prompt has no one to share with
+        return None
     found = _groups(input_ids, attention_mask, inputs_embeds, image_token_id)
     if found is None or all(len(group) < 2 for group in found[0]):
         return None
