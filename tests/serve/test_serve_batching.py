@@ -149,6 +149,31 @@ def test_batcher_waits_only_for_requests_on_their_way(predictor):
         batcher.stop()
 
 
+def test_each_arrival_restarts_the_wait(predictor):
+    """Requests arriving one after another, each within ``batch_wait_ms`` of the one before but the last well after
+    ``batch_wait_ms`` from the first, share one ``generate``: the wait starts again at every arrival."""
+    import time
+
+    from monai_llava_med.apps.serve.batching import DynamicBatcher
+
+    batcher = DynamicBatcher(predictor, max_batch=8, batch_wait_ms=1500).start()
+    try:
+        collect, ends, all_three = _ends(3)
+        with batcher.in_flight(), batcher.in_flight(), batcher.in_flight():  # three requests on their way
+            start = time.perf_counter()
+            batcher.submit(_request(predictor, "Is there a lesion?", collect, max_tokens=2))
+            time.sleep(0.9)
+            batcher.submit(_request(predictor, "Is the lesion bright?", collect, max_tokens=2))
+            time.sleep(0.9)  # 1.8 s after the first: past its window, within the second's
+            batcher.submit(_request(predictor, "Is there a lesion on the left side?", collect, max_tokens=2))
+            assert all_three.wait(30)
+        assert time.perf_counter() - start >= 1.8
+        assert [e.batch_size for e in ends] == [3, 3, 3]
+        assert batcher.generate_calls == 1
+    finally:
+        batcher.stop()
+
+
 def test_batcher_waits_while_answers_are_still_being_sent(predictor):
     """A request alone in the server is answered at once; one queued while another request's answer is still being
     sent waits (up to ``batch_wait_ms``) for that client's next question."""

@@ -7,8 +7,9 @@
 A :class:`DynamicBatcher` owns one worker thread. Requests (already prepared by the product's
 :class:`~monai_llava_med.engines.PrepareVqaItem`) wait in a bounded queue; the worker takes the first and, while
 others are queued or in the server (:meth:`DynamicBatcher.in_flight`: still being received, read and prepared, or
-having their answers sent, whose clients often come straight back), waits up to ``batch_wait_ms`` for them (a lone
-request waits for nothing), groups those with the same sampling settings and answers each group with
+having their answers sent, whose clients often come straight back), waits up to ``batch_wait_ms`` for the next of
+them, the wait starting again at each arrival (so at most ``(max_batch - 1) * batch_wait_ms`` in all; a lone request
+waits for nothing), groups those with the same sampling settings and answers each group with
 :func:`~monai_llava_med.engines.streaming.stream_generate` (one ``generate`` through ``collate_vqa`` ->
 ``prepare_vqa_batch`` -> :class:`~monai_llava_med.engines.LlavaMedInferer`, every row streamed and ended on its own
 by a :class:`~monai_llava_med.engines.streaming.RowTracker`; the terminal chat uses the same function).
@@ -39,7 +40,8 @@ class DynamicBatcher:
         predictor: the loaded predictor (its model, tokenizer and model name are used).
         queue_size: most waiting requests; :meth:`submit` raises :class:`QueueFull` beyond.
         max_batch: most requests per ``generate``.
-        batch_wait_ms: how long to wait for more requests once one has arrived.
+        batch_wait_ms: how long to wait for the next request while others are in the server, from the first
+            request's arrival and again from each later one's.
     """
 
     def __init__(
@@ -106,13 +108,14 @@ class DynamicBatcher:
         batch = [first]
         deadline = time.perf_counter() + self.batch_wait_s
         while len(batch) < self.max_batch:
-            left = deadline - time.perf_counter()
             if self.queue.empty() and self._in_flight <= len(batch):
                 break  # no other request in the server: waiting would only add latency
+            left = deadline - time.perf_counter()
             try:
                 batch.append(self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait())
             except queue.Empty:
                 break
+            deadline = time.perf_counter() + self.batch_wait_s  # each arrival restarts the wait for the next
         return [r for r in batch if not r.cancelled.is_set()]
 
     def _loop(self) -> None:

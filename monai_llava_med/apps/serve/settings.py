@@ -41,8 +41,8 @@ class ServeSettings:
         max_stop: most ``stop`` strings.
         queue_size: requests waiting for the model beyond which the server answers 503.
         max_batch: most requests in one ``generate``.
-        batch_wait_ms: how long the batcher waits for more requests after the first one arrives, while others
-            are on their way (a request alone is answered at once).
+        batch_wait_ms: how long the batcher waits for the next request while others are on their way, counted
+            from the first request's arrival and again from each later one's (a request alone is answered at once).
         request_timeout_s: a request still unanswered after this many seconds gets a 504.
         image_cache: prepared images kept between requests (least recently used out; 0: none), so an image a
             conversation resends with every turn is read once (:mod:`.image_cache`).
