@@ -260,3 +260,23 @@ def test_numpy_trust_values_are_accepted(tmp_path):
     assert read_answer_sr(out) == [{"id": "answer 1", "question": "Is there a lesion?", "answer": "no",
                                     "confidence": 0.5, "image_reliance": 0.25, "abstained": True,
                                     "reason": "low confidence"}]
+
+
+def test_priming_takes_the_first_sr_s_one_time_cost(tmp_path):
+    """In a fresh process the first SR pays highdicom's and pydicom's one-time loading; after
+    :func:`prime_sr_builder` (what the PACS listener runs at start) the first real SR does not."""
+    import subprocess
+    import sys
+
+    script = f"""
+import time
+from monai_llava_med.engines import build_answer_sr, prime_sr_builder
+start = time.perf_counter(); prime_sr_builder(); primed = time.perf_counter()
+build_answer_sr({PLAIN!r}, [{str(SERIES)!r}], **{MODEL!r})
+print(primed - start, time.perf_counter() - primed)
+"""
+    env = {"PYTHONPATH": str(BUNDLE.parents[1]), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    prime_s, first_s = map(float, run.stdout.split())
+    assert first_s < prime_s / 3, (prime_s, first_s)

@@ -28,7 +28,7 @@ _SUBMODULE_ATTRS = {
     ],
     "training": ["build_trainer", "load_run_config", "make_train_loader", "run_training", "seed_everything"],
     "bundle_run": ["bundle_path", "report_errors_without_traceback", "typed_cause"],
-    "dicom_sr": ["CODES", "CODING_SCHEME", "RESEARCH_USE", "build_answer_sr", "weights_sha256"],
+    "dicom_sr": ["CODES", "CODING_SCHEME", "RESEARCH_USE", "build_answer_sr", "prime_sr_builder", "weights_sha256"],
     "dicom_sr_files": ["read_answer_sr", "write_answer_sr", "write_bundle_answer_sr"],
     "answers": ["AllItemsFailedError", "VqaAnswerWriter", "load_datalist", "shard_datalist"],
     "inferer": ["ERROR_KEY", "LlavaMedInferer"],

@@ -37,7 +37,7 @@ import numpy as np
 from monai.utils import optional_import
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, generate_uid
 
 from ..errors import DicomSRError
 from ..networks.checkpoint_files import weight_files
@@ -48,7 +48,8 @@ from ..transforms.readers import QuietReaders
 hd, _HAS_HIGHDICOM = optional_import("highdicom")
 
 __all__ = [
-    "CODES", "CODING_SCHEME", "RESEARCH_USE", "SR_SERIES_DESCRIPTION", "build_answer_sr", "weights_sha256",
+    "CODES", "CODING_SCHEME", "RESEARCH_USE", "SR_SERIES_DESCRIPTION", "build_answer_sr", "prime_sr_builder",
+    "weights_sha256",
 ]
 
 RESEARCH_USE = "Research use only, not for diagnosis."
@@ -100,19 +101,20 @@ def _source_dataset(source: Dataset | str | PathLike, position: int) -> tuple[Da
     """A copy of one source's header (no pixel data) and the name used in errors (the path, or its position)."""
     if isinstance(source, Dataset):
         where = str(getattr(source, "filename", None) or f"sources[{position}]")
-        ds = source
+        header = Dataset()  # a new dataset of the same elements, pixel data left out: the caller's is never changed
+        for element in source:
+            if element.tag.group < _PIXEL_GROUP:
+                header.add(copy.copy(element))
     elif isinstance(source, (str, PathLike)):
         where = str(source)
         if not Path(source).is_file():
             raise DicomSRError("source is not a file or a folder of DICOM files", where)
-        ds = read_dicom_header(source)  # DicomDecodeError naming the file when it is not DICOM
+        header = read_dicom_header(source)  # DicomDecodeError naming the file when it is not DICOM; ours to change
+        for tag in [tag for tag in header.keys() if tag.group >= _PIXEL_GROUP]:
+            del header[tag]
     else:
         raise DicomSRError(f"a source must be a pydicom Dataset or a path, not {type(source).__name__}",
                            f"sources[{position}]")
-    header = Dataset()  # a new dataset of the same elements, pixel data left out: the caller's is never changed
-    for element in ds:
-        if element.tag.group < _PIXEL_GROUP:
-            header.add(copy.copy(element))
     missing = [k for k in _TYPE1 if not str(header.get(k, "") or "")]
     if missing:
         raise DicomSRError(f"source lacks the Type 1 attribute(s) {missing}: it cannot be referenced", where)
@@ -293,3 +295,16 @@ def build_answer_sr(
                            "sources") from err
     return sr
 
+
+
+def prime_sr_builder() -> None:
+    """Build one SR about a made-up CT instance and throw it away: highdicom reads the standard's tables, and pydicom
+    its keyword index, on the first SR a process builds (about 0.7 s); a long-running service (the PACS listener)
+    calls this at start, so its first study does not wait for them. Nothing is written.
+    """
+    source = Dataset()
+    source.StudyInstanceUID, source.SeriesInstanceUID, source.SOPInstanceUID = (generate_uid() for _ in range(3))
+    source.SOPClassUID, source.Modality = CTImageStorage, "CT"
+    answer = {"question": "Is there a lesion?", "answer": "no", "confidence": 0.5, "image_reliance": 0.0,
+              "abstained": True, "reason": "low confidence"}
+    build_answer_sr([answer], [source], model_name="prime", model_version="0", weights_sha256="0" * 64)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from .conftest import SAMPLE
