@@ -11,11 +11,14 @@ says otherwise, ``file://`` images from the bundle's ``sample/`` folder) and tal
 * **(a) batching**: the same ``--n`` requests sent one at a time, then by ``--concurrency`` clients at once, in
   ``--rounds`` alternating rounds against the same server; prints the throughput of each (median over rounds) and
   their ratio, with the range of the per-round ratios. The server's ``generate_calls`` counter says how many
-  shared ``generate`` calls answered the concurrent requests. Each round runs twice: with a plain HTTP/1.1 client
-  (the standard library's ``http.client``, the same JSON bodies; every answer checked) and with the official
-  ``openai`` client. The clients run on the server's machine, so their own CPU time counts against the server's;
-  ``client_cpu_ms`` (this process's CPU time per request) says how much: the plain client's line is the server's
-  figure, the ``openai`` line what that client adds.
+  shared ``generate`` calls answered the concurrent requests. Each round runs three times: with a plain HTTP/1.1
+  client (the standard library's ``http.client``, the same JSON bodies; every answer checked) and with the official
+  ``openai`` client, both as threads of this process, and with the ``openai`` client in ``--concurrency`` forked
+  processes (``openai_processes``: separate programs, as several users' clients are, each with its own interpreter
+  lock; the serial baseline is one of them alone). The clients run on the server's machine, so their own CPU time
+  counts against the server's; ``client_cpu_ms`` (the clients' CPU time per request) says how much: the plain
+  client's line is the server's figure, the ``openai`` lines what that client adds (in threads it also waits for
+  its own lock).
 * **(b) load**: ``--requests`` streamed requests with the ``openai`` client over ``--connections`` connections:
   errors, p50/p95 latency and p50/p95 time to first token (the first chunk with text), next to the serial requests'
   p50 latency of (a).
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -215,6 +219,92 @@ def _cpu_s() -> float:
     return times.user + times.system
 
 
+Runner = Callable[[list[int], int], tuple[float, list[float], int, float]]
+
+
+def thread_runner(make_client: Callable[[], Asker]) -> Runner:
+    """Plain requests over ``workers`` threads of this process, one client each (:func:`run_parallel`):
+    ``(wall seconds, latencies, errors, this process's CPU seconds)``."""
+
+    def run(indices: list[int], workers: int) -> tuple[float, list[float], int, float]:
+        cpu = _cpu_s()
+        wall, latency, errors = run_parallel(make_client, indices, workers, False)
+        return wall, latency, errors, _cpu_s() - cpu
+
+    return run
+
+
+def _client_process(make_client: Callable[[], Asker], jobs: Any, taken: Any, results: Any) -> None:
+    """One client process: per job ``(start time, indices)``, wait for the common start, then claim the next index
+    from the shared counter ``taken`` until all are claimed; report ``(end time, latencies, errors, CPU seconds)``."""
+    client = make_client()
+    client.ask(0)  # warm-up: connection and imports
+    results.put("ready")
+    while (job := jobs.get()) is not None:
+        start_at, indices = job
+        while time.time() < start_at:
+            time.sleep(0.0005)
+        cpu, latency, errors = _cpu_s(), [], 0
+        while True:
+            with taken.get_lock():
+                position = taken.value
+                taken.value += 1
+            if position >= len(indices):
+                break
+            try:
+                latency.append(client.ask(indices[position]))
+            except Exception:  # noqa: BLE001 - an error is counted, the run goes on
+                errors += 1
+        results.put((time.time(), latency, errors, _cpu_s() - cpu))
+
+
+class ClientProcesses:
+    """``count`` forked processes with one client each: concurrent clients that are separate programs, each with its
+    own interpreter lock, as several users' notebooks are (threads of one process share one, which makes a heavy
+    client such as ``openai`` a bottleneck of its own). Call it as a runner; :meth:`close` ends the processes.
+
+    Args:
+        make_client: builds a process's client (called in the child).
+        count: processes started.
+    """
+
+    def __init__(self, make_client: Callable[[], Asker], count: int) -> None:
+        context = multiprocessing.get_context("fork")
+        self.results = context.Queue()
+        self.taken = context.Value("i", 0)
+        self.jobs = [context.Queue() for _ in range(count)]
+        self.processes = [context.Process(target=_client_process, args=(make_client, q, self.taken, self.results),
+                                          daemon=True) for q in self.jobs]
+        for process in self.processes:
+            process.start()
+        for _ in self.processes:
+            if self.results.get(timeout=120) != "ready":
+                raise RuntimeError("a client process failed to start")
+
+    def __call__(self, indices: list[int], workers: int) -> tuple[float, list[float], int, float]:
+        """``indices`` sent by the first ``workers`` processes at once (each takes the next index when it is free):
+        ``(wall seconds, latencies, errors, the processes' CPU seconds)``."""
+        with self.taken.get_lock():
+            self.taken.value = 0
+        start_at = time.time() + 0.05
+        for q in self.jobs[:workers]:
+            q.put((start_at, indices))
+        ends = [self.results.get(timeout=600) for _ in range(workers)]
+        latency = [lat for _, lats, _, _ in ends for lat in lats]
+        return (max(end for end, _, _, _ in ends) - start_at, latency, sum(e for _, _, e, _ in ends),
+                sum(c for _, _, _, c in ends))
+
+    def close(self) -> None:
+        """End the processes (bounded wait, then terminate)."""
+        for q in self.jobs:
+            q.put(None)
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+
 class Rounds:
     """Part (a) for one kind of client: per round the serial and the concurrent throughput, their ratio, the
     ``generate`` calls, this process's CPU time per request and the errors."""
@@ -228,16 +318,14 @@ class Rounds:
         self.n = 0
         self.errors = 0
 
-    def run(self, make: Callable[[], Asker], work: list[int], url: str, concurrency: int) -> list[float]:
+    def run(self, runner: Runner, work: list[int], url: str, concurrency: int) -> list[float]:
         """One round: ``work`` one at a time, then by ``concurrency`` clients; the serial latencies."""
         self.n = len(work)
-        cpu = _cpu_s()
-        wall_s, latency, err_s = run_parallel(make, work, 1, False)
-        self.cpu_ms["serial"].append((_cpu_s() - cpu) / len(work) * 1000)
+        wall_s, latency, err_s, cpu_s = runner(work, 1)
+        self.cpu_ms["serial"].append(cpu_s / len(work) * 1000)
         before = get_json(f"{url}/health")["batcher"]["generate_calls"]
-        cpu = _cpu_s()
-        wall_c, _, err_c = run_parallel(make, work, concurrency, False)
-        self.cpu_ms["batched"].append((_cpu_s() - cpu) / len(work) * 1000)
+        wall_c, _, err_c, cpu_c = runner(work, concurrency)
+        self.cpu_ms["batched"].append(cpu_c / len(work) * 1000)
         self.calls.append(get_json(f"{url}/health")["batcher"]["generate_calls"] - before)
         self.errors += err_s + err_c
         self.serial.append(len(work) / wall_s)
@@ -358,13 +446,20 @@ def main(argv: list[str] | None = None) -> int:
             makers = {k: (lambda c=c: c(url, model, questions, args.max_tokens)) for k, c in kinds.items()}
             for make in makers.values():
                 run_parallel(make, list(range(2 * args.concurrency)), args.concurrency, False)  # warm-up
-            rounds = {k: Rounds() for k in kinds}
+            runners: dict[str, Runner] = {k: thread_runner(make) for k, make in makers.items()}
+            processes = ClientProcesses(makers["openai"], args.concurrency)
+            runners["openai_processes"] = processes
+            rounds = {k: Rounds() for k in runners}
             serial_latency: list[float] = []
-            for r in range(args.rounds):
-                work = list(range(r * args.n, (r + 1) * args.n))
-                for kind, make in makers.items():
-                    serial_latency += rounds[kind].run(make, work, url, args.concurrency)
-                    print(f"round {r} ({kind}): {rounds[kind].last()}", flush=True)
+            try:
+                for r in range(args.rounds):
+                    work = list(range(r * args.n, (r + 1) * args.n))
+                    for kind, runner in runners.items():
+                        latency = rounds[kind].run(runner, work, url, args.concurrency)
+                        serial_latency += latency if kind != "openai_processes" else []
+                        print(f"round {r} ({kind}): {rounds[kind].last()}", flush=True)
+            finally:
+                processes.close()
             for kind, result in rounds.items():
                 print(f"RESULT client={kind} {result.summary()} rounds={args.rounds} n={args.n} "
                       f"concurrency={args.concurrency} max_batch={args.max_batch} "

@@ -31,9 +31,9 @@ def test_bench_serve_smoke():
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
     results = [_fields(line) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert len(results) == 3, run.stdout
+    assert len(results) == 4, run.stdout
     *batchings, load = results
-    assert [b["client"] for b in batchings] == ["http.client", "openai"]
+    assert [b["client"] for b in batchings] == ["http.client", "openai", "openai_processes"]
     for batching in batchings:
         assert int(batching["errors"]) == 0 and float(batching["serial_rps"]) > 0 and float(batching["batched_rps"]) > 0
         ratio = float(batching["batched_rps"]) / float(batching["serial_rps"])

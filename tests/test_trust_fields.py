@@ -165,6 +165,38 @@ def test_reliance_in_a_mixed_batch_equals_one_full_forward_per_row(demo, phantom
         assert result["image_reliance"] == pytest.approx(abs(result["confidence"] - chosen), abs=1e-4)
 
 
+def test_neutral_logits_of_prefixes_of_different_lengths_in_one_pass_equal_plain_forwards(demo, phantoms):
+    """Rows about a 2-D slice and about a 4-view volume (neutral prefixes of different lengths, run in one pass
+    left-padded to one span) get, at every answer token, the logits of one plain forward of their own prompt and
+    answer with every image replaced by the neutral one."""
+    from monai_llava_med.engines.inference import collate_vqa, prepare_vqa_batch
+    from monai_llava_med.trust.neutral import neutral_answer_logits, neutral_pixels
+
+    folder, _ = phantoms
+    items = [(str(folder / "case000.dcm"), "Is there a lesion in this image?"),
+             (str(DEMO.parent / "sample" / "ct_series"), "Is there a lesion anywhere in the scan?"),
+             (str(folder / "case001.dcm"), "Is there a lesion on the left side of the image?")]
+    prepare = PrepareVqaItem(demo.tokenizer, demo.model, raise_errors=True)
+    batch = collate_vqa([prepare({"image": i, "question": q}) for i, q in items], pad_token_id=0)
+    batch, _, _, _ = prepare_vqa_batch(batch, "cpu")
+    answer = torch.tensor([[11, 12, 2], [13, 2, 0], [14, 15, 2]])
+    answer_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    out = neutral_answer_logits(demo.model, batch["input_ids"], batch["attention_mask"], answer, answer_mask,
+                                batch["pixel_values"], [0, 1, 2])
+    lengths = set()
+    for row, (image, question) in enumerate(items):
+        ids, pixels = _prepared(demo, image, question)
+        lengths.add(ids.shape[1])
+        tokens = answer[row][answer_mask[row]]
+        with torch.no_grad():
+            logits = demo.model(torch.cat([ids, tokens[None]], 1), None,
+                                neutral_pixels(demo.model.config, pixels).expand_as(pixels)).logits[0]
+        plain = logits[ids.shape[1] - 1 : ids.shape[1] - 1 + len(tokens)]
+        assert torch.allclose(out[row, : len(tokens)], plain, atol=1e-4), row
+        assert not out[row, len(tokens) :].any()
+    assert max(lengths) - min(lengths) > 100  # the volume's prompt holds 4 views' image tokens, a slice's one
+
+
 def test_the_neutral_prefix_is_kept_between_calls_until_a_weight_changes(phantoms):
     folder, _ = phantoms
     predictor = LlavaMedPredictor.from_pretrained(DEMO, device="cpu", max_new_tokens=4, calibration=None)

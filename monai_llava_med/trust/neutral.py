@@ -9,8 +9,9 @@ any image, :meth:`~monai_llava_med.transforms.ImageToClipPixels.neutral`: what t
 becomes; the 3-D tower: a zero volume) is the same input for every row, so what a prompt holds up to its last image
 token is, with neutral images, the same for every question asked after that image. :func:`neutral_answer_logits`
 runs each such shared prefix once (its keys and values expanded to the rows that share it) and only the rest of
-each row, the question and the generated answer, on top: a batch of questions about 2-D images runs the image
-tokens once instead of once per row. The keys and values of the last :data:`PREFIX_CACHE_SIZE` prefixes are kept
+each row, the question and the generated answer, on top, every row in one pass (the distinct prefixes left-padded
+to one span, ``[padding][prefix][rest][padding]``, each rest at the positions it has in its own prompt): a batch
+of questions about 2-D images runs the image tokens once instead of once per row. The keys and values of the last :data:`PREFIX_CACHE_SIZE` prefixes are kept
 per network between calls (keyed by the prefix, dtype, device and the identity and version of every parameter, so
 a weight changed in place, by training or loading, is a miss): questions asked one at a time about 2-D images run
 only their own tokens.
@@ -127,26 +128,28 @@ def neutral_answer_logits(
     embed = lm.get_input_embeddings()
     width, device = answer.shape[1], input_ids.device
     groups, rests = _split_rows(input_ids, attention_mask, answer, answer_mask, rows, config.image_token_id)
-    place = {r: i for i, r in enumerate(rows)}
     vocab = lm.get_output_embeddings().weight.shape[0]
     out = torch.zeros((len(rows), width, vocab), dtype=embed.weight.dtype, device=device)
-    for prefix, members in groups.items():
-        n = len(members)  # the kept tensors are copied into the new cache, never changed
-        cache = DynamicCache(ddp_cache_data=[(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:]))
-                                             for k, v in _prefix_kv(network, prefix, pixel_values, cache_arg)])
-        rest = [rests[r][0] for r in members]
-        span = max(len(x) for x in rest)
-        ids = torch.zeros((n, span), dtype=input_ids.dtype, device=device)
-        mask = torch.zeros((n, len(prefix) + span), dtype=attention_mask.dtype, device=device)
-        mask[:, : len(prefix)] = 1
-        for i, x in enumerate(rest):  # right-padded after the shared prefix
-            ids[i, : len(x)] = x
-            mask[i, len(prefix) : len(prefix) + len(x)] = 1
-        positions = torch.arange(len(prefix), len(prefix) + span, device=device).expand(n, -1)
-        logits = lm(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_arg: cache}).logits
-        for i, r in enumerate(members):
-            first = rests[r][1] - 1  # the last prompt token predicts answer token 0
-            take = logits[i, first : first + width]
-            out[place[r], : take.shape[0]] = take
+    prefixes = list(groups)  # every distinct prefix's kept keys and values, left-padded to one span: one pass
+    kept = [_prefix_kv(network, prefix, pixel_values, cache_arg) for prefix in prefixes]
+    span = max(len(prefix) for prefix in prefixes)
+    slot = {r: g for g, members in enumerate(groups.values()) for r in members}
+    index = torch.tensor([slot[r] for r in rows], device=device)
+    layers = [tuple(torch.cat([torch.nn.functional.pad(kv[layer][part], (0, 0, span - kv[layer][part].shape[2], 0))
+                               for kv in kept])[index] for part in (0, 1)) for layer in range(len(kept[0]))]
+    rest = [rests[r][0] for r in rows]
+    width_rest = max(len(x) for x in rest)
+    ids = torch.zeros((len(rows), width_rest), dtype=input_ids.dtype, device=device)
+    mask = torch.zeros((len(rows), span + width_rest), dtype=attention_mask.dtype, device=device)
+    positions = torch.zeros((len(rows), width_rest), dtype=torch.long, device=device)
+    for i, (r, x) in enumerate(zip(rows, rest)):  # [padding][prefix][rest][padding]
+        length = len(prefixes[slot[r]])
+        ids[i, : len(x)] = x
+        mask[i, span - length : span + len(x)] = 1
+        positions[i] = torch.arange(length, length + width_rest, device=device)
+    logits = lm(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, use_cache=True,
+                **{cache_arg: DynamicCache(ddp_cache_data=layers)}).logits
+    for i, r in enumerate(rows):
+        first, n = rests[r][1] - 1, int(answer_mask[r].sum())  # the last prompt token predicts answer token 0
+        out[i, :n] = logits[i, first : first + n]
     return out
