@@ -21,7 +21,9 @@ there (image features included) are equal, so the answers are those of the plain
 
 from __future__ import annotations
 
+import functools
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +35,12 @@ __all__ = ["cache_argument", "prefix_cut", "shared_prefix_inputs", "unique_image
 def cache_argument(language_model: nn.Module) -> str:
     """The name the language model's ``forward`` takes its key/value cache by (transformers 5.24 ``cache``, earlier
     5.x releases ``past_key_values``)."""
-    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
+    return _cache_argument(type(language_model).forward)
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_argument(forward: Any) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def unique_images(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

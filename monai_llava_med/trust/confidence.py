@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from ..data.records import YES_NO
 __all__ = ["answer_lengths", "closed_choice_probability", "sequence_probability", "yes_no_token_ids"]
 
 _SPELLINGS = (str.lower, str.capitalize, str.upper)
+_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (its size, its ids)
 
 
 def yes_no_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -37,8 +40,14 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         tokenizer: a ``transformers`` tokenizer.
 
     Returns:
-        ``(yes_ids, no_ids)``, sorted; either may be empty (then no answer counts as closed).
+        ``(yes_ids, no_ids)``, sorted; either may be empty (then no answer counts as closed). Kept per tokenizer
+        (every batch the server answers asks again) and found again when its vocabulary has grown.
     """
+    size = len(tokenizer)
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: a tokenizer that cannot be weakly referenced
+        kept_size, kept = _FOUND[tokenizer]
+        if kept_size == size:
+            return kept
     found: list[set[int]] = []
     for word in YES_NO:
         ids: set[int] = set()
@@ -50,7 +59,10 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         found.append(ids)
     yes, no = found
     both = yes & no
-    return tuple(sorted(yes - both)), tuple(sorted(no - both))
+    result = tuple(sorted(yes - both)), tuple(sorted(no - both))
+    with contextlib.suppress(TypeError):
+        _FOUND[tokenizer] = (size, result)
+    return result
 
 
 def answer_lengths(new_tokens: torch.Tensor, eos_token_id: int | Sequence[int] | None) -> torch.Tensor:

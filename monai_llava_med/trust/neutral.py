@@ -11,10 +11,10 @@ token is, with neutral images, the same for every question asked after that imag
 runs each such shared prefix once (its keys and values expanded to the rows that share it) and only the rest of
 each row, the question and the generated answer, on top, every row in one pass (the distinct prefixes left-padded
 to one span, ``[padding][prefix][rest][padding]``, each rest at the positions it has in its own prompt): a batch
-of questions about 2-D images runs the image tokens once instead of once per row. The keys and values of the last :data:`PREFIX_CACHE_SIZE` prefixes are kept
-per network between calls (keyed by the prefix, dtype, device and the identity and version of every parameter, so
-a weight changed in place, by training or loading, is a miss): questions asked one at a time about 2-D images run
-only their own tokens.
+of questions about 2-D images runs the image tokens once instead of once per row. The keys and values of the last
+:data:`PREFIX_CACHE_SIZE` prefixes are kept per network between calls (keyed by the prefix, dtype, device and the
+identity and version of every parameter, so a weight changed in place, by training or loading, is a miss):
+questions asked one at a time about 2-D images run only their own tokens.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def _weights_version(network: torch.nn.Module) -> int:
 
 
 def _prefix_kv(network: LlavaMedNet, prefix: tuple[int, ...], pixel_values: torch.Tensor,
-               cache_arg: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the keys and values of ``prefix`` with neutral images (batch 1), from the cache or one pass."""
-    key = (prefix, str(pixel_values.dtype), str(pixel_values.device), _weights_version(network))
+               cache_arg: str, version: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of ``prefix`` with neutral images (batch 1), from the cache or one pass
+    (``version``: :func:`_weights_version` of the network)."""
+    key = (prefix, str(pixel_values.dtype), str(pixel_values.device), version)
     with _PREFIXES_LOCK:
         kept = _PREFIXES.setdefault(network, OrderedDict())
         if key in kept:
@@ -131,7 +132,8 @@ def neutral_answer_logits(
     vocab = lm.get_output_embeddings().weight.shape[0]
     out = torch.zeros((len(rows), width, vocab), dtype=embed.weight.dtype, device=device)
     prefixes = list(groups)  # every distinct prefix's kept keys and values, left-padded to one span: one pass
-    kept = [_prefix_kv(network, prefix, pixel_values, cache_arg) for prefix in prefixes]
+    version = _weights_version(network)
+    kept = [_prefix_kv(network, prefix, pixel_values, cache_arg, version) for prefix in prefixes]
     span = max(len(prefix) for prefix in prefixes)
     slot = {r: g for g, members in enumerate(groups.values()) for r in members}
     index = torch.tensor([slot[r] for r in rows], device=device)
