@@ -278,3 +278,17 @@ def test_batched_trust_fields_equal_single_ones(demo, phantoms):
             assert got["image_reliance"] is None
         else:
             assert got["image_reliance"] == pytest.approx(want["image_reliance"], abs=1e-5)
+
+
+def test_yes_no_ids_are_found_again_when_the_vocabulary_grows():
+    """The ids are kept per tokenizer, and a tokenizer given whole-word "yes" / "no" tokens later gets them."""
+    from monai_llava_med.conversation import build_bpe_tokenizer
+    from monai_llava_med.trust import yes_no_token_ids
+
+    tokenizer = build_bpe_tokenizer(["a lesion is round", "the left lung"] * 4, vocab_size=120)
+    before = yes_no_token_ids(tokenizer)
+    assert yes_no_token_ids(tokenizer) == before
+    tokenizer.add_tokens(["yes", "no"])
+    yes, no = yes_no_token_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("yes") in yes and tokenizer.convert_tokens_to_ids("no") in no
+    assert (yes, no) != before

@@ -296,7 +296,6 @@ def build_answer_sr(
     return sr
 
 
-
 def prime_sr_builder() -> None:
     """Build one SR about a made-up CT instance and throw it away: highdicom reads the standard's tables, and pydicom
     its keyword index, on the first SR a process builds (about 0.7 s); a long-running service (the PACS listener)
