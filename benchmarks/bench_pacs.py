@@ -11,6 +11,11 @@
 * 50 studies queued at once (one Orthanc store of all of them): every study answered, none lost (50 jobs, every
   instance recorded), none twice (exactly one SR per study in Orthanc), against 50 x the per-study inference time.
 
+``--text_layers L --text_width W`` runs the same on a costlier model: the demo's config and tokenizer with its
+language model made ``L`` layers of width ``W``, randomly initialised by the one factory and saved to a temporary
+folder (its answers mean nothing; its cost is that of a model of its size), to show the node's overhead against a
+model whose inference takes as long as a real one's.
+
 Orthanc 1.10 listens on every interface: run inside a private network namespace (loopback only), as root:
 ``make bench-pacs`` or ``unshare -n bash -c 'ip link set lo up && python benchmarks/bench_pacs.py'``.
 Prints ``RESULT ...`` lines.
@@ -34,11 +39,14 @@ import torch  # noqa: E402
 from pacs._orthanc import Orthanc  # noqa: E402
 
 from monai_llava_med.apps.pacs import NodeConfig, PacsNode  # noqa: E402
+from monai_llava_med.conversation import load_tokenizer  # noqa: E402
 from monai_llava_med.data.phantom import generate_phantom, write_dicom  # noqa: E402
 from monai_llava_med.engines import LlavaMedPredictor  # noqa: E402
+from monai_llava_med.networks import CONFIG_NAME, LlavaMedConfig, build_llava_med, save_pretrained  # noqa: E402
 
 MODEL_DIR = REPO / "bundles" / "llava_med" / "models"
-QUESTIONS = ["Is there a lesion anywhere in the scan?", "How many lesions are there?", "Is there a lesion on the left side?"]
+QUESTIONS = ["Is there a lesion anywhere in the scan?", "How many lesions are there?",
+             "Is there a lesion on the left side?"]
 
 
 def _study(root: Path, i: int, depth: int) -> list[Path]:
@@ -60,6 +68,16 @@ def _wait_final(node: PacsNode, uids: list[str], timeout_s: float) -> None:
     raise RuntimeError("timed out waiting for the jobs")
 
 
+def costlier_model(out: Path, layers: int, width: int) -> Path:
+    """The demo's config and tokenizer with a language model of ``layers`` x ``width``, random, saved to ``out``."""
+    config = LlavaMedConfig.load(MODEL_DIR / CONFIG_NAME)
+    config.text_config.update(hidden_size=width, intermediate_size=int(width * 2.75), num_hidden_layers=layers,
+                              num_attention_heads=width // 64, num_key_value_heads=max(1, width // 256))
+    torch.manual_seed(0)
+    model = build_llava_med(config)
+    return save_pretrained(model, out, load_tokenizer(MODEL_DIR, model_max_length=None))
+
+
 def _spread(values: list[float]) -> str:
     return f"median={statistics.median(values):.3f} [min {min(values):.3f}, max {max(values):.3f}]"
 
@@ -70,14 +88,20 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=12, help="slices per study (64x64)")
     parser.add_argument("--queued", type=int, default=50, help="studies queued at once")
     parser.add_argument("--idle_timeout_s", type=float, default=0.5)
+    parser.add_argument("--text_layers", type=int, default=0, help="a costlier random model: its layers (0: demo)")
+    parser.add_argument("--text_width", type=int, default=1024, help="... and its width")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    predictor = LlavaMedPredictor.from_pretrained(MODEL_DIR, device="cpu")
     with tempfile.TemporaryDirectory(prefix="bench-pacs-") as tmp:
         root = Path(tmp)
+        model_dir = costlier_model(root / "model", args.text_layers, args.text_width) if args.text_layers else MODEL_DIR
+        predictor = LlavaMedPredictor.from_pretrained(model_dir, device="cpu")
+        params = sum(p.numel() for p in predictor.model.parameters())
+        print(f"model: {'random, ' if args.text_layers else 'the demo model, '}{params / 1e6:.1f}M parameters",
+              flush=True)
         orthanc = Orthanc(root / "orthanc").start()
         try:
-            config = NodeConfig(ae_title="LLAVA", port=0, model_dir=str(MODEL_DIR), queue=str(root / "node" / "q.db"),
+            config = NodeConfig(ae_title="LLAVA", port=0, model_dir=str(model_dir), queue=str(root / "node" / "q.db"),
                                 destination=f"dimse://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
                                 questions=QUESTIONS, idle_timeout_s=args.idle_timeout_s, poll_s=0.02,
                                 max_new_tokens=16)
@@ -107,7 +131,7 @@ def main() -> None:
             print(f"RESULT pacs_per_study node_receive_to_sr_stored_s {_spread(node_s)} "
                   f"baseline_model_inference_s {_spread(inference_s)} overhead_pct {_spread(overhead)} "
                   f"(goal <= 20) studies={args.studies} slices={args.depth}x64x64 questions={len(QUESTIONS)} "
-                  f"idle_timeout_s={args.idle_timeout_s} (excluded)", flush=True)
+                  f"idle_timeout_s={args.idle_timeout_s} (excluded) model_params_m={params / 1e6:.1f}", flush=True)
             print(f"RESULT pacs_per_study_breakdown node_minus_its_inference_s {_spread(fixed)} of which "
                   f"receive_transfer_s {_spread(transfer)} select_decode_sr_send_s {_spread(process)} "
                   f"(the model inside the node {_spread(in_node)})", flush=True)
