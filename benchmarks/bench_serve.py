@@ -455,8 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in range(args.rounds):
                     work = list(range(r * args.n, (r + 1) * args.n))
                     for kind, runner in runners.items():
-                        latency = rounds[kind].run(runner, work, url, args.concurrency)
-                        serial_latency += latency if kind != "openai_processes" else []
+                        serial_latency += rounds[kind].run(runner, work, url, args.concurrency)
                         print(f"round {r} ({kind}): {rounds[kind].last()}", flush=True)
             finally:
                 processes.close()

@@ -137,18 +137,20 @@ def neutral_answer_logits(
     span = max(len(prefix) for prefix in prefixes)
     slot = {r: g for g, members in enumerate(groups.values()) for r in members}
     index = torch.tensor([slot[r] for r in rows], device=device)
-    layers = [tuple(torch.cat([torch.nn.functional.pad(kv[layer][part], (0, 0, span - kv[layer][part].shape[2], 0))
-                               for kv in kept])[index] for part in (0, 1)) for layer in range(len(kept[0]))]
+    layers = []
+    for per_prefix in zip(*kept):  # one layer: the (keys, values) of every prefix
+        keys, values = (torch.cat([torch.nn.functional.pad(t, (0, 0, span - t.shape[2], 0)) for t in part])[index]
+                        for part in zip(*per_prefix))
+        layers.append((keys, values))
     rest = [rests[r][0] for r in rows]
     width_rest = max(len(x) for x in rest)
+    lengths = [len(prefixes[slot[r]]) for r in rows]
     ids = torch.zeros((len(rows), width_rest), dtype=input_ids.dtype, device=device)
     mask = torch.zeros((len(rows), span + width_rest), dtype=attention_mask.dtype, device=device)
-    positions = torch.zeros((len(rows), width_rest), dtype=torch.long, device=device)
-    for i, (r, x) in enumerate(zip(rows, rest)):  # [padding][prefix][rest][padding]
-        length = len(prefixes[slot[r]])
+    for i, (x, length) in enumerate(zip(rest, lengths)):  # [padding][prefix][rest][padding]
         ids[i, : len(x)] = x
         mask[i, span - length : span + len(x)] = 1
-        positions[i] = torch.arange(length, length + width_rest, device=device)
+    positions = torch.tensor(lengths, device=device)[:, None] + torch.arange(width_rest, device=device)
     logits = lm(inputs_embeds=embed(ids), attention_mask=mask, position_ids=positions, use_cache=True,
                 **{cache_arg: DynamicCache(ddp_cache_data=layers)}).logits
     for i, r in enumerate(rows):
